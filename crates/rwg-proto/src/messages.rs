@@ -157,6 +157,10 @@ impl<'a> Initiation<'a> {
     pub fn mac1(&self) -> &'a [u8; 16] {
         array(self.0, field::initiation::MAC1)
     }
+    /// mac2 (zeros when the initiator holds no cookie).
+    pub fn mac2(&self) -> &'a [u8; 16] {
+        array(self.0, field::initiation::MAC2)
+    }
     /// The whole message.
     pub fn bytes(&self) -> &'a [u8] {
         self.0
@@ -187,6 +191,10 @@ impl<'a> Response<'a> {
     /// mac1.
     pub fn mac1(&self) -> &'a [u8; 16] {
         array(self.0, field::response::MAC1)
+    }
+    /// mac2 (zeros when the responder holds no cookie).
+    pub fn mac2(&self) -> &'a [u8; 16] {
+        array(self.0, field::response::MAC2)
     }
     /// The whole message.
     pub fn bytes(&self) -> &'a [u8] {
