@@ -35,7 +35,8 @@ use crate::crypto::{PresharedKey, PrivateKey, PublicKey, TAG_LEN};
 use crate::index::IndexTable;
 use crate::keypair::{padded_len, Keypair, PeerId};
 use crate::messages::{
-    self, Message, COOKIE_REPLY_LEN, INITIATION_LEN, RESPONSE_LEN, TRANSPORT_HEADER_LEN, TRANSPORT_MIN_LEN,
+    self, Message, COOKIE_REPLY_LEN, INITIATION_LEN, RESPONSE_LEN, TRANSPORT_HEADER_LEN,
+    TRANSPORT_MIN_LEN,
 };
 use crate::noise::{self, RemoteStatic, StaticIdentity, Tai64N};
 use crate::peer::{Peer, PeerState, INITIATION_FLOOD_INTERVAL};
@@ -43,7 +44,10 @@ use crate::ratelimiter::RateLimiter;
 use crate::replay::REJECT_AFTER_MESSAGES;
 use crate::sync::{Mutex, RwLock, RwLockReadGuard};
 use crate::time::Instant;
-use crate::timers::{Timer, KEEPALIVE_TIMEOUT, MAX_TIMER_HANDSHAKES, REKEY_AFTER_TIME, REKEY_ON_RECEIVE_AGE, ZERO_KEY_MATERIAL_AFTER};
+use crate::timers::{
+    Timer, KEEPALIVE_TIMEOUT, MAX_TIMER_HANDSHAKES, REKEY_AFTER_TIME, REKEY_ON_RECEIVE_AGE,
+    ZERO_KEY_MATERIAL_AFTER,
+};
 
 /// Bytes in front of an IP packet that [`DataPath::encapsulate`] needs for the transport header.
 pub const HEADROOM: usize = TRANSPORT_HEADER_LEN;
@@ -214,6 +218,23 @@ pub enum Event {
     },
 }
 
+/// Sizes of a device's tables and queues ([`Device::stats`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceStats {
+    /// Configured peers.
+    pub peers: usize,
+    /// Entries in the receiver index table (handshakes in flight and keypairs).
+    pub indices: usize,
+    /// Packets staged across all peers.
+    pub staged_packets: usize,
+    /// Handshake messages queued by the data path.
+    pub queued_handshakes: usize,
+    /// Datagrams waiting for `poll_transmit`.
+    pub outbox: usize,
+    /// Events waiting for `poll_event`.
+    pub events: usize,
+}
+
 /// A configuration call named a peer that does not exist, or an invalid prefix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConfigError {
@@ -325,7 +346,10 @@ impl fmt::Debug for Device {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let shared = self.shared.read();
         f.debug_struct("Device")
-            .field("public_key", &shared.identity.as_ref().map(|i| *i.public_key()))
+            .field(
+                "public_key",
+                &shared.identity.as_ref().map(|i| *i.public_key()),
+            )
             .field("peers", &shared.peers.len())
             .finish_non_exhaustive()
     }
@@ -382,12 +406,20 @@ impl Device {
 
     /// The private key, if set.
     pub fn private_key(&self) -> Option<PrivateKey> {
-        self.shared.read().identity.as_ref().map(|i| i.private_key().clone())
+        self.shared
+            .read()
+            .identity
+            .as_ref()
+            .map(|i| i.private_key().clone())
     }
 
     /// Our public key, if a private key is set.
     pub fn public_key(&self) -> Option<PublicKey> {
-        self.shared.read().identity.as_ref().map(|i| *i.public_key())
+        self.shared
+            .read()
+            .identity
+            .as_ref()
+            .map(|i| *i.public_key())
     }
 
     /// Sets (or, with `None` or an all-zero key, clears) the private key. Setting the same key
@@ -416,7 +448,10 @@ impl Device {
                 indices.remove(h.local_index);
             }
             ps.last_sent_handshake = None;
-            for kp in [&ps.keypairs.current, &ps.keypairs.next].into_iter().flatten() {
+            for kp in [&ps.keypairs.current, &ps.keypairs.next]
+                .into_iter()
+                .flatten()
+            {
                 kp.invalidate_sending();
             }
         }
@@ -453,7 +488,9 @@ impl Device {
     /// Removes a peer, its allowed IPs and sessions. Returns whether it existed.
     pub fn remove_peer(&self, public_key: &PublicKey) -> bool {
         let mut shared = self.shared.write();
-        let Some(id) = shared.by_key.get(public_key).copied() else { return false };
+        let Some(id) = shared.by_key.get(public_key).copied() else {
+            return false;
+        };
         let mut indices = self.indices.write();
         remove_peer_locked(&mut shared, &mut indices, id);
         true
@@ -469,28 +506,50 @@ impl Device {
         }
     }
 
-    fn with_peer<R>(&self, public_key: &PublicKey, f: impl FnOnce(&Peer, &mut PeerState) -> R) -> Result<R, ConfigError> {
+    fn with_peer<R>(
+        &self,
+        public_key: &PublicKey,
+        f: impl FnOnce(&Peer, &mut PeerState) -> R,
+    ) -> Result<R, ConfigError> {
         let shared = self.shared.read();
-        let peer = shared.peer_by_key(public_key).ok_or(ConfigError::UnknownPeer)?;
+        let peer = shared
+            .peer_by_key(public_key)
+            .ok_or(ConfigError::UnknownPeer)?;
         let mut ps = peer.state.lock();
         Ok(f(peer, &mut ps))
     }
 
     /// Sets a peer's preshared key (all zeros = none).
-    pub fn set_preshared_key(&self, public_key: &PublicKey, psk: PresharedKey) -> Result<(), ConfigError> {
+    pub fn set_preshared_key(
+        &self,
+        public_key: &PublicKey,
+        psk: PresharedKey,
+    ) -> Result<(), ConfigError> {
         self.with_peer(public_key, |_, ps| ps.remote.set_psk(psk))
     }
 
     /// Sets a peer's endpoint.
-    pub fn set_endpoint(&self, public_key: &PublicKey, endpoint: SocketAddr) -> Result<(), ConfigError> {
+    pub fn set_endpoint(
+        &self,
+        public_key: &PublicKey,
+        endpoint: SocketAddr,
+    ) -> Result<(), ConfigError> {
         self.with_peer(public_key, |_, ps| ps.endpoint = Some(endpoint))
     }
 
     /// Sets a peer's persistent keepalive interval (0 = off). Turning it on sends a keepalive
     /// at once (or starts a handshake, whose datagrams come from `poll_transmit`).
-    pub fn set_persistent_keepalive(&self, now: Instant, public_key: &PublicKey, seconds: u16) -> Result<(), ConfigError> {
+    pub fn set_persistent_keepalive(
+        &self,
+        now: Instant,
+        public_key: &PublicKey,
+        seconds: u16,
+    ) -> Result<(), ConfigError> {
         let shared = self.shared.read();
-        let peer = shared.peer_by_key(public_key).ok_or(ConfigError::UnknownPeer)?.clone();
+        let peer = shared
+            .peer_by_key(public_key)
+            .ok_or(ConfigError::UnknownPeer)?
+            .clone();
         let mut indices = self.indices.write();
         let mut control = self.control.lock();
         let mut ps = peer.state.lock();
@@ -499,30 +558,60 @@ impl Device {
         if seconds == 0 {
             ps.timers.stop(Timer::PersistentKeepalive);
         } else if was_off {
-            let mut ctx = ControlCtx { shared: &shared, indices: &mut indices, control: &mut control };
+            let mut ctx = ControlCtx {
+                shared: &shared,
+                indices: &mut indices,
+                control: &mut control,
+            };
             self.send_keepalive(&mut ctx, &peer, &mut ps, now);
         }
         Ok(())
     }
 
     /// Adds an allowed IP to a peer; a prefix owned by another peer moves to this one.
-    pub fn add_allowed_ip(&self, public_key: &PublicKey, addr: IpAddr, cidr: u8) -> Result<(), ConfigError> {
+    pub fn add_allowed_ip(
+        &self,
+        public_key: &PublicKey,
+        addr: IpAddr,
+        cidr: u8,
+    ) -> Result<(), ConfigError> {
         let mut shared = self.shared.write();
-        let id = *shared.by_key.get(public_key).ok_or(ConfigError::UnknownPeer)?;
-        shared.allowed_ips.insert(addr, cidr, id).map_err(|_| ConfigError::InvalidPrefix)
+        let id = *shared
+            .by_key
+            .get(public_key)
+            .ok_or(ConfigError::UnknownPeer)?;
+        shared
+            .allowed_ips
+            .insert(addr, cidr, id)
+            .map_err(|_| ConfigError::InvalidPrefix)
     }
 
     /// Removes one allowed IP of a peer (only if that peer owns it).
-    pub fn remove_allowed_ip(&self, public_key: &PublicKey, addr: IpAddr, cidr: u8) -> Result<(), ConfigError> {
+    pub fn remove_allowed_ip(
+        &self,
+        public_key: &PublicKey,
+        addr: IpAddr,
+        cidr: u8,
+    ) -> Result<(), ConfigError> {
         let mut shared = self.shared.write();
-        let id = *shared.by_key.get(public_key).ok_or(ConfigError::UnknownPeer)?;
-        shared.allowed_ips.remove(addr, cidr, id).map(|_| ()).map_err(|_| ConfigError::InvalidPrefix)
+        let id = *shared
+            .by_key
+            .get(public_key)
+            .ok_or(ConfigError::UnknownPeer)?;
+        shared
+            .allowed_ips
+            .remove(addr, cidr, id)
+            .map(|_| ())
+            .map_err(|_| ConfigError::InvalidPrefix)
     }
 
     /// Removes all allowed IPs of a peer.
     pub fn clear_allowed_ips(&self, public_key: &PublicKey) -> Result<(), ConfigError> {
         let mut shared = self.shared.write();
-        let id = *shared.by_key.get(public_key).ok_or(ConfigError::UnknownPeer)?;
+        let id = *shared
+            .by_key
+            .get(public_key)
+            .ok_or(ConfigError::UnknownPeer)?;
         shared.allowed_ips.remove_value(id);
         Ok(())
     }
@@ -555,9 +644,32 @@ impl Device {
         self.control.lock().reported_load = queued;
     }
 
+    /// Sizes of the device's tables and queues, to watch memory.
+    pub fn stats(&self) -> DeviceStats {
+        let shared = self.shared.read();
+        let staged = shared
+            .peers
+            .values()
+            .map(|p| p.state.lock().staged.len())
+            .sum();
+        let indices = self.indices.read().len();
+        let queued_handshakes = self.handshake_queue.lock().len();
+        let outbox = self.outbox.lock();
+        DeviceStats {
+            peers: shared.peers.len(),
+            indices,
+            staged_packets: staged,
+            queued_handshakes,
+            outbox: outbox.transmits.len(),
+            events: outbox.events.len(),
+        }
+    }
+
     /// How many datagrams and packets were dropped, per reason.
     pub fn drop_counts(&self) -> impl Iterator<Item = (DropReason, u64)> + '_ {
-        DropReason::ALL.into_iter().map(|r| (r, self.drops[r.index()].load(Ordering::Relaxed)))
+        DropReason::ALL
+            .into_iter()
+            .map(|r| (r, self.drops[r.index()].load(Ordering::Relaxed)))
     }
 
     fn count_drop(&self, reason: DropReason) {
@@ -569,7 +681,11 @@ impl Device {
     /// Begins a batch on the data path: lookups share one pair of read guards. Drop it before
     /// calling any other method of the device from the same thread.
     pub fn data_path(&self) -> DataPath<'_> {
-        DataPath { device: self, shared: self.shared.read(), indices: self.indices.read() }
+        DataPath {
+            device: self,
+            shared: self.shared.read(),
+            indices: self.indices.read(),
+        }
     }
 
     /// Handles an IP packet from the host: `buf[HEADROOM..HEADROOM + packet_len]` holds it and
@@ -590,7 +706,11 @@ impl Device {
                 let shared = self.shared.read();
                 let mut indices = self.indices.write();
                 let mut control = self.control.lock();
-                let mut ctx = ControlCtx { shared: &shared, indices: &mut indices, control: &mut control };
+                let mut ctx = ControlCtx {
+                    shared: &shared,
+                    indices: &mut indices,
+                    control: &mut control,
+                };
                 self.handle_handshake_message(&mut ctx, now, source, buf, 0)
             }
             Err(_) => self.dropped(DropReason::Malformed),
@@ -617,7 +737,11 @@ impl Device {
         let shared = self.shared.read();
         let mut indices = self.indices.write();
         let mut control = self.control.lock();
-        let mut ctx = ControlCtx { shared: &shared, indices: &mut indices, control: &mut control };
+        let mut ctx = ControlCtx {
+            shared: &shared,
+            indices: &mut indices,
+            control: &mut control,
+        };
 
         // Indices of keypairs the data path dropped.
         ctx.indices.retain(|_, e| match e {
@@ -628,7 +752,9 @@ impl Device {
         // Bounded: only what was queued when we started.
         let queued = self.handshake_queue.lock().len();
         for _ in 0..queued {
-            let Some(mut q) = self.handshake_queue.lock().pop_front() else { break };
+            let Some(mut q) = self.handshake_queue.lock().pop_front() else {
+                break;
+            };
             let remaining = self.handshake_queue.lock().len();
             self.handle_handshake_message(&mut ctx, now, q.source, &mut q.bytes, remaining);
         }
@@ -652,7 +778,11 @@ impl Device {
             return Some(Instant::ZERO);
         }
         let shared = self.shared.read();
-        shared.peers.values().filter_map(|p| p.state.lock().timers.next()).min()
+        shared
+            .peers
+            .values()
+            .filter_map(|p| p.state.lock().timers.next())
+            .min()
     }
 
     /// The next datagram to send (handshakes, cookie replies, keepalives, staged packets),
@@ -662,7 +792,10 @@ impl Device {
         while let Some((destination, data)) = outbox.transmits.pop_front() {
             if let Some(dst) = buf.get_mut(..data.len()) {
                 dst.copy_from_slice(&data);
-                return Some(Transmit { destination, len: data.len() });
+                return Some(Transmit {
+                    destination,
+                    len: data.len(),
+                });
             }
             self.count_drop(DropReason::BufferTooSmall);
         }
@@ -703,7 +836,9 @@ impl Device {
         buf: &mut [u8],
         queued: usize,
     ) -> Received {
-        let Some(identity) = ctx.shared.identity.as_ref() else { return self.dropped(DropReason::NoPrivateKey) };
+        let Some(identity) = ctx.shared.identity.as_ref() else {
+            return self.dropped(DropReason::NoPrivateKey);
+        };
         let msg = match messages::parse(buf) {
             Ok(m) => m,
             Err(_) => return self.dropped(DropReason::Malformed),
@@ -717,11 +852,21 @@ impl Device {
         // mac1 always; mac2 and the rate limiter only under load.
         let control = &mut *ctx.control;
         let under_load = control.under_load(now, queued);
-        match control.cookie_checker.verify(now, &mut *control.rng, buf, source, under_load) {
+        match control
+            .cookie_checker
+            .verify(now, &mut *control.rng, buf, source, under_load)
+        {
             MacVerdict::InvalidMac => return self.dropped(DropReason::InvalidMac),
             MacVerdict::ValidMacNoCookie => {
                 let mut reply = [0u8; COOKIE_REPLY_LEN];
-                control.cookie_checker.create_reply(now, &mut *control.rng, buf, sender_index, source, &mut reply);
+                control.cookie_checker.create_reply(
+                    now,
+                    &mut *control.rng,
+                    buf,
+                    sender_index,
+                    source,
+                    &mut reply,
+                );
                 self.push_transmit(source, reply.to_vec());
                 return Received::Handshake;
             }
@@ -746,22 +891,30 @@ impl Device {
         source: SocketAddr,
         msg: &messages::Initiation<'_>,
     ) -> Received {
-        let Ok(part) = noise::consume_initiation(identity, msg) else { return self.dropped(DropReason::HandshakeFailed) };
+        let Ok(part) = noise::consume_initiation(identity, msg) else {
+            return self.dropped(DropReason::HandshakeFailed);
+        };
         let Some(peer) = ctx.shared.peer_by_key(part.remote_static()) else {
             return self.dropped(DropReason::HandshakeFailed);
         };
         let mut ps = peer.state.lock();
-        let Ok(received) = part.finish(&ps.remote, msg) else { return self.dropped(DropReason::HandshakeFailed) };
+        let Ok(received) = part.finish(&ps.remote, msg) else {
+            return self.dropped(DropReason::HandshakeFailed);
+        };
         // PROTOCOL.md §3: strictly newer timestamp, at most one per 20 ms; commit only after both.
         if received.timestamp <= ps.latest_timestamp {
             return self.dropped(DropReason::StaleTimestamp);
         }
-        if ps.last_initiation_consumed.is_some_and(|t| now - t < INITIATION_FLOOD_INTERVAL) {
+        if ps
+            .last_initiation_consumed
+            .is_some_and(|t| now - t < INITIATION_FLOOD_INTERVAL)
+        {
             return self.dropped(DropReason::Flood);
         }
         ps.latest_timestamp = received.timestamp;
         ps.last_initiation_consumed = Some(now);
-        peer.rx_bytes.fetch_add(INITIATION_LEN as u64, Ordering::Relaxed);
+        peer.rx_bytes
+            .fetch_add(INITIATION_LEN as u64, Ordering::Relaxed);
         self.update_endpoint(peer, &mut ps, source);
         ps.on_authenticated_packet_received();
         ps.on_authenticated_packet_traversal(now);
@@ -771,9 +924,17 @@ impl Device {
             ctx.indices.remove(h.local_index);
         }
         let remote_index = received.sender_index;
-        let local_index = ctx.indices.insert(&mut *ctx.control.rng, IndexEntry::Handshake(peer.id));
+        let local_index = ctx
+            .indices
+            .insert(&mut *ctx.control.rng, IndexEntry::Handshake(peer.id));
         let mut reply = [0u8; RESPONSE_LEN];
-        let keys = match noise::create_response(received, &ps.remote, local_index, &mut *ctx.control.rng, &mut reply) {
+        let keys = match noise::create_response(
+            received,
+            &ps.remote,
+            local_index,
+            &mut *ctx.control.rng,
+            &mut reply,
+        ) {
             Ok(k) => k,
             Err(_) => {
                 ctx.indices.remove(local_index);
@@ -782,20 +943,32 @@ impl Device {
         };
         let mac1_key = ps.remote.mac1_key;
         ps.cookie.add_macs(now, &mac1_key, &mut reply);
-        let keypair = Arc::new(Keypair::new(keys.send, keys.recv, now, false, local_index, remote_index, peer.id));
+        let keypair = Arc::new(Keypair::new(
+            keys.send,
+            keys.recv,
+            now,
+            false,
+            local_index,
+            remote_index,
+            peer.id,
+        ));
         if let Some(e) = ctx.indices.get_mut(local_index) {
             *e = IndexEntry::Keypair(Arc::downgrade(&keypair));
         }
         // Responder: the new keypair waits in `next` until the initiator uses it (§7).
         let slots = &mut ps.keypairs;
-        for old in [slots.next.replace(keypair), slots.previous.take()].into_iter().flatten() {
+        for old in [slots.next.replace(keypair), slots.previous.take()]
+            .into_iter()
+            .flatten()
+        {
             ctx.indices.remove(old.local_index);
         }
         ps.last_sent_handshake = Some(now);
         ps.on_session_derived(now);
         ps.on_authenticated_packet_traversal(now);
         ps.on_authenticated_packet_sent();
-        peer.tx_bytes.fetch_add(RESPONSE_LEN as u64, Ordering::Relaxed);
+        peer.tx_bytes
+            .fetch_add(RESPONSE_LEN as u64, Ordering::Relaxed);
         self.push_transmit(source, reply.to_vec());
         Received::Handshake
     }
@@ -812,7 +985,9 @@ impl Device {
         let Some(IndexEntry::Handshake(peer_id)) = ctx.indices.get(local_index).cloned() else {
             return self.dropped(DropReason::UnexpectedMessage);
         };
-        let Some(peer) = ctx.shared.peers.get(&peer_id) else { return self.dropped(DropReason::UnexpectedMessage) };
+        let Some(peer) = ctx.shared.peers.get(&peer_id) else {
+            return self.dropped(DropReason::UnexpectedMessage);
+        };
         let mut ps = peer.state.lock();
         let keys = match ps.handshake.as_ref() {
             Some(state) if state.local_index == local_index => {
@@ -824,7 +999,15 @@ impl Device {
             _ => return self.dropped(DropReason::UnexpectedMessage),
         };
         ps.handshake = None;
-        let keypair = Arc::new(Keypair::new(keys.send, keys.recv, now, true, local_index, msg.sender_index(), peer.id));
+        let keypair = Arc::new(Keypair::new(
+            keys.send,
+            keys.recv,
+            now,
+            true,
+            local_index,
+            msg.sender_index(),
+            peer.id,
+        ));
         if let Some(e) = ctx.indices.get_mut(local_index) {
             *e = IndexEntry::Keypair(Arc::downgrade(&keypair));
         }
@@ -839,13 +1022,16 @@ impl Device {
         for old in [dropped, old_previous].into_iter().flatten() {
             ctx.indices.remove(old.local_index);
         }
-        peer.rx_bytes.fetch_add(RESPONSE_LEN as u64, Ordering::Relaxed);
+        peer.rx_bytes
+            .fetch_add(RESPONSE_LEN as u64, Ordering::Relaxed);
         self.update_endpoint(peer, &mut ps, source);
         ps.on_session_derived(now);
         ps.on_handshake_complete(ctx.shared.unix_time(now));
         ps.on_authenticated_packet_received();
         ps.on_authenticated_packet_traversal(now);
-        self.push_event(Event::HandshakeCompleted { peer: peer.public_key });
+        self.push_event(Event::HandshakeCompleted {
+            peer: peer.public_key,
+        });
         // Key confirmation: send what waited, or a keepalive.
         if ps.staged.is_empty() {
             ps.staged.push_back(Vec::new());
@@ -854,7 +1040,12 @@ impl Device {
         Received::Handshake
     }
 
-    fn handle_cookie_reply(&self, ctx: &mut ControlCtx<'_>, now: Instant, reply: &messages::CookieReply<'_>) -> Received {
+    fn handle_cookie_reply(
+        &self,
+        ctx: &mut ControlCtx<'_>,
+        now: Instant,
+        reply: &messages::CookieReply<'_>,
+    ) -> Received {
         let peer_id = match ctx.indices.get(reply.receiver_index()) {
             Some(IndexEntry::Handshake(id)) => *id,
             Some(IndexEntry::Keypair(w)) => match w.upgrade() {
@@ -863,7 +1054,9 @@ impl Device {
             },
             None => return self.dropped(DropReason::UnexpectedMessage),
         };
-        let Some(peer) = ctx.shared.peers.get(&peer_id) else { return self.dropped(DropReason::UnexpectedMessage) };
+        let Some(peer) = ctx.shared.peers.get(&peer_id) else {
+            return self.dropped(DropReason::UnexpectedMessage);
+        };
         let mut ps = peer.state.lock();
         let cookie_key = ps.remote.cookie_key;
         match ps.cookie.consume_reply(now, &cookie_key, reply) {
@@ -873,24 +1066,42 @@ impl Device {
     }
 
     /// Sends an initiation unless one went out less than REKEY_TIMEOUT ago (§6).
-    fn send_initiation(&self, ctx: &mut ControlCtx<'_>, peer: &Peer, ps: &mut PeerState, now: Instant, is_retry: bool) {
+    fn send_initiation(
+        &self,
+        ctx: &mut ControlCtx<'_>,
+        peer: &Peer,
+        ps: &mut PeerState,
+        now: Instant,
+        is_retry: bool,
+    ) {
         if !is_retry {
             ps.handshake_attempts = 0;
         }
         if !ps.initiation_allowed(now) {
             return;
         }
-        let (Some(identity), Some(endpoint)) = (ctx.shared.identity.as_ref(), ps.endpoint) else { return };
+        let (Some(identity), Some(endpoint)) = (ctx.shared.identity.as_ref(), ps.endpoint) else {
+            return;
+        };
         if !ps.remote.can_handshake() {
             return;
         }
         if let Some(old) = ps.handshake.take() {
             ctx.indices.remove(old.local_index);
         }
-        let local_index = ctx.indices.insert(&mut *ctx.control.rng, IndexEntry::Handshake(peer.id));
+        let local_index = ctx
+            .indices
+            .insert(&mut *ctx.control.rng, IndexEntry::Handshake(peer.id));
         let timestamp = Tai64N::from_unix(ctx.shared.unix_time(now));
         let mut msg = [0u8; INITIATION_LEN];
-        match noise::create_initiation(identity, &ps.remote, local_index, timestamp, &mut *ctx.control.rng, &mut msg) {
+        match noise::create_initiation(
+            identity,
+            &ps.remote,
+            local_index,
+            timestamp,
+            &mut *ctx.control.rng,
+            &mut msg,
+        ) {
             Ok(state) => ps.handshake = Some(state),
             Err(_) => {
                 ctx.indices.remove(local_index);
@@ -903,12 +1114,19 @@ impl Device {
         ps.on_authenticated_packet_traversal(now);
         ps.on_authenticated_packet_sent();
         ps.on_handshake_initiated(now);
-        peer.tx_bytes.fetch_add(INITIATION_LEN as u64, Ordering::Relaxed);
+        peer.tx_bytes
+            .fetch_add(INITIATION_LEN as u64, Ordering::Relaxed);
         self.push_transmit(endpoint, msg.to_vec());
     }
 
     /// Sends a keepalive, staging it (and starting a handshake) if no session can send.
-    fn send_keepalive(&self, ctx: &mut ControlCtx<'_>, peer: &Peer, ps: &mut PeerState, now: Instant) {
+    fn send_keepalive(
+        &self,
+        ctx: &mut ControlCtx<'_>,
+        peer: &Peer,
+        ps: &mut PeerState,
+        now: Instant,
+    ) {
         if ps.staged.is_empty() {
             ps.staged.push_back(Vec::new());
         }
@@ -920,7 +1138,9 @@ impl Device {
     /// Encrypts staged packets with the current keypair into the outbox. Returns false (and
     /// leaves them staged) if no keypair can send.
     fn flush_staged(&self, shared: &Shared, peer: &Peer, ps: &mut PeerState, now: Instant) -> bool {
-        let Some(endpoint) = ps.endpoint else { return false };
+        let Some(endpoint) = ps.endpoint else {
+            return false;
+        };
         while let Some(packet) = ps.staged.pop_front() {
             let Some(keypair) = ps.keypairs.current.clone().filter(|k| k.can_send(now)) else {
                 ps.staged.push_front(packet);
@@ -944,13 +1164,22 @@ impl Device {
     }
 
     /// Timer hooks and the send-side rekey check after a transport message went out (§5, §6).
-    fn after_send(&self, ps: &mut PeerState, keypair: &Keypair, counter: u64, is_data: bool, now: Instant) {
+    fn after_send(
+        &self,
+        ps: &mut PeerState,
+        keypair: &Keypair,
+        counter: u64,
+        is_data: bool,
+        now: Instant,
+    ) {
         ps.on_authenticated_packet_traversal(now);
         ps.on_authenticated_packet_sent();
         if is_data {
             ps.on_data_sent(now);
         }
-        if counter >= REKEY_AFTER_MESSAGES || (keypair.is_initiator && keypair.age(now) >= REKEY_AFTER_TIME) {
+        if counter >= REKEY_AFTER_MESSAGES
+            || (keypair.is_initiator && keypair.age(now) >= REKEY_AFTER_TIME)
+        {
             self.want_initiation(ps, now);
         }
     }
@@ -965,20 +1194,33 @@ impl Device {
     fn update_endpoint(&self, peer: &Peer, ps: &mut PeerState, source: SocketAddr) {
         if ps.endpoint != Some(source) {
             ps.endpoint = Some(source);
-            self.push_event(Event::EndpointChanged { peer: peer.public_key, endpoint: source });
+            self.push_event(Event::EndpointChanged {
+                peer: peer.public_key,
+                endpoint: source,
+            });
         }
     }
 
-    fn on_timer(&self, ctx: &mut ControlCtx<'_>, peer: &Peer, ps: &mut PeerState, now: Instant, timer: Timer) {
+    fn on_timer(
+        &self,
+        ctx: &mut ControlCtx<'_>,
+        peer: &Peer,
+        ps: &mut PeerState,
+        now: Instant,
+        timer: Timer,
+    ) {
         match timer {
             Timer::RetransmitHandshake => {
                 if ps.handshake_attempts > MAX_TIMER_HANDSHAKES {
                     ps.timers.stop(Timer::SendKeepalive);
                     ps.staged.clear();
                     if !ps.timers.is_set(Timer::ZeroKeyMaterial) {
-                        ps.timers.set(Timer::ZeroKeyMaterial, now + ZERO_KEY_MATERIAL_AFTER);
+                        ps.timers
+                            .set(Timer::ZeroKeyMaterial, now + ZERO_KEY_MATERIAL_AFTER);
                     }
-                    self.push_event(Event::HandshakeGaveUp { peer: peer.public_key });
+                    self.push_event(Event::HandshakeGaveUp {
+                        peer: peer.public_key,
+                    });
                 } else {
                     ps.handshake_attempts += 1;
                     self.send_initiation(ctx, peer, ps, now, true);
@@ -999,7 +1241,9 @@ impl Device {
                 if let Some(h) = ps.handshake.take() {
                     ctx.indices.remove(h.local_index);
                 }
-                self.push_event(Event::KeysZeroed { peer: peer.public_key });
+                self.push_event(Event::KeysZeroed {
+                    peer: peer.public_key,
+                });
             }
             Timer::PersistentKeepalive => {
                 if ps.persistent_keepalive > 0 {
@@ -1058,7 +1302,10 @@ pub struct SendJob {
 
 impl fmt::Debug for SendJob {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SendJob").field("counter", &self.counter).field("destination", &self.destination).finish()
+        f.debug_struct("SendJob")
+            .field("counter", &self.counter)
+            .field("destination", &self.destination)
+            .finish()
     }
 }
 
@@ -1071,7 +1318,8 @@ impl SendJob {
     /// Encrypts in place: `buf[HEADROOM..HEADROOM + packet_len]` holds the packet given to
     /// `prepare_send`. Returns the message length (at the start of `buf`).
     pub fn seal(&self, buf: &mut [u8], packet_len: usize) -> usize {
-        self.keypair.seal(self.counter, buf, packet_len, self.padded_len)
+        self.keypair
+            .seal(self.counter, buf, packet_len, self.padded_len)
     }
 }
 
@@ -1084,7 +1332,9 @@ pub struct ReceiveJob {
 
 impl fmt::Debug for ReceiveJob {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ReceiveJob").field("counter", &self.counter).finish()
+        f.debug_struct("ReceiveJob")
+            .field("counter", &self.counter)
+            .finish()
     }
 }
 
@@ -1092,8 +1342,12 @@ impl ReceiveJob {
     /// Decrypts `buf` (the whole datagram) in place. No state changes: a forged message costs
     /// only the AEAD.
     pub fn open(&self, buf: &mut [u8]) -> Result<(), DropReason> {
-        let body = buf.get_mut(TRANSPORT_HEADER_LEN..).ok_or(DropReason::Malformed)?;
-        self.keypair.open(self.counter, body).map_err(|_| DropReason::Decrypt)
+        let body = buf
+            .get_mut(TRANSPORT_HEADER_LEN..)
+            .ok_or(DropReason::Malformed)?;
+        self.keypair
+            .open(self.counter, body)
+            .map_err(|_| DropReason::Decrypt)
     }
 }
 
@@ -1107,7 +1361,10 @@ impl DataPath<'_> {
         match self.prepare_send(now, packet, buf.len()) {
             Ok(job) => {
                 let len = job.seal(buf, packet_len);
-                Sent::Transmit { destination: job.destination, len }
+                Sent::Transmit {
+                    destination: job.destination,
+                    len,
+                }
             }
             Err(sent) => sent,
         }
@@ -1115,14 +1372,26 @@ impl DataPath<'_> {
 
     /// Routes `packet` and reserves a counter of the peer's current keypair, in the order
     /// packets must leave. `capacity` is the length of the buffer the packet will be sealed in.
-    pub fn prepare_send(&self, now: Instant, packet: &[u8], capacity: usize) -> Result<SendJob, Sent> {
+    pub fn prepare_send(
+        &self,
+        now: Instant,
+        packet: &[u8],
+        capacity: usize,
+    ) -> Result<SendJob, Sent> {
         let device = self.device;
         let drop = |reason| {
             device.count_drop(reason);
             Err(Sent::Dropped(reason))
         };
-        let Some(destination) = ip_destination(packet) else { return drop(DropReason::InvalidInnerPacket) };
-        let Some(peer) = self.shared.allowed_ips.lookup(destination).and_then(|id| self.shared.peers.get(&id)) else {
+        let Some(destination) = ip_destination(packet) else {
+            return drop(DropReason::InvalidInnerPacket);
+        };
+        let Some(peer) = self
+            .shared
+            .allowed_ips
+            .lookup(destination)
+            .and_then(|id| self.shared.peers.get(&id))
+        else {
             return drop(DropReason::NoRoute);
         };
         let padded = padded_len(packet.len(), self.shared.mtu);
@@ -1130,7 +1399,9 @@ impl DataPath<'_> {
             return drop(DropReason::BufferTooSmall);
         }
         let mut ps = peer.state.lock();
-        let Some(endpoint) = ps.endpoint else { return drop(DropReason::NoEndpoint) };
+        let Some(endpoint) = ps.endpoint else {
+            return drop(DropReason::NoEndpoint);
+        };
         let job = ps
             .keypairs
             .current
@@ -1147,7 +1418,12 @@ impl DataPath<'_> {
         let len = HEADROOM + padded + TAG_LEN;
         peer.tx_bytes.fetch_add(len as u64, Ordering::Relaxed);
         device.after_send(&mut ps, &keypair, counter, !packet.is_empty(), now);
-        Ok(SendJob { keypair, counter, padded_len: padded, destination: endpoint })
+        Ok(SendJob {
+            keypair,
+            counter,
+            padded_len: padded,
+            destination: endpoint,
+        })
     }
 
     /// [`Device::handle_datagram`] within this batch. Handshake messages are queued for
@@ -1165,7 +1441,12 @@ impl DataPath<'_> {
 
     /// Finds the keypair of a transport message. Other message types are queued for the
     /// control path and answered with `Err(Received::Handshake)`.
-    pub fn prepare_receive(&self, now: Instant, source: SocketAddr, buf: &[u8]) -> Result<ReceiveJob, Received> {
+    pub fn prepare_receive(
+        &self,
+        now: Instant,
+        source: SocketAddr,
+        buf: &[u8],
+    ) -> Result<ReceiveJob, Received> {
         let device = self.device;
         let t = match messages::parse(buf) {
             Ok(Message::Transport(t)) => t,
@@ -1175,7 +1456,10 @@ impl DataPath<'_> {
                     drop(queue);
                     return Err(device.dropped(DropReason::QueueFull));
                 }
-                queue.push_back(QueuedHandshake { source, bytes: buf.to_vec() });
+                queue.push_back(QueuedHandshake {
+                    source,
+                    bytes: buf.to_vec(),
+                });
                 device.work_pending.store(true, Ordering::Release);
                 return Err(Received::Handshake);
             }
@@ -1185,11 +1469,17 @@ impl DataPath<'_> {
             Some(IndexEntry::Keypair(w)) => w.upgrade(),
             _ => None,
         };
-        let Some(keypair) = keypair else { return Err(device.dropped(DropReason::UnknownIndex)) };
+        let Some(keypair) = keypair else {
+            return Err(device.dropped(DropReason::UnknownIndex));
+        };
         if !keypair.can_receive(now) {
             return Err(device.dropped(DropReason::ExpiredKey));
         }
-        Ok(ReceiveJob { keypair, counter: t.counter(), source })
+        Ok(ReceiveJob {
+            keypair,
+            counter: t.counter(),
+            source,
+        })
     }
 
     /// After [`ReceiveJob::open`] succeeded: the replay window, roaming, key confirmation,
@@ -1209,12 +1499,19 @@ impl DataPath<'_> {
         device.update_endpoint(peer, &mut ps, source);
 
         // Key confirmation (§7): the first packet under `next` promotes it.
-        if ps.keypairs.next.as_ref().is_some_and(|n| Arc::ptr_eq(n, &job.keypair)) {
+        if ps
+            .keypairs
+            .next
+            .as_ref()
+            .is_some_and(|n| Arc::ptr_eq(n, &job.keypair))
+        {
             let slots = &mut ps.keypairs;
             slots.previous = slots.current.take();
             slots.current = slots.next.take();
             ps.on_handshake_complete(self.shared.unix_time(now));
-            device.push_event(Event::HandshakeCompleted { peer: peer.public_key });
+            device.push_event(Event::HandshakeCompleted {
+                peer: peer.public_key,
+            });
             device.work_pending.store(true, Ordering::Release); // forget the old previous's index
             device.flush_staged(&self.shared, peer, &mut ps, now);
         }
@@ -1242,15 +1539,22 @@ impl DataPath<'_> {
         if self.shared.allowed_ips.lookup(src) != Some(peer.id) {
             return device.dropped(DropReason::SourceNotAllowed);
         }
-        Received::Packet { peer: peer.public_key, len }
+        Received::Packet {
+            peer: peer.public_key,
+            len,
+        }
     }
 }
 
 /// The destination address of an IPv4 or IPv6 packet.
 fn ip_destination(packet: &[u8]) -> Option<IpAddr> {
     match packet.first()? >> 4 {
-        4 if packet.len() >= 20 => Some(IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(&packet[16..20]).ok()?))),
-        6 if packet.len() >= 40 => Some(IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(&packet[24..40]).ok()?))),
+        4 if packet.len() >= 20 => Some(IpAddr::V4(Ipv4Addr::from(
+            <[u8; 4]>::try_from(&packet[16..20]).ok()?,
+        ))),
+        6 if packet.len() >= 40 => Some(IpAddr::V6(Ipv6Addr::from(
+            <[u8; 16]>::try_from(&packet[24..40]).ok()?,
+        ))),
         _ => None,
     }
 }
@@ -1264,14 +1568,20 @@ fn ip_source_and_len(packet: &[u8]) -> Option<(IpAddr, usize)> {
             if total < 20 || total > packet.len() {
                 return None;
             }
-            Some((IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(&packet[12..16]).ok()?)), total))
+            Some((
+                IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(&packet[12..16]).ok()?)),
+                total,
+            ))
         }
         6 if packet.len() >= 40 => {
             let total = usize::from(u16::from_be_bytes([packet[4], packet[5]])) + 40;
             if total > packet.len() {
                 return None;
             }
-            Some((IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(&packet[8..24]).ok()?)), total))
+            Some((
+                IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(&packet[8..24]).ok()?)),
+                total,
+            ))
         }
         _ => None,
     }

@@ -94,18 +94,14 @@ impl Keypair {
         self.sending_valid.store(false, Ordering::Relaxed);
     }
 
-    /// The counter the next message will use (for the rekey-after-messages check).
-    pub(crate) fn messages_sent(&self) -> u64 {
-        self.send_counter.load(Ordering::Relaxed)
-    }
-
     /// Reserves the next nonce counter, or `None` when the keypair is exhausted.
     pub(crate) fn next_counter(&self) -> Option<u64> {
         let c = self.send_counter.fetch_add(1, Ordering::Relaxed);
         if c >= REJECT_AFTER_MESSAGES {
             self.sending_valid.store(false, Ordering::Relaxed);
             // Keep the counter from wrapping however many callers race here.
-            self.send_counter.store(REJECT_AFTER_MESSAGES, Ordering::Relaxed);
+            self.send_counter
+                .store(REJECT_AFTER_MESSAGES, Ordering::Relaxed);
             return None;
         }
         Some(c)
@@ -116,10 +112,20 @@ impl Keypair {
     /// `buf[16..16 + packet_len]` holds the IP packet; `padded_len` ≥ `packet_len` is the padded
     /// plaintext length; `buf` must hold `16 + padded_len + 16` bytes. Writes the header, the
     /// zero padding, the ciphertext and the tag; returns the message length.
-    pub(crate) fn seal(&self, counter: u64, buf: &mut [u8], packet_len: usize, padded_len: usize) -> usize {
+    pub(crate) fn seal(
+        &self,
+        counter: u64,
+        buf: &mut [u8],
+        packet_len: usize,
+        padded_len: usize,
+    ) -> usize {
         let total = TRANSPORT_HEADER_LEN + padded_len + TAG_LEN;
         let (header, body) = buf[..total].split_at_mut(TRANSPORT_HEADER_LEN);
-        write_transport_header(header.try_into().expect("16-byte header"), self.remote_index, counter);
+        write_transport_header(
+            header.try_into().expect("16-byte header"),
+            self.remote_index,
+            counter,
+        );
         body[packet_len..padded_len].fill(0);
         aead_seal(&self.send_key, counter, body, &[]);
         total
@@ -139,7 +145,11 @@ impl Keypair {
 /// Length of the padded plaintext for an IP packet of `len` bytes (PROTOCOL.md §5): a multiple
 /// of 16, but never more than the MTU, unless the packet itself is longer than the MTU.
 pub fn padded_len(len: usize, mtu: usize) -> usize {
-    let last = if mtu == 0 || len <= mtu { len } else { len % mtu };
+    let last = if mtu == 0 || len <= mtu {
+        len
+    } else {
+        len % mtu
+    };
     let padded = last.next_multiple_of(16);
     let padded = if mtu == 0 { padded } else { padded.min(mtu) };
     len - last + padded.max(last)
@@ -168,7 +178,15 @@ mod tests {
     fn seal_open_and_replay() {
         let k1 = SymmetricKey::from_bytes([1; 32]);
         let k2 = SymmetricKey::from_bytes([2; 32]);
-        let a = Keypair::new(k1.clone(), k2.clone(), Instant::ZERO, true, 10, 20, PeerId(0));
+        let a = Keypair::new(
+            k1.clone(),
+            k2.clone(),
+            Instant::ZERO,
+            true,
+            10,
+            20,
+            PeerId(0),
+        );
         let b = Keypair::new(k2, k1, Instant::ZERO, false, 20, 10, PeerId(1));
         let mut buf = [0u8; 16 + 96 + 16];
         buf[16..16 + 84].copy_from_slice(&[0x45; 84]);
@@ -191,7 +209,8 @@ mod tests {
     fn counter_exhaustion_stops_sending() {
         let k = SymmetricKey::from_bytes([1; 32]);
         let a = Keypair::new(k.clone(), k, Instant::ZERO, true, 1, 2, PeerId(0));
-        a.send_counter.store(REJECT_AFTER_MESSAGES - 1, Ordering::Relaxed);
+        a.send_counter
+            .store(REJECT_AFTER_MESSAGES - 1, Ordering::Relaxed);
         assert_eq!(a.next_counter(), Some(REJECT_AFTER_MESSAGES - 1));
         assert_eq!(a.next_counter(), None);
         assert_eq!(a.next_counter(), None);
