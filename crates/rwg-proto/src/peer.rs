@@ -33,7 +33,9 @@ pub(crate) struct Keypairs {
 
 impl Keypairs {
     pub(crate) fn iter(&self) -> impl Iterator<Item = &Arc<Keypair>> {
-        [&self.current, &self.previous, &self.next].into_iter().flatten()
+        [&self.current, &self.previous, &self.next]
+            .into_iter()
+            .flatten()
     }
 }
 
@@ -113,7 +115,8 @@ impl PeerState {
 
     /// Whether an initiation may be sent now: none was sent in the last REKEY_TIMEOUT.
     pub(crate) fn initiation_allowed(&self, now: Instant) -> bool {
-        self.last_sent_handshake.is_none_or(|t| now - t >= REKEY_TIMEOUT)
+        self.last_sent_handshake
+            .is_none_or(|t| now - t >= REKEY_TIMEOUT)
     }
 
     // Timer hooks (PROTOCOL.md §6 "Events"), named after what happened.
@@ -131,7 +134,8 @@ impl PeerState {
         if self.timers.is_set(Timer::SendKeepalive) {
             self.need_another_keepalive = true;
         } else {
-            self.timers.set(Timer::SendKeepalive, now + KEEPALIVE_TIMEOUT);
+            self.timers
+                .set(Timer::SendKeepalive, now + KEEPALIVE_TIMEOUT);
         }
     }
 
@@ -170,6 +174,7 @@ impl PeerState {
 
     /// New transport keys were derived.
     pub(crate) fn on_session_derived(&mut self, now: Instant) {
-        self.timers.set(Timer::ZeroKeyMaterial, now + ZERO_KEY_MATERIAL_AFTER);
+        self.timers
+            .set(Timer::ZeroKeyMaterial, now + ZERO_KEY_MATERIAL_AFTER);
     }
 }

@@ -136,7 +136,10 @@ mod tests {
         let mut j = Jitter::new(42);
         let samples: alloc::vec::Vec<_> = (0..1000).map(|_| j.next()).collect();
         assert!(samples.iter().all(|d| *d < MAX_JITTER));
-        let distinct = samples.iter().collect::<alloc::collections::BTreeSet<_>>().len();
+        let distinct = samples
+            .iter()
+            .collect::<alloc::collections::BTreeSet<_>>()
+            .len();
         assert!(distinct > 900, "{distinct}");
         assert!(samples.iter().any(|d| *d > Duration::from_millis(300)));
         assert!(samples.iter().any(|d| *d < Duration::from_millis(33)));
