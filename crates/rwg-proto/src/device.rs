@@ -253,6 +253,8 @@ impl fmt::Display for ConfigError {
     }
 }
 
+impl core::error::Error for ConfigError {}
+
 /// What `wg show` needs to know of a peer.
 #[derive(Clone, Debug)]
 pub struct PeerInfo {
