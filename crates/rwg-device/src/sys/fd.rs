@@ -1,0 +1,56 @@
+//! File descriptor plumbing: adopting inherited descriptors, handing them to a child process,
+//! and pipes.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use super::cvt;
+
+/// Takes ownership of a descriptor inherited from the parent process (`WG_TUN_FD`, `WG_UAPI_FD`).
+///
+/// Checks that the number refers to an open descriptor first, so a wrong environment variable is
+/// an error and not a double close later. Marks it close-on-exec again.
+pub(crate) fn adopt_inherited(fd: RawFd) -> io::Result<OwnedFd> {
+    if fd < 0 {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    // SAFETY: F_GETFD only queries flags of a descriptor number; an invalid number yields EBADF.
+    let flags = cvt(unsafe { libc::fcntl(fd, libc::F_GETFD) })?;
+    // SAFETY: the descriptor is open (checked above); setting FD_CLOEXEC changes no memory.
+    cvt(unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) })?;
+    // SAFETY: the caller's contract (the environment handed us this descriptor and nothing else
+    // in this process owns it) is the documented protocol of WG_TUN_FD/WG_UAPI_FD; the number
+    // is open, checked above.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Clears or sets `FD_CLOEXEC`, so that a descriptor survives (or not) an `exec`.
+pub(crate) fn set_cloexec(fd: &impl AsRawFd, on: bool) -> io::Result<()> {
+    let fd = fd.as_raw_fd();
+    // SAFETY: `fd` belongs to a live owned descriptor (borrowed); F_GETFD touches no memory.
+    let flags = cvt(unsafe { libc::fcntl(fd, libc::F_GETFD) })?;
+    let flags = if on {
+        flags | libc::FD_CLOEXEC
+    } else {
+        flags & !libc::FD_CLOEXEC
+    };
+    // SAFETY: as above; F_SETFD only changes the descriptor's flags.
+    cvt(unsafe { libc::fcntl(fd, libc::F_SETFD, flags) })?;
+    Ok(())
+}
+
+/// A pipe, both ends close-on-exec: (read end, write end).
+pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
+    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    // SAFETY: pipe2 succeeded, so both numbers are fresh descriptors owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Identity of a file: (device, inode), for "is the path still ours" checks.
+pub(crate) fn lstat_ident(path: &std::path::Path) -> io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(path)?;
+    Ok((m.dev(), m.ino()))
+}
