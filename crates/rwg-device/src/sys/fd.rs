@@ -54,3 +54,14 @@ pub(crate) fn lstat_ident(path: &std::path::Path) -> io::Result<(u64, u64)> {
     let m = std::fs::symlink_metadata(path)?;
     Ok((m.dev(), m.ino()))
 }
+
+/// Runs `f` with the process umask set to `mask`, restoring it afterwards. The umask is
+/// process-wide: call this while no other thread creates files.
+pub(crate) fn with_umask<T>(mask: libc::mode_t, f: impl FnOnce() -> T) -> T {
+    // SAFETY: umask only swaps the process's file creation mask; it cannot fail.
+    let old = unsafe { libc::umask(mask) };
+    let result = f();
+    // SAFETY: as above, restoring the previous value.
+    unsafe { libc::umask(old) };
+    result
+}

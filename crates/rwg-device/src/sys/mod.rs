@@ -5,6 +5,7 @@
 
 #[allow(dead_code)] // the daemon (next commits) uses the rest
 pub(crate) mod fd;
+pub(crate) mod inotify;
 pub(crate) mod tun;
 pub(crate) mod udp;
 
