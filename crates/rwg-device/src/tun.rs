@@ -176,6 +176,14 @@ impl Tun {
         }
     }
 
+    /// A second handle on the same device (a duplicated descriptor).
+    pub fn try_clone(&self) -> io::Result<Tun> {
+        Ok(Tun {
+            fd: self.fd.try_clone()?,
+            name: self.name.clone(),
+        })
+    }
+
     /// Gives the descriptor up (to hand it to a child process).
     pub fn into_fd(self) -> OwnedFd {
         self.fd

@@ -3,9 +3,9 @@
 //! The rest of the crate sees safe wrappers that own their file descriptors. Each unsafe block
 //! states why it is sound; each unsafe fn has a `# Safety` section.
 
-#[allow(dead_code)] // the daemon (next commits) uses the rest
 pub(crate) mod fd;
 pub(crate) mod inotify;
+pub(crate) mod signals;
 pub(crate) mod tun;
 pub(crate) mod udp;
 
