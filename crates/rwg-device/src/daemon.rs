@@ -2,7 +2,7 @@
 //! the shutdown conditions wireguard-go also has: SIGINT/SIGTERM, the interface deleted
 //! (`wg-quick down` runs `ip link del`), or the socket file deleted.
 //!
-//! The packet path is a placeholder (see [`PacketPath`]): packets read from the TUN are
+//! The packet path is a placeholder (see [`placeholder_packet_path`]): packets read from the TUN are
 //! discarded and configuration is stored by [`MemoryDevice`], so `wg set`/`wg show` already
 //! work end to end. The protocol core's driver replaces both.
 
@@ -71,44 +71,42 @@ impl ShutdownHandle {
 
 /// PLACEHOLDER — the packet-moving core, to be replaced by the driver of `rwg-proto`.
 ///
-/// Contract the replacement keeps:
-/// - [`PacketPath::start`] gets the TUN device, the configuration state and a
-///   [`ShutdownHandle`]; it starts whatever threads it needs and returns once they run.
-/// - When a TUN read fails with [`TunError::Gone`] it calls
-///   `shutdown.shutdown(Shutdown::InterfaceDeleted)` and stops reading.
-/// - Configuration reaches it through the [`UapiDevice`] it shares with the UAPI server (today
-///   [`MemoryDevice`], which binds the UDP sockets but never reads them).
-#[derive(Debug)]
-pub struct PacketPath;
+/// The replacement is a function of the same shape as [`placeholder_packet_path`], passed to
+/// [`Daemon::run_with`] together with the real configuration object (which implements
+/// [`UapiDevice`]; the `Mutex` around it only serialises configuration requests, so the data
+/// path should hold its own handle to shared state rather than lock it per packet). It:
+/// - starts whatever threads it needs and returns once they run;
+/// - on a TUN read failing with [`TunError::Gone`] calls
+///   `shutdown.shutdown(Shutdown::InterfaceDeleted)` (that is how `wg-quick down` stops us);
+/// - on an unrecoverable error calls `shutdown.shutdown(Shutdown::Failed(..))`.
+pub type PacketPathStart<D> = fn(Arc<Tun>, Arc<Mutex<D>>, ShutdownHandle) -> Result<(), StartError>;
 
-impl PacketPath {
-    /// PLACEHOLDER: reads packets from the TUN and discards them.
-    pub fn start<D: UapiDevice + Send + 'static>(
-        tun: Arc<Tun>,
-        _device: Arc<Mutex<D>>,
-        shutdown: ShutdownHandle,
-    ) -> Result<PacketPath, StartError> {
-        std::thread::Builder::new()
-            .name("tun-read".into())
-            .spawn(move || {
-                let mut buf = vec![0u8; 65536];
-                loop {
-                    match tun.read(&mut buf) {
-                        Ok(n) => tracing::trace!(len = n, "placeholder: dropping packet from TUN"),
-                        Err(TunError::Gone) => {
-                            shutdown.shutdown(Shutdown::InterfaceDeleted);
-                            return;
-                        }
-                        Err(e) => {
-                            shutdown.shutdown(Shutdown::Failed(format!("reading TUN: {e}")));
-                            return;
-                        }
+/// PLACEHOLDER: reads packets from the TUN and discards them; never touches the UDP sockets.
+pub fn placeholder_packet_path<D: UapiDevice + Send + 'static>(
+    tun: Arc<Tun>,
+    _device: Arc<Mutex<D>>,
+    shutdown: ShutdownHandle,
+) -> Result<(), StartError> {
+    std::thread::Builder::new()
+        .name("tun-read".into())
+        .spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            loop {
+                match tun.read(&mut buf) {
+                    Ok(n) => tracing::trace!(len = n, "placeholder: dropping packet from TUN"),
+                    Err(TunError::Gone) => {
+                        shutdown.shutdown(Shutdown::InterfaceDeleted);
+                        return;
+                    }
+                    Err(e) => {
+                        shutdown.shutdown(Shutdown::Failed(format!("reading TUN: {e}")));
+                        return;
                     }
                 }
-            })
-            .map_err(|e| StartError(format!("cannot start TUN reader: {e}")))?;
-        Ok(PacketPath)
-    }
+            }
+        })
+        .map_err(|e| StartError(format!("cannot start TUN reader: {e}")))?;
+    Ok(())
 }
 
 /// A TUN device and a configuration socket, ready to serve.
@@ -135,30 +133,46 @@ impl Daemon {
     /// the caller is expected to exit the process.
     ///
     /// `signals` must have been blocked before any thread was created.
+    ///
+    /// PLACEHOLDER: serves a [`MemoryDevice`] with [`placeholder_packet_path`]; the protocol
+    /// core's driver replaces this body with a call to [`Daemon::run_with`].
     pub fn run(
         self,
         signals: Option<TerminationSignals>,
         on_serving: impl FnOnce(),
     ) -> Result<Shutdown, StartError> {
-        let result = self.serve(signals, on_serving);
+        let mut memory = MemoryDevice::new(true);
+        if memory.bind_now().is_err() {
+            self.uapi.remove_socket_file();
+            return Err(StartError("cannot bind the UDP sockets".into()));
+        }
+        self.run_with(memory, placeholder_packet_path, signals, on_serving)
+    }
+
+    /// Like [`Daemon::run`] with the configuration object and the packet path given.
+    pub fn run_with<D: UapiDevice + Send + 'static>(
+        self,
+        device: D,
+        packet_path: PacketPathStart<D>,
+        signals: Option<TerminationSignals>,
+        on_serving: impl FnOnce(),
+    ) -> Result<Shutdown, StartError> {
+        let result = self.serve(device, packet_path, signals, on_serving);
         self.uapi.remove_socket_file();
         result
     }
 
-    fn serve(
+    fn serve<D: UapiDevice + Send + 'static>(
         &self,
+        device: D,
+        packet_path: PacketPathStart<D>,
         signals: Option<TerminationSignals>,
         on_serving: impl FnOnce(),
     ) -> Result<Shutdown, StartError> {
         let (tx, rx) = mpsc::channel();
         let handle = ShutdownHandle(tx);
         let spawn_err = |what: &str, e: std::io::Error| StartError(format!("{what}: {e}"));
-
-        let mut memory = MemoryDevice::new(true);
-        memory
-            .bind_now()
-            .map_err(|_| StartError("cannot bind the UDP sockets".into()))?;
-        let device = Arc::new(Mutex::new(memory));
+        let device = Arc::new(Mutex::new(device));
 
         let watch = self
             .uapi
@@ -187,7 +201,7 @@ impl Daemon {
         }
 
         let tun = Arc::new(self.tun.try_clone().map_err(|e| spawn_err("TUN", e))?);
-        let _path = PacketPath::start(tun, Arc::clone(&device), handle.clone())?;
+        packet_path(tun, Arc::clone(&device), handle.clone())?;
 
         self.uapi
             .serve(device)

@@ -66,8 +66,8 @@ impl fmt::Display for Errno {
 
 impl std::error::Error for Errno {}
 
-/// A peer as `get` reports it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// A peer as `get` reports it. `Debug` leaves the preshared key out.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct PeerSnapshot {
     /// The peer's static public key.
     pub public_key: [u8; 32],
@@ -87,8 +87,8 @@ pub struct PeerSnapshot {
     pub allowed_ips: Vec<(IpAddr, u8)>,
 }
 
-/// The device as `get` reports it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// The device as `get` reports it. `Debug` leaves the private key out.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct DeviceSnapshot {
     /// The private key, if set. Only `get` ever sends it out.
     pub private_key: Option<[u8; 32]>,
@@ -98,6 +98,44 @@ pub struct DeviceSnapshot {
     pub fwmark: u32,
     /// Peers in a stable order.
     pub peers: Vec<PeerSnapshot>,
+}
+
+impl fmt::Debug for PeerSnapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PeerSnapshot")
+            .field("public_key", &ShortKey(&self.public_key))
+            .field("preshared_key", &"(hidden)")
+            .field("endpoint", &self.endpoint)
+            .field("last_handshake", &self.last_handshake)
+            .field("tx_bytes", &self.tx_bytes)
+            .field("rx_bytes", &self.rx_bytes)
+            .field("persistent_keepalive", &self.persistent_keepalive)
+            .field("allowed_ips", &self.allowed_ips)
+            .finish()
+    }
+}
+
+impl fmt::Debug for DeviceSnapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeviceSnapshot")
+            .field("private_key", &self.private_key.map(|_| "(hidden)"))
+            .field("listen_port", &self.listen_port)
+            .field("fwmark", &self.fwmark)
+            .field("peers", &self.peers)
+            .finish()
+    }
+}
+
+/// A public key shortened for logs.
+struct ShortKey<'a>(&'a [u8; 32]);
+
+impl fmt::Debug for ShortKey<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in &self.0[..4] {
+            write!(f, "{b:02x}")?;
+        }
+        f.write_str("…")
+    }
 }
 
 /// The primitive operations a `set` request is made of. Every method that can fail returns the
@@ -813,6 +851,21 @@ mod tests {
 
     fn snap(dev: &Mutex<MemoryDevice>) -> DeviceSnapshot {
         dev.lock().expect("lock").snapshot()
+    }
+
+    #[test]
+    fn debug_output_hides_secrets() {
+        let s = DeviceSnapshot {
+            private_key: Some([0xab; 32]),
+            peers: vec![PeerSnapshot {
+                preshared_key: [0xcd; 32],
+                ..PeerSnapshot::default()
+            }],
+            ..DeviceSnapshot::default()
+        };
+        let text = format!("{s:?}");
+        assert!(!text.contains("171") && !text.contains("ab, ab") && !text.contains("abab"));
+        assert!(!text.contains("205") && !text.contains("cdcd"));
     }
 
     #[test]
