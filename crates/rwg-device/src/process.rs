@@ -47,3 +47,36 @@ pub fn pipe() -> io::Result<(File, File)> {
     let (r, w) = sys::fd::pipe()?;
     Ok((File::from(r), File::from(w)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::fd::{AsRawFd, IntoRawFd};
+
+    #[test]
+    fn adopting_descriptors_is_guarded() {
+        assert!(adopt_inherited(-1).is_err());
+        assert!(adopt_inherited(1).is_err());
+        let (mut r, w) = pipe().expect("pipe");
+        let raw = OwnedFd::from(w).into_raw_fd();
+        let adopted = adopt_inherited(raw).expect("adopt");
+        assert_eq!(adopted.as_raw_fd(), raw);
+        // Not twice.
+        assert!(adopt_inherited(raw).is_err());
+        let mut w = File::from(adopted);
+        w.write_all(b"x").expect("write");
+        drop(w);
+        let mut s = String::new();
+        r.read_to_string(&mut s).expect("read");
+        assert_eq!(s, "x");
+        // A closed number.
+        assert!(adopt_inherited(100_000).is_err());
+    }
+
+    #[test]
+    fn inheritance_flag() {
+        let (r, _w) = pipe().expect("pipe");
+        inherit_across_exec(&r).expect("clear cloexec");
+    }
+}

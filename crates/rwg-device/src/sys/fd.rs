@@ -6,21 +6,31 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use super::cvt;
 
+/// Descriptor numbers already adopted, so that a number can be taken over at most once.
+static ADOPTED: std::sync::Mutex<Vec<RawFd>> = std::sync::Mutex::new(Vec::new());
+
 /// Takes ownership of a descriptor inherited from the parent process (`WG_TUN_FD`, `WG_UAPI_FD`).
 ///
-/// Checks that the number refers to an open descriptor first, so a wrong environment variable is
-/// an error and not a double close later. Marks it close-on-exec again.
+/// This is safe to call only because of the guards here: a number must be open, not one of the
+/// standard streams (which std owns), and not adopted before. It still relies on nothing else
+/// in the process having opened that number, which holds at startup, where it is used.
+/// Marks the descriptor close-on-exec again.
 pub(crate) fn adopt_inherited(fd: RawFd) -> io::Result<OwnedFd> {
-    if fd < 0 {
+    if fd <= libc::STDERR_FILENO {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    let mut adopted = ADOPTED.lock().unwrap_or_else(|p| p.into_inner());
+    if adopted.contains(&fd) {
         return Err(io::Error::from_raw_os_error(libc::EBADF));
     }
     // SAFETY: F_GETFD only queries flags of a descriptor number; an invalid number yields EBADF.
     let flags = cvt(unsafe { libc::fcntl(fd, libc::F_GETFD) })?;
     // SAFETY: the descriptor is open (checked above); setting FD_CLOEXEC changes no memory.
     cvt(unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) })?;
-    // SAFETY: the caller's contract (the environment handed us this descriptor and nothing else
-    // in this process owns it) is the documented protocol of WG_TUN_FD/WG_UAPI_FD; the number
-    // is open, checked above.
+    adopted.push(fd);
+    // SAFETY: the number is open (checked above), is not a standard stream and has not been
+    // adopted before; the parent passed it to us for this purpose (WG_TUN_FD/WG_UAPI_FD), so no
+    // other owner exists in this process.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
