@@ -17,7 +17,7 @@ use std::fmt::{self, Write as _};
 use std::io::{self, BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{OwnedFd, RawFd};
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -584,11 +584,17 @@ impl UapiListener {
             io::ErrorKind::PermissionDenied => UapiError::PermissionDenied(path.clone()),
             _ => UapiError::Io(path.clone(), e),
         };
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(dir)
-            .map_err(io_err)?;
+        if !dir.is_dir() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(dir)
+                .map_err(io_err)?;
+            // The mode above is filtered by the umask; the directory must be searchable by
+            // everyone whatever the umask (the socket itself is what is private).
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+                .map_err(io_err)?;
+        }
         if std::fs::symlink_metadata(&path).is_ok() {
             match UnixStream::connect(&path) {
                 Ok(_) => return Err(UapiError::InUse(path)),
@@ -1352,6 +1358,79 @@ mod tests {
         assert_eq!(talk(&dev, "set=1\nlisten\0port=1\n\n"), "errno=-22\n\n");
     }
 
+    /// Random sequences of plausible and implausible lines: never a panic, and every reply is
+    /// well formed.
+    #[test]
+    fn random_lines_never_panic() {
+        let tokens = [
+            "get=1",
+            "set=1",
+            "",
+            "public_key=",
+            "private_key=",
+            "listen_port=",
+            "fwmark=",
+            "replace_peers=",
+            "update_only=",
+            "remove=",
+            "preshared_key=",
+            "endpoint=",
+            "persistent_keepalive_interval=",
+            "replace_allowed_ips=",
+            "allowed_ip=",
+            "allowed_ip=-",
+            "protocol_version=",
+            "=",
+            "x",
+        ];
+        let values = [
+            K1,
+            K2,
+            ZERO,
+            "true",
+            "1",
+            "0",
+            "65535",
+            "65536",
+            "4294967295",
+            "10.0.0.0/8",
+            "::/0",
+            "[::1]:1",
+            "1.2.3.4:5",
+            "/",
+            "-",
+            "\u{fffd}",
+            "ff",
+        ];
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..2000 {
+            let mut dev = MemoryDevice::new(false);
+            let mut session = UapiSession::new();
+            for _ in 0..(next() % 30) {
+                let t = tokens[(next() % tokens.len() as u64) as usize];
+                let line = if t.ends_with('=') && next() % 4 != 0 {
+                    format!("{t}{}", values[(next() % values.len() as u64) as usize])
+                } else {
+                    t.to_owned()
+                };
+                match session.handle_line(&line, &mut dev) {
+                    Response::Reply(r) => {
+                        assert!(r.ends_with("\n\n"), "{r:?}");
+                        assert!(r.contains("errno="), "{r:?}");
+                    }
+                    Response::Close => session = UapiSession::new(),
+                    Response::Continue => {}
+                }
+            }
+        }
+    }
+
     fn temp_dir(tag: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("rwg-uapi-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -1365,7 +1444,6 @@ mod tests {
         let listener = UapiListener::bind_in(&dir, "wgt0").expect("bind");
         let path = listener.path().to_path_buf();
         // Created under umask 077: only the owner may connect.
-        use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
         assert_eq!(mode & 0o077, 0, "mode {mode:o}");
         let dmode = std::fs::metadata(&dir).expect("stat").permissions().mode();
