@@ -71,7 +71,8 @@ impl ShutdownHandle {
 
 /// PLACEHOLDER — the packet-moving core, to be replaced by the driver of `rwg-proto`.
 ///
-/// The replacement is a function of the same shape as [`placeholder_packet_path`], passed to
+/// The replacement is a function or closure of the same shape as [`placeholder_packet_path`]
+/// (`FnOnce(Arc<Tun>, Arc<Mutex<D>>, ShutdownHandle) -> Result<(), StartError>`), passed to
 /// [`Daemon::run_with`] together with the real configuration object (which implements
 /// [`UapiDevice`]; the `Mutex` around it only serialises configuration requests, so the data
 /// path should hold its own handle to shared state rather than lock it per packet). It:
@@ -79,8 +80,7 @@ impl ShutdownHandle {
 /// - on a TUN read failing with [`TunError::Gone`] calls
 ///   `shutdown.shutdown(Shutdown::InterfaceDeleted)` (that is how `wg-quick down` stops us);
 /// - on an unrecoverable error calls `shutdown.shutdown(Shutdown::Failed(..))`.
-pub type PacketPathStart<D> = fn(Arc<Tun>, Arc<Mutex<D>>, ShutdownHandle) -> Result<(), StartError>;
-
+///
 /// PLACEHOLDER: reads packets from the TUN and discards them; never touches the UDP sockets.
 pub fn placeholder_packet_path<D: UapiDevice + Send + 'static>(
     tun: Arc<Tun>,
@@ -153,7 +153,7 @@ impl Daemon {
     pub fn run_with<D: UapiDevice + Send + 'static>(
         self,
         device: D,
-        packet_path: PacketPathStart<D>,
+        packet_path: impl FnOnce(Arc<Tun>, Arc<Mutex<D>>, ShutdownHandle) -> Result<(), StartError>,
         signals: Option<TerminationSignals>,
         on_serving: impl FnOnce(),
     ) -> Result<Shutdown, StartError> {
@@ -165,7 +165,7 @@ impl Daemon {
     fn serve<D: UapiDevice + Send + 'static>(
         &self,
         device: D,
-        packet_path: PacketPathStart<D>,
+        packet_path: impl FnOnce(Arc<Tun>, Arc<Mutex<D>>, ShutdownHandle) -> Result<(), StartError>,
         signals: Option<TerminationSignals>,
         on_serving: impl FnOnce(),
     ) -> Result<Shutdown, StartError> {
