@@ -1,0 +1,15 @@
+//! OS I/O for rwg on Linux: the TUN device, the UDP sockets, the configuration socket (UAPI)
+//! and the daemon that ties them to the protocol core.
+//!
+//! All `unsafe` code is in the private `sys` module; everything public is safe.
+
+pub mod daemon;
+pub mod memory;
+pub mod process;
+pub mod tun;
+pub mod uapi;
+pub mod udp;
+
+mod sys;
+
+pub use daemon::{Daemon, Shutdown, ShutdownHandle, StartError};

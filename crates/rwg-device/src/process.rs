@@ -1,0 +1,82 @@
+//! Process plumbing for the daemon: termination signals, and handing descriptors to the
+//! re-executed child (`WG_TUN_FD`, `WG_UAPI_FD`, the readiness pipe).
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd, RawFd};
+
+use crate::sys;
+
+/// SIGINT and SIGTERM, blocked so that a dedicated thread can wait for them.
+///
+/// Create this at the start of `main`, before any thread exists: threads inherit the mask, and
+/// a signal must not be delivered (and kill the process) to a thread that is not waiting.
+#[derive(Debug)]
+pub struct TerminationSignals {
+    inner: sys::signals::BlockedSignals,
+}
+
+impl TerminationSignals {
+    /// Blocks SIGINT and SIGTERM in this thread and the threads it creates later.
+    pub fn block() -> io::Result<TerminationSignals> {
+        Ok(TerminationSignals {
+            inner: sys::signals::BlockedSignals::block()?,
+        })
+    }
+
+    /// Waits for SIGINT or SIGTERM; returns the signal number.
+    pub fn wait(&self) -> io::Result<i32> {
+        self.inner.wait()
+    }
+}
+
+/// Takes ownership of a descriptor number inherited from the parent (the values of
+/// `WG_TUN_FD`, `WG_UAPI_FD`). Only for use at startup on numbers the parent passed: the
+/// descriptor must not be owned by anything else in this process.
+pub fn adopt_inherited(fd: RawFd) -> io::Result<OwnedFd> {
+    sys::fd::adopt_inherited(fd)
+}
+
+/// Lets `fd` survive `exec` (clears close-on-exec), to pass it to a child process.
+pub fn inherit_across_exec(fd: &impl AsFd) -> io::Result<()> {
+    sys::fd::set_cloexec(&fd.as_fd(), false)
+}
+
+/// A pipe: (read end, write end), both close-on-exec.
+pub fn pipe() -> io::Result<(File, File)> {
+    let (r, w) = sys::fd::pipe()?;
+    Ok((File::from(r), File::from(w)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::fd::{AsRawFd, IntoRawFd};
+
+    #[test]
+    fn adopting_descriptors_is_guarded() {
+        assert!(adopt_inherited(-1).is_err());
+        assert!(adopt_inherited(1).is_err());
+        let (mut r, w) = pipe().expect("pipe");
+        let raw = OwnedFd::from(w).into_raw_fd();
+        let adopted = adopt_inherited(raw).expect("adopt");
+        assert_eq!(adopted.as_raw_fd(), raw);
+        // Not twice.
+        assert!(adopt_inherited(raw).is_err());
+        let mut w = File::from(adopted);
+        w.write_all(b"x").expect("write");
+        drop(w);
+        let mut s = String::new();
+        r.read_to_string(&mut s).expect("read");
+        assert_eq!(s, "x");
+        // A closed number.
+        assert!(adopt_inherited(100_000).is_err());
+    }
+
+    #[test]
+    fn inheritance_flag() {
+        let (r, _w) = pipe().expect("pipe");
+        inherit_across_exec(&r).expect("clear cloexec");
+    }
+}

@@ -1,0 +1,1497 @@
+//! The configuration protocol (`wg(8)`'s cross-platform UAPI): a Unix socket at
+//! `/var/run/wireguard/<iface>.sock` speaking `get=1` / `set=1` in `key=value` lines.
+//!
+//! Two layers:
+//! - the pure protocol: [`UapiSession`] takes one line at a time and applies `set` requests to
+//!   a [`UapiDevice`] (a narrow trait of primitive operations), and formats `get` replies from a
+//!   [`DeviceSnapshot`]. All section semantics live here, so they are tested without sockets.
+//! - the socket server: [`UapiListener`] (binding with stale-socket detection, or an inherited
+//!   descriptor) and [`UapiListener::serve`], one thread per client with bounded lines, a read
+//!   timeout and a cap on concurrent clients.
+//!
+//! `set` is applied line by line, not as a transaction (as in wireguard-go and the kernel):
+//! what was applied before an error stays applied. After an error the rest of the request is
+//! read and discarded, then the error is returned, so the connection stays usable.
+
+use std::fmt::{self, Write as _};
+use std::io::{self, BufRead, BufReader};
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{OwnedFd, RawFd};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::sys;
+
+/// Where `wg` looks for userspace implementations' sockets.
+pub const SOCKET_DIR: &str = "/var/run/wireguard";
+/// Longest line accepted; a longer one closes the connection.
+pub const MAX_LINE_LEN: usize = 4096;
+/// A client that sends nothing for this long is disconnected.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Concurrent clients beyond this are disconnected at once.
+pub const MAX_CLIENTS: usize = 64;
+
+/// A positive errno value; the protocol sends it negated (`errno=-22`), and `wg` relies on
+/// the sign.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Errno(pub i32);
+
+impl Errno {
+    /// I/O error.
+    pub const EIO: Errno = Errno(5);
+    /// Invalid value or unknown key.
+    pub const EINVAL: Errno = Errno(22);
+    /// A line without `=`.
+    pub const EPROTO: Errno = Errno(71);
+    /// Port in use, or the fwmark could not be set.
+    pub const EADDRINUSE: Errno = Errno(98);
+    /// Anything else (the value wireguard-go uses).
+    pub const UNKNOWN: Errno = Errno(55);
+
+    /// The value as written on the wire.
+    pub fn wire_value(self) -> i32 {
+        -self.0
+    }
+}
+
+impl fmt::Display for Errno {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "errno {}", self.0)
+    }
+}
+
+impl std::error::Error for Errno {}
+
+/// A peer as `get` reports it. `Debug` leaves the preshared key out.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct PeerSnapshot {
+    /// The peer's static public key.
+    pub public_key: [u8; 32],
+    /// All zeros = none.
+    pub preshared_key: [u8; 32],
+    /// The current endpoint, if known.
+    pub endpoint: Option<SocketAddr>,
+    /// Unix time of the last completed handshake, if any.
+    pub last_handshake: Option<(u64, u32)>,
+    /// UDP payload bytes sent to the peer.
+    pub tx_bytes: u64,
+    /// UDP payload bytes of authenticated packets received from the peer.
+    pub rx_bytes: u64,
+    /// Seconds, 0 = off.
+    pub persistent_keepalive: u16,
+    /// Allowed IPs, masked to their prefix length.
+    pub allowed_ips: Vec<(IpAddr, u8)>,
+}
+
+/// The device as `get` reports it. `Debug` leaves the private key out.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct DeviceSnapshot {
+    /// The private key, if set. Only `get` ever sends it out.
+    pub private_key: Option<[u8; 32]>,
+    /// The port actually bound (0 = not bound).
+    pub listen_port: u16,
+    /// 0 = none.
+    pub fwmark: u32,
+    /// Peers in a stable order.
+    pub peers: Vec<PeerSnapshot>,
+}
+
+impl fmt::Debug for PeerSnapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PeerSnapshot")
+            .field("public_key", &ShortKey(&self.public_key))
+            .field("preshared_key", &"(hidden)")
+            .field("endpoint", &self.endpoint)
+            .field("last_handshake", &self.last_handshake)
+            .field("tx_bytes", &self.tx_bytes)
+            .field("rx_bytes", &self.rx_bytes)
+            .field("persistent_keepalive", &self.persistent_keepalive)
+            .field("allowed_ips", &self.allowed_ips)
+            .finish()
+    }
+}
+
+impl fmt::Debug for DeviceSnapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeviceSnapshot")
+            .field("private_key", &self.private_key.map(|_| "(hidden)"))
+            .field("listen_port", &self.listen_port)
+            .field("fwmark", &self.fwmark)
+            .field("peers", &self.peers)
+            .finish()
+    }
+}
+
+/// A public key shortened for logs.
+struct ShortKey<'a>(&'a [u8; 32]);
+
+impl fmt::Debug for ShortKey<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in &self.0[..4] {
+            write!(f, "{b:02x}")?;
+        }
+        f.write_str("…")
+    }
+}
+
+/// The primitive operations a `set` request is made of. Every method that can fail returns the
+/// errno to send back; the section logic (which key is valid where, `update_only`, `remove`,
+/// the own public key) is in [`UapiSession`], not in implementations.
+pub trait UapiDevice {
+    /// State for `get`.
+    fn snapshot(&self) -> DeviceSnapshot;
+    /// The public key of the current private key, if one is set.
+    fn own_public_key(&self) -> Option<[u8; 32]>;
+    /// `None` clears the key. Implementations remove a peer whose key equals the new own
+    /// public key, and treat setting the same key again as a no-op.
+    fn set_private_key(&mut self, key: Option<[u8; 32]>) -> Result<(), Errno>;
+    /// 0 = pick a port. Failure to bind => [`Errno::EADDRINUSE`].
+    fn set_listen_port(&mut self, port: u16) -> Result<(), Errno>;
+    /// 0 clears. Failure => [`Errno::EADDRINUSE`].
+    fn set_fwmark(&mut self, mark: u32) -> Result<(), Errno>;
+    /// `replace_peers=true`.
+    fn remove_all_peers(&mut self);
+    /// Whether a peer with this public key exists.
+    fn has_peer(&self, pk: &[u8; 32]) -> bool;
+    /// Adds a peer with default settings.
+    fn create_peer(&mut self, pk: &[u8; 32]) -> Result<(), Errno>;
+    /// Removes a peer; absent peers are ignored.
+    fn remove_peer(&mut self, pk: &[u8; 32]);
+    /// All zeros = none.
+    fn set_preshared_key(&mut self, pk: &[u8; 32], psk: [u8; 32]) -> Result<(), Errno>;
+    /// Sets the endpoint.
+    fn set_endpoint(&mut self, pk: &[u8; 32], ep: SocketAddr) -> Result<(), Errno>;
+    /// Seconds, 0 = off.
+    fn set_persistent_keepalive(&mut self, pk: &[u8; 32], secs: u16) -> Result<(), Errno>;
+    /// `replace_allowed_ips=true`.
+    fn clear_allowed_ips(&mut self, pk: &[u8; 32]) -> Result<(), Errno>;
+    /// Adds a prefix, taking it away from any other peer that had it.
+    fn add_allowed_ip(&mut self, pk: &[u8; 32], addr: IpAddr, cidr: u8) -> Result<(), Errno>;
+    /// Removes exactly this prefix from this peer.
+    fn remove_allowed_ip(&mut self, pk: &[u8; 32], addr: IpAddr, cidr: u8) -> Result<(), Errno>;
+    /// Called when a peer section that was applied ends (at the next `public_key` or the end
+    /// of the request, not after an error): the place to act on the section as a whole, e.g.
+    /// send a keepalive once both `endpoint` and `persistent_keepalive_interval` are known.
+    fn peer_section_done(&mut self, _pk: &[u8; 32]) {}
+}
+
+/// What the server must do after a line.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Response {
+    /// Nothing yet; read the next line.
+    Continue,
+    /// Send these bytes, then read the next operation.
+    Reply(String),
+    /// Close the connection without a reply (unknown operation).
+    Close,
+}
+
+#[derive(Debug)]
+enum State {
+    /// Expecting an operation line.
+    Idle,
+    /// After `get=1`: expecting the empty line.
+    Get,
+    /// Inside a `set=1` request.
+    Set(Section),
+    /// A `set` failed: discard lines up to the empty line, then reply with the error.
+    Failed(Errno),
+}
+
+#[derive(Debug)]
+enum Section {
+    Device,
+    Peer(PeerSection),
+}
+
+#[derive(Debug)]
+struct PeerSection {
+    key: [u8; 32],
+    /// This section created the peer (so `update_only` undoes it).
+    created: bool,
+    /// Lines are parsed and validated but not applied: own public key, removed, update_only.
+    ignored: bool,
+}
+
+/// One connection's protocol state: feed it lines without their `\n`.
+#[derive(Debug)]
+pub struct UapiSession {
+    state: State,
+}
+
+impl Default for UapiSession {
+    fn default() -> Self {
+        UapiSession::new()
+    }
+}
+
+impl UapiSession {
+    /// A session waiting for an operation.
+    pub fn new() -> UapiSession {
+        UapiSession { state: State::Idle }
+    }
+
+    /// Whether the session is in the middle of a request (EOF now would cut it short).
+    pub fn in_request(&self) -> bool {
+        !matches!(self.state, State::Idle)
+    }
+
+    /// Handles one line (without its terminating `\n`).
+    pub fn handle_line(&mut self, line: &str, device: &mut dyn UapiDevice) -> Response {
+        match std::mem::replace(&mut self.state, State::Idle) {
+            State::Idle => match line {
+                "get=1" => {
+                    self.state = State::Get;
+                    Response::Continue
+                }
+                "set=1" => {
+                    self.state = State::Set(Section::Device);
+                    Response::Continue
+                }
+                _ => Response::Close,
+            },
+            State::Get => {
+                if line.is_empty() {
+                    let mut out = format_get(&device.snapshot());
+                    out.push_str("errno=0\n\n");
+                    Response::Reply(out)
+                } else {
+                    // The request is over either way; what follows is the next operation.
+                    Response::Reply(errno_reply(Errno::EINVAL))
+                }
+            }
+            State::Failed(errno) => {
+                if line.is_empty() {
+                    Response::Reply(errno_reply(errno))
+                } else {
+                    self.state = State::Failed(errno);
+                    Response::Continue
+                }
+            }
+            State::Set(mut section) => {
+                if line.is_empty() {
+                    if let Section::Peer(p) = &section {
+                        if !p.ignored {
+                            device.peer_section_done(&p.key);
+                        }
+                    }
+                    return Response::Reply(errno_reply(Errno(0)));
+                }
+                match apply_set_line(&mut section, line, device) {
+                    Ok(()) => self.state = State::Set(section),
+                    Err(errno) => self.state = State::Failed(errno),
+                }
+                Response::Continue
+            }
+        }
+    }
+}
+
+fn errno_reply(errno: Errno) -> String {
+    format!("errno={}\n\n", errno.wire_value())
+}
+
+fn apply_set_line(
+    section: &mut Section,
+    line: &str,
+    device: &mut dyn UapiDevice,
+) -> Result<(), Errno> {
+    let Some((key, value)) = line.split_once('=') else {
+        return Err(Errno::EPROTO);
+    };
+    if key == "public_key" {
+        let pk = parse_key(value)?;
+        if let Section::Peer(p) = section {
+            if !p.ignored {
+                device.peer_section_done(&p.key);
+            }
+        }
+        let own = device.own_public_key().is_some_and(|own| own == pk);
+        let mut peer = PeerSection {
+            key: pk,
+            created: false,
+            ignored: own,
+        };
+        if !own && !device.has_peer(&pk) {
+            device.create_peer(&pk)?;
+            peer.created = true;
+        }
+        *section = Section::Peer(peer);
+        return Ok(());
+    }
+    match section {
+        Section::Device => apply_device_line(key, value, device),
+        Section::Peer(peer) => apply_peer_line(peer, key, value, device),
+    }
+}
+
+fn apply_device_line(key: &str, value: &str, device: &mut dyn UapiDevice) -> Result<(), Errno> {
+    match key {
+        "private_key" => {
+            let k = parse_key(value)?;
+            device.set_private_key(if k == [0; 32] { None } else { Some(k) })
+        }
+        "listen_port" => device.set_listen_port(parse_decimal(value)?),
+        "fwmark" => device.set_fwmark(parse_decimal(value)?),
+        "replace_peers" => {
+            parse_true(value)?;
+            device.remove_all_peers();
+            Ok(())
+        }
+        _ => Err(Errno::EINVAL),
+    }
+}
+
+fn apply_peer_line(
+    peer: &mut PeerSection,
+    key: &str,
+    value: &str,
+    device: &mut dyn UapiDevice,
+) -> Result<(), Errno> {
+    let pk = peer.key;
+    // Every value is validated even in an ignored section (as wireguard-go does), so a typo
+    // is reported whatever the section's fate.
+    match key {
+        "update_only" => {
+            parse_true(value)?;
+            // Only a peer this very section created is undone; an existing peer is updated.
+            if peer.created && !peer.ignored {
+                device.remove_peer(&pk);
+                peer.ignored = true;
+            }
+            Ok(())
+        }
+        "remove" => {
+            parse_true(value)?;
+            if !peer.ignored {
+                device.remove_peer(&pk);
+            }
+            peer.ignored = true;
+            Ok(())
+        }
+        "preshared_key" => {
+            let psk = parse_key(value)?;
+            apply(peer, |d| d.set_preshared_key(&pk, psk), device)
+        }
+        "endpoint" => {
+            let ep: SocketAddr = value.parse().map_err(|_| Errno::EINVAL)?;
+            apply(peer, |d| d.set_endpoint(&pk, ep), device)
+        }
+        "persistent_keepalive_interval" => {
+            let secs: u16 = parse_decimal(value)?;
+            apply(peer, |d| d.set_persistent_keepalive(&pk, secs), device)
+        }
+        "replace_allowed_ips" => {
+            parse_true(value)?;
+            apply(peer, |d| d.clear_allowed_ips(&pk), device)
+        }
+        "allowed_ip" => {
+            if let Some(rest) = value.strip_prefix('-') {
+                let (addr, cidr) = parse_prefix(rest)?;
+                apply(peer, |d| d.remove_allowed_ip(&pk, addr, cidr), device)
+            } else {
+                let (addr, cidr) = parse_prefix(value)?;
+                apply(peer, |d| d.add_allowed_ip(&pk, addr, cidr), device)
+            }
+        }
+        "protocol_version" => {
+            if value == "1" {
+                Ok(())
+            } else {
+                Err(Errno::EINVAL)
+            }
+        }
+        _ => Err(Errno::EINVAL),
+    }
+}
+
+fn apply(
+    peer: &PeerSection,
+    op: impl FnOnce(&mut dyn UapiDevice) -> Result<(), Errno>,
+    device: &mut dyn UapiDevice,
+) -> Result<(), Errno> {
+    if peer.ignored {
+        Ok(())
+    } else {
+        op(device)
+    }
+}
+
+/// 64 hex digits, either case.
+pub fn parse_key(value: &str) -> Result<[u8; 32], Errno> {
+    let bytes = value.as_bytes();
+    if bytes.len() != 64 {
+        return Err(Errno::EINVAL);
+    }
+    let mut key = [0u8; 32];
+    for (out, pair) in key.iter_mut().zip(bytes.chunks_exact(2)) {
+        let hi = hex_digit(pair[0]).ok_or(Errno::EINVAL)?;
+        let lo = hex_digit(pair[1]).ok_or(Errno::EINVAL)?;
+        *out = (hi << 4) | lo;
+    }
+    Ok(key)
+}
+
+fn hex_digit(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Unsigned decimal digits only (no sign, no spaces), within the target type's range.
+fn parse_decimal<T: std::str::FromStr>(value: &str) -> Result<T, Errno> {
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(Errno::EINVAL);
+    }
+    value.parse().map_err(|_| Errno::EINVAL)
+}
+
+fn parse_true(value: &str) -> Result<(), Errno> {
+    if value == "true" {
+        Ok(())
+    } else {
+        Err(Errno::EINVAL)
+    }
+}
+
+/// `addr/cidr`; the prefix length is required and bounded by the family.
+fn parse_prefix(value: &str) -> Result<(IpAddr, u8), Errno> {
+    let (addr, cidr) = value.split_once('/').ok_or(Errno::EINVAL)?;
+    let addr: IpAddr = addr.parse().map_err(|_| Errno::EINVAL)?;
+    if cidr.len() > 3 {
+        return Err(Errno::EINVAL);
+    }
+    let cidr: u8 = parse_decimal(cidr)?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    if cidr > max {
+        return Err(Errno::EINVAL);
+    }
+    Ok((addr, cidr))
+}
+
+fn hex(out: &mut String, key: &[u8; 32]) {
+    for b in key {
+        let _ = write!(out, "{b:02x}");
+    }
+}
+
+/// The `get` reply body (without the final `errno=0` and empty line).
+pub fn format_get(s: &DeviceSnapshot) -> String {
+    let mut out = String::with_capacity(256 + s.peers.len() * 256);
+    if let Some(k) = &s.private_key {
+        if *k != [0; 32] {
+            out.push_str("private_key=");
+            hex(&mut out, k);
+            out.push('\n');
+        }
+    }
+    if s.listen_port != 0 {
+        let _ = writeln!(out, "listen_port={}", s.listen_port);
+    }
+    if s.fwmark != 0 {
+        let _ = writeln!(out, "fwmark={}", s.fwmark);
+    }
+    for p in &s.peers {
+        out.push_str("public_key=");
+        hex(&mut out, &p.public_key);
+        out.push_str("\npreshared_key=");
+        hex(&mut out, &p.preshared_key);
+        out.push_str("\nprotocol_version=1\n");
+        if let Some(ep) = p.endpoint {
+            let _ = writeln!(out, "endpoint={ep}");
+        }
+        let (sec, nsec) = p.last_handshake.unwrap_or((0, 0));
+        let _ = writeln!(out, "last_handshake_time_sec={sec}");
+        let _ = writeln!(out, "last_handshake_time_nsec={nsec}");
+        let _ = writeln!(out, "tx_bytes={}", p.tx_bytes);
+        let _ = writeln!(out, "rx_bytes={}", p.rx_bytes);
+        let _ = writeln!(
+            out,
+            "persistent_keepalive_interval={}",
+            p.persistent_keepalive
+        );
+        for (addr, cidr) in &p.allowed_ips {
+            let _ = writeln!(out, "allowed_ip={addr}/{cidr}");
+        }
+    }
+    out
+}
+
+/// Why the configuration socket could not be set up.
+#[derive(Debug)]
+pub enum UapiError {
+    /// Another live process answers on the socket.
+    InUse(PathBuf),
+    /// Creating the directory or socket was refused (needs root).
+    PermissionDenied(PathBuf),
+    /// Anything else.
+    Io(PathBuf, io::Error),
+}
+
+impl fmt::Display for UapiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UapiError::InUse(p) => write!(
+                f,
+                "configuration socket {} is already in use by another process",
+                p.display()
+            ),
+            UapiError::PermissionDenied(p) => write!(
+                f,
+                "permission denied creating configuration socket {} (needs root)",
+                p.display()
+            ),
+            UapiError::Io(p, e) => write!(f, "configuration socket {}: {e}", p.display()),
+        }
+    }
+}
+
+impl std::error::Error for UapiError {}
+
+/// The socket path for an interface under `dir`.
+pub fn socket_path(dir: &Path, iface: &str) -> PathBuf {
+    dir.join(format!("{iface}.sock"))
+}
+
+/// The listening configuration socket.
+#[derive(Debug)]
+pub struct UapiListener {
+    listener: UnixListener,
+    path: PathBuf,
+    /// (device, inode) of the socket file we created or were handed, to tell "our file" from a
+    /// file someone put at the same path later.
+    ident: Option<(u64, u64)>,
+}
+
+impl UapiListener {
+    /// Binds `/var/run/wireguard/<iface>.sock`.
+    pub fn bind(iface: &str) -> Result<UapiListener, UapiError> {
+        UapiListener::bind_in(Path::new(SOCKET_DIR), iface)
+    }
+
+    /// Binds `<dir>/<iface>.sock`: creates `dir` (0755) if needed, removes a stale socket (one
+    /// that refuses connections), refuses if a live process answers, binds under umask 077.
+    pub fn bind_in(dir: &Path, iface: &str) -> Result<UapiListener, UapiError> {
+        let path = socket_path(dir, iface);
+        let io_err = |e: io::Error| match e.kind() {
+            io::ErrorKind::PermissionDenied => UapiError::PermissionDenied(path.clone()),
+            _ => UapiError::Io(path.clone(), e),
+        };
+        if !dir.is_dir() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(dir)
+                .map_err(io_err)?;
+            // The mode above is filtered by the umask; the directory must be searchable by
+            // everyone whatever the umask (the socket itself is what is private).
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+                .map_err(io_err)?;
+        }
+        if std::fs::symlink_metadata(&path).is_ok() {
+            match UnixStream::connect(&path) {
+                Ok(_) => return Err(UapiError::InUse(path)),
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                    tracing::info!(path = %path.display(), "removing stale configuration socket");
+                    match std::fs::remove_file(&path) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(io_err(e)),
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(e)),
+            }
+        }
+        let listener = sys::fd::with_umask(0o077, || UnixListener::bind(&path)).map_err(|e| {
+            if e.kind() == io::ErrorKind::AddrInUse {
+                UapiError::InUse(path.clone())
+            } else {
+                io_err(e)
+            }
+        })?;
+        let ident = sys::fd::lstat_ident(&path).ok();
+        Ok(UapiListener {
+            listener,
+            path,
+            ident,
+        })
+    }
+
+    /// Adopts a listening socket a parent process bound (`WG_UAPI_FD`) for interface `iface`.
+    pub fn from_fd(fd: OwnedFd, iface: &str) -> UapiListener {
+        UapiListener::from_fd_in(fd, Path::new(SOCKET_DIR), iface)
+    }
+
+    /// Like [`UapiListener::from_fd`] with the socket directory given.
+    pub fn from_fd_in(fd: OwnedFd, dir: &Path, iface: &str) -> UapiListener {
+        let path = socket_path(dir, iface);
+        let ident = sys::fd::lstat_ident(&path).ok();
+        UapiListener {
+            listener: UnixListener::from(fd),
+            path,
+            ident,
+        }
+    }
+
+    /// Adopts the inherited descriptor number `fd` (the value of `WG_UAPI_FD`).
+    pub fn from_inherited(fd: RawFd, iface: &str) -> io::Result<UapiListener> {
+        Ok(UapiListener::from_fd(sys::fd::adopt_inherited(fd)?, iface))
+    }
+
+    /// The socket file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether the socket file at our path is still the one we bound.
+    pub fn socket_file_is_ours(&self) -> bool {
+        match (self.ident, sys::fd::lstat_ident(&self.path)) {
+            (Some(ours), Ok(now)) => ours == now,
+            _ => false,
+        }
+    }
+
+    /// Removes the socket file if it is still ours (never another daemon's socket that took
+    /// the name after ours was deleted).
+    pub fn remove_socket_file(&self) {
+        if self.socket_file_is_ours() {
+            if let Err(e) = std::fs::remove_file(&self.path) {
+                tracing::warn!(path = %self.path.display(), error = %e, "cannot remove socket");
+            }
+        }
+    }
+
+    /// Watches the socket file; the returned watcher's [`SocketWatch::wait_deleted`] returns
+    /// once the file is deleted or replaced.
+    pub fn watch(&self) -> io::Result<SocketWatch> {
+        Ok(SocketWatch {
+            inotify: sys::inotify::Inotify::watch(&self.path)?,
+            path: self.path.clone(),
+            ident: self.ident,
+        })
+    }
+
+    /// The listening socket itself (to hand it to a child process).
+    pub fn as_unix_listener(&self) -> &UnixListener {
+        &self.listener
+    }
+
+    /// Accepts clients on a new thread, each served on its own thread, against `device`.
+    pub fn serve<D: UapiDevice + Send + 'static>(
+        &self,
+        device: Arc<Mutex<D>>,
+    ) -> io::Result<std::thread::JoinHandle<()>> {
+        let listener = self.listener.try_clone()?;
+        std::thread::Builder::new()
+            .name("uapi-accept".into())
+            .spawn(move || accept_loop(listener, device))
+    }
+}
+
+/// Waits for the configuration socket file to disappear.
+#[derive(Debug)]
+pub struct SocketWatch {
+    inotify: sys::inotify::Inotify,
+    path: PathBuf,
+    ident: Option<(u64, u64)>,
+}
+
+impl SocketWatch {
+    /// Blocks until the socket file is deleted or replaced by another file.
+    pub fn wait_deleted(&self) -> io::Result<()> {
+        loop {
+            match sys::fd::lstat_ident(&self.path) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                Ok(now) if Some(now) != self.ident => return Ok(()),
+                _ => {}
+            }
+            self.inotify.wait()?;
+        }
+    }
+}
+
+fn accept_loop<D: UapiDevice + Send + 'static>(listener: UnixListener, device: Arc<Mutex<D>>) {
+    let clients = Arc::new(AtomicUsize::new(0));
+    loop {
+        let stream = match listener.accept() {
+            Ok((s, _)) => s,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accepting a configuration client failed");
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
+        if clients.fetch_add(1, Ordering::AcqRel) >= MAX_CLIENTS {
+            clients.fetch_sub(1, Ordering::AcqRel);
+            tracing::warn!("too many configuration clients; dropping one");
+            continue;
+        }
+        let device = Arc::clone(&device);
+        let counter = Arc::clone(&clients);
+        let spawned = std::thread::Builder::new()
+            .name("uapi-client".into())
+            .spawn(move || {
+                if let Err(e) = serve_client(stream, &*device) {
+                    tracing::debug!(error = %e, "configuration client closed");
+                }
+                counter.fetch_sub(1, Ordering::AcqRel);
+            });
+        if let Err(e) = spawned {
+            clients.fetch_sub(1, Ordering::AcqRel);
+            tracing::warn!(error = %e, "cannot start a thread for a configuration client");
+        }
+    }
+}
+
+/// Reads `\n`-terminated lines of at most [`MAX_LINE_LEN`] bytes. `Ok(false)` at a clean EOF.
+fn read_line_bounded(reader: &mut impl BufRead, line: &mut Vec<u8>) -> io::Result<bool> {
+    line.clear();
+    loop {
+        let available = match reader.fill_buf() {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if available.is_empty() {
+            if line.is_empty() {
+                return Ok(false);
+            }
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "line cut short",
+            ));
+        }
+        let (chunk, done) = match available.iter().position(|&b| b == b'\n') {
+            Some(i) => (&available[..i], Some(i + 1)),
+            None => (available, None),
+        };
+        if line.len() + chunk.len() > MAX_LINE_LEN {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "line too long"));
+        }
+        line.extend_from_slice(chunk);
+        let used = done.unwrap_or(chunk.len());
+        reader.consume(used);
+        if done.is_some() {
+            return Ok(true);
+        }
+    }
+}
+
+/// Serves one client until it closes, misbehaves or times out.
+fn serve_client<D: UapiDevice>(stream: UnixStream, device: &Mutex<D>) -> io::Result<()> {
+    stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
+    stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
+    let mut writer = stream.try_clone()?;
+    serve_lines(BufReader::new(stream), &mut writer, device)
+}
+
+/// The line loop, over any reader and writer so tests drive it with in-memory buffers.
+fn serve_lines<D: UapiDevice>(
+    mut reader: impl BufRead,
+    writer: &mut impl io::Write,
+    device: &Mutex<D>,
+) -> io::Result<()> {
+    let mut session = UapiSession::new();
+    let mut line = Vec::with_capacity(128);
+    while read_line_bounded(&mut reader, &mut line)? {
+        let text = String::from_utf8_lossy(&line);
+        // One lock per line: a client that stalls mid-request never blocks the others, and a
+        // `set` is not a transaction anyway.
+        let response = {
+            let mut guard = device
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            session.handle_line(&text, &mut *guard)
+        };
+        match response {
+            Response::Continue => {}
+            Response::Reply(out) => {
+                writer.write_all(out.as_bytes())?;
+                writer.flush()?;
+            }
+            Response::Close => return Ok(()),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::MemoryDevice;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    const K1: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+    const K2: &str = "2222222222222222222222222222222222222222222222222222222222222222";
+    const K3: &str = "3333333333333333333333333333333333333333333333333333333333333333";
+    const ZERO: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+    fn key(s: &str) -> [u8; 32] {
+        parse_key(s).expect("test key")
+    }
+
+    /// Runs `input` through a session against `dev`, returning everything written back.
+    fn talk(dev: &Mutex<MemoryDevice>, input: &str) -> String {
+        let mut out = Vec::new();
+        let _ = serve_lines(io::Cursor::new(input.as_bytes().to_vec()), &mut out, dev);
+        String::from_utf8(out).expect("utf8 reply")
+    }
+
+    fn set(dev: &Mutex<MemoryDevice>, body: &str) -> String {
+        talk(dev, &format!("set=1\n{body}\n"))
+    }
+
+    fn device() -> Mutex<MemoryDevice> {
+        Mutex::new(MemoryDevice::new(false))
+    }
+
+    fn snap(dev: &Mutex<MemoryDevice>) -> DeviceSnapshot {
+        dev.lock().expect("lock").snapshot()
+    }
+
+    #[test]
+    fn debug_output_hides_secrets() {
+        let s = DeviceSnapshot {
+            private_key: Some([0xab; 32]),
+            peers: vec![PeerSnapshot {
+                preshared_key: [0xcd; 32],
+                ..PeerSnapshot::default()
+            }],
+            ..DeviceSnapshot::default()
+        };
+        let text = format!("{s:?}");
+        assert!(!text.contains("171") && !text.contains("ab, ab") && !text.contains("abab"));
+        assert!(!text.contains("205") && !text.contains("cdcd"));
+    }
+
+    #[test]
+    fn get_on_empty_device() {
+        let dev = device();
+        assert_eq!(talk(&dev, "get=1\n\n"), "errno=0\n\n");
+    }
+
+    #[test]
+    fn get_formats_every_field_in_order() {
+        let s = DeviceSnapshot {
+            private_key: Some([0xab; 32]),
+            listen_port: 51820,
+            fwmark: 0x20,
+            peers: vec![
+                PeerSnapshot {
+                    public_key: [1; 32],
+                    preshared_key: [0; 32],
+                    endpoint: Some("[2001:db8::1]:51820".parse().expect("addr")),
+                    last_handshake: Some((1_700_000_000, 42)),
+                    tx_bytes: 10,
+                    rx_bytes: 20,
+                    persistent_keepalive: 25,
+                    allowed_ips: vec![
+                        (IpAddr::V4(Ipv4Addr::new(10, 0, 0, 0)), 24),
+                        (IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0),
+                    ],
+                },
+                PeerSnapshot {
+                    public_key: [2; 32],
+                    ..PeerSnapshot::default()
+                },
+            ],
+        };
+        let expected = format!(
+            "private_key={}\nlisten_port=51820\nfwmark=32\n\
+             public_key={}\npreshared_key={ZERO}\nprotocol_version=1\n\
+             endpoint=[2001:db8::1]:51820\nlast_handshake_time_sec=1700000000\n\
+             last_handshake_time_nsec=42\ntx_bytes=10\nrx_bytes=20\n\
+             persistent_keepalive_interval=25\nallowed_ip=10.0.0.0/24\nallowed_ip=::/0\n\
+             public_key={}\npreshared_key={ZERO}\nprotocol_version=1\n\
+             last_handshake_time_sec=0\nlast_handshake_time_nsec=0\ntx_bytes=0\nrx_bytes=0\n\
+             persistent_keepalive_interval=0\n",
+            "ab".repeat(32),
+            "01".repeat(32),
+            "02".repeat(32),
+        );
+        assert_eq!(format_get(&s), expected);
+        // Zero/unset device fields are omitted, including an all-zero private key.
+        let empty = DeviceSnapshot {
+            private_key: Some([0; 32]),
+            ..DeviceSnapshot::default()
+        };
+        assert_eq!(format_get(&empty), "");
+    }
+
+    #[test]
+    fn get_with_trailing_line_is_einval_and_connection_continues() {
+        let dev = device();
+        assert_eq!(
+            talk(&dev, "get=1\nx\nget=1\n\n"),
+            "errno=-22\n\nerrno=0\n\n"
+        );
+    }
+
+    #[test]
+    fn unknown_operation_closes_without_reply() {
+        let dev = device();
+        for op in [
+            "get=2\n\n",
+            "set=0\n\n",
+            "\n",
+            "hello\n",
+            "GET=1\n\n",
+            "get=1 \n\n",
+        ] {
+            assert_eq!(talk(&dev, op), "", "{op:?}");
+        }
+        // An earlier operation on the connection is still answered.
+        assert_eq!(talk(&dev, "get=1\n\nbogus\nget=1\n\n"), "errno=0\n\n");
+    }
+
+    #[test]
+    fn several_operations_per_connection() {
+        let dev = device();
+        let out = talk(
+            &dev,
+            "set=1\nlisten_port=1234\n\nget=1\n\nset=1\nfwmark=7\n\nget=1\n\n",
+        );
+        assert_eq!(
+            out,
+            "errno=0\n\nlisten_port=1234\nerrno=0\n\nerrno=0\n\nlisten_port=1234\nfwmark=7\nerrno=0\n\n"
+        );
+    }
+
+    #[test]
+    fn device_keys() {
+        let dev = device();
+        assert_eq!(
+            set(
+                &dev,
+                &format!("private_key={K1}\nlisten_port=51820\nfwmark=4294967295\n")
+            ),
+            "errno=0\n\n"
+        );
+        let s = snap(&dev);
+        assert_eq!(s.listen_port, 51820);
+        assert_eq!(s.fwmark, u32::MAX);
+        // Clamped as X25519 keys are stored.
+        let mut clamped = key(K1);
+        clamped[0] &= 248;
+        clamped[31] = (clamped[31] & 127) | 64;
+        assert_eq!(s.private_key, Some(clamped));
+        // Zeros clear the key; 0 clears the mark.
+        assert_eq!(
+            set(&dev, &format!("private_key={ZERO}\nfwmark=0\n")),
+            "errno=0\n\n"
+        );
+        let s = snap(&dev);
+        assert_eq!(s.private_key, None);
+        assert_eq!(s.fwmark, 0);
+        // Upper-case hex is accepted.
+        assert_eq!(
+            set(&dev, &format!("private_key={}\n", "AB".repeat(32))),
+            "errno=0\n\n"
+        );
+        assert!(snap(&dev).private_key.is_some());
+    }
+
+    #[test]
+    fn device_key_errors() {
+        let cases = [
+            "private_key=11",
+            "private_key=zz11111111111111111111111111111111111111111111111111111111111111",
+            "private_key=",
+            "listen_port=65536",
+            "listen_port=-1",
+            "listen_port=+1",
+            "listen_port= 1",
+            "listen_port=",
+            "listen_port=0x10",
+            "fwmark=4294967296",
+            "fwmark=0x1",
+            "fwmark=-1",
+            "replace_peers=false",
+            "replace_peers=True",
+            "replace_peers=1",
+            "bogus=1",
+            // Peer keys before any public_key.
+            "endpoint=1.2.3.4:5",
+            "allowed_ip=10.0.0.0/8",
+            "protocol_version=1",
+        ];
+        for line in cases {
+            assert_eq!(
+                set(&device(), &format!("{line}\n")),
+                "errno=-22\n\n",
+                "{line}"
+            );
+        }
+        assert_eq!(set(&device(), "listen_port\n"), "errno=-71\n\n");
+    }
+
+    #[test]
+    fn replace_peers() {
+        let dev = device();
+        set(&dev, &format!("public_key={K1}\npublic_key={K2}\n"));
+        assert_eq!(snap(&dev).peers.len(), 2);
+        assert_eq!(
+            set(&dev, &format!("replace_peers=true\npublic_key={K3}\n")),
+            "errno=0\n\n"
+        );
+        let peers = snap(&dev).peers;
+        assert_eq!(peers.len(), 1);
+        assert_eq!(peers[0].public_key, key(K3));
+    }
+
+    #[test]
+    fn peer_keys() {
+        let dev = device();
+        let body = format!(
+            "public_key={K1}\npreshared_key={K2}\nendpoint=192.0.2.1:51820\n\
+             persistent_keepalive_interval=25\nprotocol_version=1\nallowed_ip=10.0.0.1/24\n\
+             allowed_ip=fd00::1/64\nallowed_ip=0.0.0.0/0\n"
+        );
+        assert_eq!(set(&dev, &body), "errno=0\n\n");
+        let p = &snap(&dev).peers[0];
+        assert_eq!(p.public_key, key(K1));
+        assert_eq!(p.preshared_key, key(K2));
+        assert_eq!(p.endpoint, Some("192.0.2.1:51820".parse().expect("addr")));
+        assert_eq!(p.persistent_keepalive, 25);
+        assert_eq!(
+            p.allowed_ips,
+            vec![
+                ("10.0.0.0".parse().expect("a"), 24),
+                ("fd00::".parse().expect("a"), 64),
+                ("0.0.0.0".parse().expect("a"), 0),
+            ]
+        );
+        // IPv6 endpoint, removal of one prefix, replacement, psk cleared.
+        let body = format!(
+            "public_key={K1}\nendpoint=[2001:db8::2]:1\nallowed_ip=-fd00::/64\npreshared_key={ZERO}\n"
+        );
+        assert_eq!(set(&dev, &body), "errno=0\n\n");
+        let p = &snap(&dev).peers[0];
+        assert_eq!(p.endpoint, Some("[2001:db8::2]:1".parse().expect("addr")));
+        assert_eq!(p.allowed_ips.len(), 2);
+        assert_eq!(p.preshared_key, [0; 32]);
+        let body =
+            format!("public_key={K1}\nreplace_allowed_ips=true\nallowed_ip=192.168.0.0/16\n");
+        assert_eq!(set(&dev, &body), "errno=0\n\n");
+        assert_eq!(
+            snap(&dev).peers[0].allowed_ips,
+            vec![("192.168.0.0".parse().expect("a"), 16)]
+        );
+    }
+
+    #[test]
+    fn allowed_ip_moves_between_peers() {
+        let dev = device();
+        set(
+            &dev,
+            &format!(
+                "public_key={K1}\nallowed_ip=10.0.0.0/8\npublic_key={K2}\nallowed_ip=10.1.2.3/8\n"
+            ),
+        );
+        let peers = snap(&dev).peers;
+        assert!(peers[0].allowed_ips.is_empty());
+        assert_eq!(
+            peers[1].allowed_ips,
+            vec![("10.0.0.0".parse().expect("a"), 8)]
+        );
+    }
+
+    #[test]
+    fn peer_key_errors() {
+        let cases = [
+            "preshared_key=123",
+            "endpoint=192.0.2.1",
+            "endpoint=example.com:51820",
+            "endpoint=2001:db8::1:51820",
+            "endpoint=192.0.2.1:65536",
+            "persistent_keepalive_interval=65536",
+            "persistent_keepalive_interval=-1",
+            "replace_allowed_ips=false",
+            "allowed_ip=10.0.0.0",
+            "allowed_ip=10.0.0.0/33",
+            "allowed_ip=::/129",
+            "allowed_ip=10.0.0.0/-1",
+            "allowed_ip=10.0.0.0/+8",
+            "allowed_ip=10.0.0.0/0008",
+            "allowed_ip=010.0.0.0/8",
+            "allowed_ip=fe80::1%eth0/64",
+            "allowed_ip=--10.0.0.0/8",
+            "allowed_ip=",
+            "protocol_version=2",
+            "protocol_version=",
+            "update_only=1",
+            "remove=yes",
+            "bogus=1",
+            // Device keys inside a peer section.
+            "private_key=1111111111111111111111111111111111111111111111111111111111111111",
+            "listen_port=1",
+            "fwmark=1",
+            "replace_peers=true",
+        ];
+        for line in cases {
+            let dev = device();
+            assert_eq!(
+                set(&dev, &format!("public_key={K1}\n{line}\n")),
+                "errno=-22\n\n",
+                "{line}"
+            );
+        }
+        assert_eq!(
+            set(&device(), &format!("public_key={K1}\nendpoint\n")),
+            "errno=-71\n\n"
+        );
+        assert_eq!(set(&device(), "public_key=abc\n"), "errno=-22\n\n");
+    }
+
+    #[test]
+    fn applied_before_error_stays_applied_and_rest_is_skipped() {
+        let dev = device();
+        let body = format!(
+            "listen_port=1000\npublic_key={K1}\nallowed_ip=10.0.0.0/8\nallowed_ip=bad\n\
+             allowed_ip=11.0.0.0/8\npublic_key={K2}\n"
+        );
+        assert_eq!(set(&dev, &body), "errno=-22\n\n");
+        let s = snap(&dev);
+        assert_eq!(s.listen_port, 1000);
+        assert_eq!(s.peers.len(), 1);
+        assert_eq!(
+            s.peers[0].allowed_ips,
+            vec![("10.0.0.0".parse().expect("a"), 8)]
+        );
+        // The connection is usable after the error.
+        let out = talk(&dev, "set=1\nbogus=1\nlisten_port=5\n\nget=1\n\n");
+        assert!(out.starts_with("errno=-22\n\nlisten_port=1000\n"), "{out}");
+    }
+
+    #[test]
+    fn update_only() {
+        let dev = device();
+        // A new peer with update_only is not created.
+        assert_eq!(
+            set(
+                &dev,
+                &format!("public_key={K1}\nupdate_only=true\nallowed_ip=10.0.0.0/8\n")
+            ),
+            "errno=0\n\n"
+        );
+        assert!(snap(&dev).peers.is_empty());
+        // Even when update_only comes after other lines of the section.
+        assert_eq!(
+            set(
+                &dev,
+                &format!("public_key={K1}\nendpoint=1.2.3.4:5\nupdate_only=true\n")
+            ),
+            "errno=0\n\n"
+        );
+        assert!(snap(&dev).peers.is_empty());
+        // An existing peer is updated.
+        set(&dev, &format!("public_key={K1}\n"));
+        assert_eq!(
+            set(
+                &dev,
+                &format!("public_key={K1}\nupdate_only=true\nendpoint=1.2.3.4:5\n")
+            ),
+            "errno=0\n\n"
+        );
+        let s = snap(&dev);
+        assert_eq!(s.peers.len(), 1);
+        assert_eq!(
+            s.peers[0].endpoint,
+            Some("1.2.3.4:5".parse().expect("addr"))
+        );
+    }
+
+    #[test]
+    fn remove() {
+        let dev = device();
+        set(&dev, &format!("public_key={K1}\npublic_key={K2}\n"));
+        assert_eq!(
+            set(
+                &dev,
+                &format!("public_key={K1}\nremove=true\nallowed_ip=10.0.0.0/8\n")
+            ),
+            "errno=0\n\n"
+        );
+        let peers = snap(&dev).peers;
+        assert_eq!(peers.len(), 1);
+        assert_eq!(peers[0].public_key, key(K2));
+        // Removing a peer that does not exist creates nothing.
+        assert_eq!(
+            set(&dev, &format!("public_key={K3}\nremove=true\n")),
+            "errno=0\n\n"
+        );
+        assert_eq!(snap(&dev).peers.len(), 1);
+        // Values in a removed section are still validated.
+        assert_eq!(
+            set(
+                &dev,
+                &format!("public_key={K2}\nremove=true\nallowed_ip=bad\n")
+            ),
+            "errno=-22\n\n"
+        );
+        assert!(snap(&dev).peers.is_empty());
+    }
+
+    #[test]
+    fn own_public_key_section_is_ignored() {
+        let dev = device();
+        set(&dev, &format!("private_key={K1}\n"));
+        let own = dev.lock().expect("lock").own_public_key().expect("own key");
+        let own_hex: String = own.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            set(
+                &dev,
+                &format!("public_key={own_hex}\nallowed_ip=10.0.0.0/8\npublic_key={K2}\n")
+            ),
+            "errno=0\n\n"
+        );
+        let peers = snap(&dev).peers;
+        assert_eq!(peers.len(), 1);
+        assert_eq!(peers[0].public_key, key(K2));
+        // Setting a private key whose public key is a peer's removes that peer.
+        set(&dev, &format!("private_key={ZERO}\npublic_key={own_hex}\n"));
+        assert_eq!(snap(&dev).peers.len(), 2);
+        set(&dev, &format!("private_key={K1}\n"));
+        assert_eq!(snap(&dev).peers.len(), 1);
+    }
+
+    #[test]
+    fn peer_section_done_hook() {
+        #[derive(Default)]
+        struct Recorder {
+            inner: MemoryDevice,
+            done: Vec<[u8; 32]>,
+        }
+        impl UapiDevice for Recorder {
+            fn snapshot(&self) -> DeviceSnapshot {
+                self.inner.snapshot()
+            }
+            fn own_public_key(&self) -> Option<[u8; 32]> {
+                self.inner.own_public_key()
+            }
+            fn set_private_key(&mut self, k: Option<[u8; 32]>) -> Result<(), Errno> {
+                self.inner.set_private_key(k)
+            }
+            fn set_listen_port(&mut self, p: u16) -> Result<(), Errno> {
+                self.inner.set_listen_port(p)
+            }
+            fn set_fwmark(&mut self, m: u32) -> Result<(), Errno> {
+                self.inner.set_fwmark(m)
+            }
+            fn remove_all_peers(&mut self) {
+                self.inner.remove_all_peers()
+            }
+            fn has_peer(&self, pk: &[u8; 32]) -> bool {
+                self.inner.has_peer(pk)
+            }
+            fn create_peer(&mut self, pk: &[u8; 32]) -> Result<(), Errno> {
+                self.inner.create_peer(pk)
+            }
+            fn remove_peer(&mut self, pk: &[u8; 32]) {
+                self.inner.remove_peer(pk)
+            }
+            fn set_preshared_key(&mut self, pk: &[u8; 32], k: [u8; 32]) -> Result<(), Errno> {
+                self.inner.set_preshared_key(pk, k)
+            }
+            fn set_endpoint(&mut self, pk: &[u8; 32], e: SocketAddr) -> Result<(), Errno> {
+                self.inner.set_endpoint(pk, e)
+            }
+            fn set_persistent_keepalive(&mut self, pk: &[u8; 32], s: u16) -> Result<(), Errno> {
+                self.inner.set_persistent_keepalive(pk, s)
+            }
+            fn clear_allowed_ips(&mut self, pk: &[u8; 32]) -> Result<(), Errno> {
+                self.inner.clear_allowed_ips(pk)
+            }
+            fn add_allowed_ip(&mut self, pk: &[u8; 32], a: IpAddr, c: u8) -> Result<(), Errno> {
+                self.inner.add_allowed_ip(pk, a, c)
+            }
+            fn remove_allowed_ip(&mut self, pk: &[u8; 32], a: IpAddr, c: u8) -> Result<(), Errno> {
+                self.inner.remove_allowed_ip(pk, a, c)
+            }
+            fn peer_section_done(&mut self, pk: &[u8; 32]) {
+                self.done.push(*pk)
+            }
+        }
+        let mut dev = Recorder::default();
+        let mut session = UapiSession::new();
+        let lines =
+            format!("set=1\npublic_key={K1}\npublic_key={K2}\nremove=true\npublic_key={K3}\n");
+        for line in lines.lines() {
+            assert_eq!(session.handle_line(line, &mut dev), Response::Continue);
+        }
+        assert!(session.in_request());
+        assert_eq!(
+            session.handle_line("", &mut dev),
+            Response::Reply("errno=0\n\n".into())
+        );
+        assert!(!session.in_request());
+        assert_eq!(dev.done, vec![key(K1), key(K3)]);
+    }
+
+    #[test]
+    fn line_limits_and_garbage() {
+        let dev = device();
+        // An overlong line closes the connection without a reply.
+        let long = format!("set=1\nprivate_key={}\n\n", "a".repeat(MAX_LINE_LEN));
+        assert_eq!(talk(&dev, &long), "");
+        // Invalid UTF-8 is an invalid value, not a crash.
+        let mut out = Vec::new();
+        let input = b"set=1\nlisten_port=\xff\xfe\n\n".to_vec();
+        let _ = serve_lines(io::Cursor::new(input), &mut out, &dev);
+        assert_eq!(out, b"errno=-22\n\n");
+        // EOF in the middle of a request: no reply, nothing breaks.
+        assert_eq!(talk(&dev, "set=1\nlisten_port=9"), "");
+        assert_eq!(talk(&dev, "set=1\nlisten_port=9\n"), "");
+        assert_eq!(snap(&dev).listen_port, 9);
+        // NUL bytes and CR are just invalid values.
+        assert_eq!(talk(&dev, "set=1\nlisten_port=1\r\n\n"), "errno=-22\n\n");
+        assert_eq!(talk(&dev, "set=1\nlisten\0port=1\n\n"), "errno=-22\n\n");
+    }
+
+    /// Random sequences of plausible and implausible lines: never a panic, and every reply is
+    /// well formed.
+    #[test]
+    fn random_lines_never_panic() {
+        let tokens = [
+            "get=1",
+            "set=1",
+            "",
+            "public_key=",
+            "private_key=",
+            "listen_port=",
+            "fwmark=",
+            "replace_peers=",
+            "update_only=",
+            "remove=",
+            "preshared_key=",
+            "endpoint=",
+            "persistent_keepalive_interval=",
+            "replace_allowed_ips=",
+            "allowed_ip=",
+            "allowed_ip=-",
+            "protocol_version=",
+            "=",
+            "x",
+        ];
+        let values = [
+            K1,
+            K2,
+            ZERO,
+            "true",
+            "1",
+            "0",
+            "65535",
+            "65536",
+            "4294967295",
+            "10.0.0.0/8",
+            "::/0",
+            "[::1]:1",
+            "1.2.3.4:5",
+            "/",
+            "-",
+            "\u{fffd}",
+            "ff",
+        ];
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..2000 {
+            let mut dev = MemoryDevice::new(false);
+            let mut session = UapiSession::new();
+            for _ in 0..(next() % 30) {
+                let t = tokens[(next() % tokens.len() as u64) as usize];
+                let line = if t.ends_with('=') && next() % 4 != 0 {
+                    format!("{t}{}", values[(next() % values.len() as u64) as usize])
+                } else {
+                    t.to_owned()
+                };
+                match session.handle_line(&line, &mut dev) {
+                    Response::Reply(r) => {
+                        assert!(r.ends_with("\n\n"), "{r:?}");
+                        assert!(r.contains("errno="), "{r:?}");
+                    }
+                    Response::Close => session = UapiSession::new(),
+                    Response::Continue => {}
+                }
+            }
+        }
+    }
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("rwg-uapi-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn socket_server_end_to_end() {
+        use std::io::{Read, Write};
+        let dir = temp_dir("e2e");
+        let listener = UapiListener::bind_in(&dir, "wgt0").expect("bind");
+        let path = listener.path().to_path_buf();
+        // Created under umask 077: only the owner may connect.
+        let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o077, 0, "mode {mode:o}");
+        let dmode = std::fs::metadata(&dir).expect("stat").permissions().mode();
+        assert_eq!(dmode & 0o777, 0o755);
+        // A second daemon for the same name is refused while the first one serves.
+        assert!(matches!(
+            UapiListener::bind_in(&dir, "wgt0"),
+            Err(UapiError::InUse(_))
+        ));
+        let dev = Arc::new(Mutex::new(MemoryDevice::new(false)));
+        listener.serve(Arc::clone(&dev)).expect("serve");
+
+        // A client that sends garbage and one that hangs do not affect a well-behaved one.
+        let mut bad = UnixStream::connect(&path).expect("connect");
+        bad.write_all(b"set=1\nlisten_port=\x00\x01")
+            .expect("write");
+        let _hanging = UnixStream::connect(&path).expect("connect");
+        let mut good = UnixStream::connect(&path).expect("connect");
+        good.write_all(b"set=1\nlisten_port=4242\n\nget=1\n\n")
+            .expect("write");
+        good.shutdown(std::net::Shutdown::Write).expect("shutdown");
+        let mut reply = String::new();
+        good.read_to_string(&mut reply).expect("read");
+        assert_eq!(reply, "errno=0\n\nlisten_port=4242\nerrno=0\n\n");
+
+        // Deleting the socket file is noticed.
+        let watch = listener.watch().expect("watch");
+        let waiter = std::thread::spawn(move || watch.wait_deleted());
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(listener.socket_file_is_ours());
+        std::fs::remove_file(&path).expect("rm");
+        waiter.join().expect("join").expect("wait");
+        assert!(!listener.socket_file_is_ours());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn stale_socket_is_replaced() {
+        let dir = temp_dir("stale");
+        {
+            let first = UapiListener::bind_in(&dir, "wgt1").expect("bind");
+            assert!(first.path().exists());
+            // Dropped without removing the file: a crashed daemon's leftover.
+        }
+        let second = UapiListener::bind_in(&dir, "wgt1").expect("rebind over stale socket");
+        assert!(second.socket_file_is_ours());
+        second.remove_socket_file();
+        assert!(!second.path().exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

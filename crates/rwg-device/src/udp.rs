@@ -1,0 +1,275 @@
+//! The device's UDP sockets: one IPv4 and one IPv6-only socket on the same port.
+//!
+//! Port 0 picks a free port for IPv4 and then asks for the same one on IPv6; if another program
+//! holds that IPv6 port we try again with a new pick a few times. Either family may be missing
+//! on a host (no IPv6), but not both. The API moves slices of datagrams so that
+//! recvmmsg/sendmmsg can replace the one-at-a-time calls without changing callers.
+
+use std::fmt;
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
+
+use crate::sys;
+
+/// How often port 0 is retried when the IPv6 side cannot get IPv4's pick.
+const PORT_PICK_ATTEMPTS: usize = 10;
+
+/// The pair of bound sockets.
+#[derive(Debug)]
+pub struct UdpSockets {
+    v4: Option<UdpSocket>,
+    v6: Option<UdpSocket>,
+    port: u16,
+    fwmark: u32,
+}
+
+/// One datagram received: its length in the caller's buffer and who sent it.
+#[derive(Clone, Copy, Debug)]
+pub struct RecvMeta {
+    /// Bytes written into the buffer.
+    pub len: usize,
+    /// Source address.
+    pub from: SocketAddr,
+}
+
+/// Binding failed.
+#[derive(Debug)]
+pub struct BindError {
+    /// The port asked for (0 = any).
+    pub port: u16,
+    /// The underlying error (EADDRINUSE most of the time).
+    pub error: io::Error,
+}
+
+impl fmt::Display for BindError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cannot bind UDP port {}: {}", self.port, self.error)
+    }
+}
+
+impl std::error::Error for BindError {}
+
+/// Address families unavailable on this host: binding them fails with these, and we go on
+/// with the other family.
+fn family_unsupported(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EAFNOSUPPORT) | Some(libc::EADDRNOTAVAIL) | Some(libc::EPROTONOSUPPORT)
+    )
+}
+
+fn bind_pair(port: u16) -> io::Result<(Option<UdpSocket>, Option<UdpSocket>, u16)> {
+    let v4 = match sys::udp::bind(SocketAddr::V4(SocketAddrV4::new(
+        Ipv4Addr::UNSPECIFIED,
+        port,
+    ))) {
+        Ok(s) => Some(s),
+        Err(e) if family_unsupported(&e) => None,
+        Err(e) => return Err(e),
+    };
+    let port = match &v4 {
+        Some(s) => s.local_addr()?.port(),
+        None => port,
+    };
+    let v6 = match sys::udp::bind(SocketAddr::V6(SocketAddrV6::new(
+        Ipv6Addr::UNSPECIFIED,
+        port,
+        0,
+        0,
+    ))) {
+        Ok(s) => Some(s),
+        Err(e) if family_unsupported(&e) && v4.is_some() => None,
+        Err(e) => return Err(e),
+    };
+    let port = match &v6 {
+        Some(s) => s.local_addr()?.port(),
+        None => port,
+    };
+    Ok((v4, v6, port))
+}
+
+impl UdpSockets {
+    /// Binds both families on `port` (0 = pick one free on both).
+    pub fn bind(port: u16) -> Result<UdpSockets, BindError> {
+        let attempts = if port == 0 { PORT_PICK_ATTEMPTS } else { 1 };
+        let mut last = None;
+        for _ in 0..attempts {
+            match bind_pair(port) {
+                Ok((v4, v6, port)) => {
+                    return Ok(UdpSockets {
+                        v4,
+                        v6,
+                        port,
+                        fwmark: 0,
+                    })
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => last = Some(e),
+                Err(error) => return Err(BindError { port, error }),
+            }
+        }
+        Err(BindError {
+            port,
+            error: last.unwrap_or_else(|| io::Error::from_raw_os_error(libc::EADDRINUSE)),
+        })
+    }
+
+    /// The port actually bound.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The fwmark set on the sockets (0 = none).
+    pub fn fwmark(&self) -> u32 {
+        self.fwmark
+    }
+
+    /// Sets SO_MARK on both sockets; 0 clears it.
+    pub fn set_fwmark(&mut self, mark: u32) -> io::Result<()> {
+        for s in self.v4.iter().chain(self.v6.iter()) {
+            sys::udp::set_mark(s, mark)?;
+        }
+        self.fwmark = mark;
+        Ok(())
+    }
+
+    /// The mark the kernel holds for the IPv4 (else IPv6) socket.
+    pub fn fwmark_from_kernel(&self) -> io::Result<u32> {
+        match self.v4.as_ref().or(self.v6.as_ref()) {
+            Some(s) => sys::udp::mark(s),
+            None => Ok(0),
+        }
+    }
+
+    /// Binds a new pair on `port` and, only if that worked, replaces the old one (keeping the
+    /// fwmark). On failure the old sockets stay in use.
+    pub fn rebind(&mut self, port: u16) -> Result<(), BindError> {
+        if port != 0 && port == self.port {
+            return Ok(());
+        }
+        // The old pair still holds its port; a new explicit port that equals it is handled
+        // above, anything else does not conflict with it.
+        let mut new = UdpSockets::bind(port)?;
+        if self.fwmark != 0 {
+            new.set_fwmark(self.fwmark)
+                .map_err(|error| BindError { port, error })?;
+        }
+        *self = new;
+        Ok(())
+    }
+
+    /// The IPv4 socket, if the host has IPv4.
+    pub fn v4(&self) -> Option<&UdpSocket> {
+        self.v4.as_ref()
+    }
+
+    /// The IPv6 socket, if the host has IPv6.
+    pub fn v6(&self) -> Option<&UdpSocket> {
+        self.v6.as_ref()
+    }
+
+    fn socket_for(&self, to: &SocketAddr) -> io::Result<&UdpSocket> {
+        let s = match to {
+            SocketAddr::V4(_) => self.v4.as_ref(),
+            SocketAddr::V6(_) => self.v6.as_ref(),
+        };
+        s.ok_or_else(|| io::Error::from_raw_os_error(libc::EAFNOSUPPORT))
+    }
+
+    /// Sends one datagram through the socket of `to`'s family.
+    pub fn send_to(&self, datagram: &[u8], to: SocketAddr) -> io::Result<()> {
+        self.socket_for(&to)?.send_to(datagram, to)?;
+        Ok(())
+    }
+
+    /// Sends datagrams in order; returns how many were sent before the first error (which is
+    /// returned only if nothing was sent).
+    pub fn send_batch(&self, datagrams: &[(&[u8], SocketAddr)]) -> io::Result<usize> {
+        for (i, (d, to)) in datagrams.iter().enumerate() {
+            if let Err(e) = self.send_to(d, *to) {
+                return if i == 0 { Err(e) } else { Ok(i) };
+            }
+        }
+        Ok(datagrams.len())
+    }
+}
+
+/// Receives from one socket of the pair. Each family is read by its own thread.
+pub fn recv_batch(
+    socket: &UdpSocket,
+    bufs: &mut [&mut [u8]],
+    meta: &mut [RecvMeta],
+) -> io::Result<usize> {
+    let (Some(buf), Some(m)) = (bufs.first_mut(), meta.first_mut()) else {
+        return Ok(0);
+    };
+    loop {
+        match socket.recv_from(buf) {
+            Ok((len, from)) => {
+                *m = RecvMeta { len, from };
+                return Ok(1);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_port_both_families_and_rebind() {
+        let mut s = UdpSockets::bind(0).expect("bind");
+        let port = s.port();
+        assert_ne!(port, 0);
+        if let (Some(a), Some(b)) = (s.v4(), s.v6()) {
+            assert_eq!(a.local_addr().expect("addr").port(), port);
+            assert_eq!(b.local_addr().expect("addr").port(), port);
+        }
+        // Another pair cannot take an explicit port we hold.
+        let taken = UdpSockets::bind(port).expect_err("port is taken");
+        assert_eq!(taken.error.raw_os_error(), Some(libc::EADDRINUSE));
+        // Rebinding to a taken port leaves the old sockets in place.
+        let other = UdpSockets::bind(0).expect("bind other");
+        assert!(s.rebind(other.port()).is_err());
+        assert_eq!(s.port(), port);
+        s.rebind(0).expect("rebind");
+        assert_ne!(s.port(), 0);
+        // Loopback round trip over the new sockets.
+        let peer = UdpSocket::bind("127.0.0.1:0").expect("peer");
+        peer.send_to(b"hello", ("127.0.0.1", s.port()))
+            .expect("send");
+        let mut buf = [0u8; 64];
+        let mut meta = [RecvMeta {
+            len: 0,
+            from: SocketAddr::from(([0, 0, 0, 0], 0)),
+        }];
+        let v4 = s.v4().expect("v4");
+        let n = recv_batch(v4, &mut [&mut buf[..]], &mut meta).expect("recv");
+        assert_eq!(n, 1);
+        assert_eq!(&buf[..meta[0].len], b"hello");
+        assert_eq!(meta[0].from, peer.local_addr().expect("addr"));
+        s.send_batch(&[(b"back", meta[0].from)]).expect("send back");
+        let (len, _) = peer.recv_from(&mut buf).expect("recv back");
+        assert_eq!(&buf[..len], b"back");
+    }
+
+    #[test]
+    fn fwmark_set_and_clear() {
+        let mut s = UdpSockets::bind(0).expect("bind");
+        match s.set_fwmark(0x1234) {
+            Ok(()) => {
+                assert_eq!(s.fwmark_from_kernel().expect("mark"), 0x1234);
+                s.rebind(0).expect("rebind");
+                assert_eq!(s.fwmark_from_kernel().expect("mark"), 0x1234);
+                s.set_fwmark(0).expect("clear");
+                assert_eq!(s.fwmark_from_kernel().expect("mark"), 0);
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                eprintln!("skipping fwmark checks: needs CAP_NET_ADMIN");
+            }
+            Err(e) => panic!("set_fwmark: {e}"),
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! End to end: the `rwg` daemon driven by the real `wg` tool inside a network namespace.
+//!
+//! ```text
+//!   netns rwgt-<pid>
+//!   +--------------------------------------------+
+//!   |  rwg [-f] <iface>  <--- /var/run/wireguard/<iface>.sock --- wg set/show/showconf
+//!   |     |
+//!   |   TUN <iface>  <--- ip link del (shutdown)
+//!   +--------------------------------------------+
+//! ```
+//!
+//! Needs root, `ip` and `wg`; skips with a printed reason otherwise. The socket directory is
+//! shared by all namespaces, so interface names carry the process id.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const RWG: &str = env!("CARGO_BIN_EXE_rwg");
+
+fn skip_reason() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let root = status
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
+    if !root {
+        return Some("not root".into());
+    }
+    if !Path::new("/dev/net/tun").exists() {
+        return Some("no /dev/net/tun".into());
+    }
+    for tool in ["ip", "wg"] {
+        let found = Command::new(tool)
+            .arg("--help")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok();
+        if !found {
+            return Some(format!("`{tool}` not installed"));
+        }
+    }
+    None
+}
+
+/// A network namespace deleted on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new(tag: &str) -> Netns {
+        let name = format!("rwgt-{tag}-{}", std::process::id());
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(Stdio::null())
+            .status();
+        let ok = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "ip netns add {name}");
+        Netns(name)
+    }
+
+    fn cmd(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.0, program]);
+        c
+    }
+
+    fn run(&self, program: &str, args: &[&str]) -> Output {
+        self.cmd(program).args(args).output().expect("spawn")
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn iface(tag: &str) -> String {
+    // At most 15 bytes.
+    format!("rt{tag}{}", std::process::id() % 1_000_000)
+}
+
+fn sock(iface: &str) -> PathBuf {
+    PathBuf::from(format!("/var/run/wireguard/{iface}.sock"))
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("daemon did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn text(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn key_pair() -> (String, String) {
+    let private = Command::new(RWG).arg("genkey").output().expect("genkey");
+    let private = text(&private).trim().to_owned();
+    let mut child = Command::new("wg")
+        .arg("pubkey")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("wg pubkey");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(format!("{private}\n").as_bytes())
+        .expect("write");
+    let public = child.wait_with_output().expect("wait");
+    (private, text(&public).trim().to_owned())
+}
+
+#[test]
+fn foreground_configured_by_wg_and_stopped_by_sigterm() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipping: {why}");
+        return;
+    }
+    let ns = Netns::new("fg");
+    let name = iface("f");
+    let mut daemon = ns.cmd(RWG).args(["-f", &name]).spawn().expect("spawn rwg");
+    wait_for("socket", || sock(&name).exists());
+
+    let (private, public) = key_pair();
+    let (_, peer) = key_pair();
+    let dir = std::env::temp_dir().join(format!("rwg-it-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp");
+    let keyfile = dir.join("key");
+    std::fs::write(&keyfile, format!("{private}\n")).expect("write key");
+    let keyfile = keyfile.to_str().expect("utf8 path");
+    let out = ns.run(
+        "wg",
+        &[
+            "set",
+            &name,
+            "private-key",
+            keyfile,
+            "listen-port",
+            "51999",
+            "fwmark",
+            "0x42",
+            "peer",
+            &peer,
+            "endpoint",
+            "192.0.2.1:51820",
+            "persistent-keepalive",
+            "25",
+            "allowed-ips",
+            "10.0.0.0/24,fd00::/64",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "wg set: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let dump = text(&ns.run("wg", &["show", &name, "dump"]));
+    let lines: Vec<Vec<&str>> = dump.lines().map(|l| l.split('\t').collect()).collect();
+    assert_eq!(lines.len(), 2, "{dump}");
+    assert_eq!(
+        lines[0],
+        [private.as_str(), public.as_str(), "51999", "0x42"]
+    );
+    assert_eq!(
+        lines[1],
+        [
+            peer.as_str(),
+            "(none)",
+            "192.0.2.1:51820",
+            "10.0.0.0/24,fd00::/64",
+            "0",
+            "0",
+            "0",
+            "25"
+        ]
+    );
+    let conf = text(&ns.run("wg", &["showconf", &name]));
+    assert!(conf.contains("ListenPort = 51999"), "{conf}");
+    assert!(conf.contains(&format!("PrivateKey = {private}")), "{conf}");
+    // The port is really bound, on both families.
+    let ss = text(&ns.run("ss", &["-Hulpn", "sport", "=", ":51999"]));
+    assert_eq!(ss.lines().count(), 2, "{ss}");
+
+    // A second daemon for the same name fails cleanly and leaves ours alone.
+    let second = ns.run(RWG, &["-f", &name]);
+    assert!(!second.status.success());
+    assert!(sock(&name).exists());
+
+    // Removal through wg.
+    let out = ns.run("wg", &["set", &name, "peer", &peer, "remove"]);
+    assert!(out.status.success());
+    assert_eq!(text(&ns.run("wg", &["show", &name, "peers"])).trim(), "");
+
+    let _ = Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status();
+    let status = wait_exit(&mut daemon);
+    assert!(status.success(), "{status:?}");
+    assert!(!sock(&name).exists());
+    assert!(!ns.run("ip", &["link", "show", &name]).status.success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn daemonized_stops_when_interface_deleted() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipping: {why}");
+        return;
+    }
+    let ns = Netns::new("bg");
+    let name = iface("b");
+    // The parent exits 0 only once the child serves: the socket must exist right away.
+    let out = ns.run(RWG, &[&name]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(sock(&name).exists());
+    let show = ns.run("wg", &["show", &name]);
+    assert!(show.status.success());
+    // wg-quick down does exactly this.
+    assert!(ns.run("ip", &["link", "del", &name]).status.success());
+    wait_for("socket removal", || !sock(&name).exists());
+}
+
+#[test]
+fn stops_when_socket_deleted_and_refuses_taken_names() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipping: {why}");
+        return;
+    }
+    let ns = Netns::new("sk");
+    let name = iface("s");
+    let mut daemon = ns.cmd(RWG).args(["-f", &name]).spawn().expect("spawn rwg");
+    wait_for("socket", || sock(&name).exists());
+    std::fs::remove_file(sock(&name)).expect("rm socket");
+    let status = wait_exit(&mut daemon);
+    assert!(status.success(), "{status:?}");
+    assert!(!ns.run("ip", &["link", "show", &name]).status.success());
+
+    // A name held by a non-TUN interface: clear error, no socket left behind.
+    let out = ns.run(RWG, &["lo"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already in use"));
+    assert!(!sock("lo").exists());
+}
+
+#[test]
+fn key_tools_match_wg() {
+    if Command::new("wg").arg("--version").output().is_err() {
+        eprintln!("skipping: `wg` not installed");
+        return;
+    }
+    let (private, public) = key_pair();
+    let mut child = Command::new(RWG)
+        .arg("pubkey")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("rwg pubkey");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(format!("{private}\n").as_bytes())
+        .expect("write");
+    let ours = child.wait_with_output().expect("wait");
+    assert_eq!(text(&ours).trim(), public);
+    let psk = text(&Command::new(RWG).arg("genpsk").output().expect("genpsk"));
+    assert_eq!(psk.trim().len(), 44);
+    assert!(psk.ends_with("=\n"));
+}
