@@ -2,17 +2,16 @@
 //! the shutdown conditions wireguard-go also has: SIGINT/SIGTERM, the interface deleted
 //! (`wg-quick down` runs `ip link del`), or the socket file deleted.
 //!
-//! The packet path is a placeholder (see [`placeholder_packet_path`]): packets read from the TUN are
-//! discarded and configuration is stored by [`MemoryDevice`], so `wg set`/`wg show` already
-//! work end to end. The protocol core's driver replaces both.
+//! Packets are moved by the [`Driver`] (threads around the protocol core); configuration
+//! requests are applied to it through [`DriverConfig`].
 
 use std::fmt;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
-use crate::memory::MemoryDevice;
+use crate::driver::{Driver, DriverConfig};
 use crate::process::TerminationSignals;
-use crate::tun::{Tun, TunError};
+use crate::tun::Tun;
 use crate::uapi::{UapiDevice, UapiListener};
 
 /// Why the daemon stopped serving.
@@ -69,46 +68,6 @@ impl ShutdownHandle {
     }
 }
 
-/// PLACEHOLDER — the packet-moving core, to be replaced by the driver of `rwg-proto`.
-///
-/// The replacement is a function or closure of the same shape as [`placeholder_packet_path`]
-/// (`FnOnce(Arc<Tun>, Arc<Mutex<D>>, ShutdownHandle) -> Result<(), StartError>`), passed to
-/// [`Daemon::run_with`] together with the real configuration object (which implements
-/// [`UapiDevice`]; the `Mutex` around it only serialises configuration requests, so the data
-/// path should hold its own handle to shared state rather than lock it per packet). It:
-/// - starts whatever threads it needs and returns once they run;
-/// - on a TUN read failing with [`TunError::Gone`] calls
-///   `shutdown.shutdown(Shutdown::InterfaceDeleted)` (that is how `wg-quick down` stops us);
-/// - on an unrecoverable error calls `shutdown.shutdown(Shutdown::Failed(..))`.
-///
-/// PLACEHOLDER: reads packets from the TUN and discards them; never touches the UDP sockets.
-pub fn placeholder_packet_path<D: UapiDevice + Send + 'static>(
-    tun: Arc<Tun>,
-    _device: Arc<Mutex<D>>,
-    shutdown: ShutdownHandle,
-) -> Result<(), StartError> {
-    std::thread::Builder::new()
-        .name("tun-read".into())
-        .spawn(move || {
-            let mut buf = vec![0u8; 65536];
-            loop {
-                match tun.read(&mut buf) {
-                    Ok(n) => tracing::trace!(len = n, "placeholder: dropping packet from TUN"),
-                    Err(TunError::Gone) => {
-                        shutdown.shutdown(Shutdown::InterfaceDeleted);
-                        return;
-                    }
-                    Err(e) => {
-                        shutdown.shutdown(Shutdown::Failed(format!("reading TUN: {e}")));
-                        return;
-                    }
-                }
-            }
-        })
-        .map_err(|e| StartError(format!("cannot start TUN reader: {e}")))?;
-    Ok(())
-}
-
 /// A TUN device and a configuration socket, ready to serve.
 #[derive(Debug)]
 pub struct Daemon {
@@ -134,19 +93,25 @@ impl Daemon {
     ///
     /// `signals` must have been blocked before any thread was created.
     ///
-    /// PLACEHOLDER: serves a [`MemoryDevice`] with [`placeholder_packet_path`]; the protocol
-    /// core's driver replaces this body with a call to [`Daemon::run_with`].
     pub fn run(
         self,
         signals: Option<TerminationSignals>,
         on_serving: impl FnOnce(),
     ) -> Result<Shutdown, StartError> {
-        let mut memory = MemoryDevice::new(true);
-        if memory.bind_now().is_err() {
-            self.uapi.remove_socket_file();
-            return Err(StartError("cannot bind the UDP sockets".into()));
-        }
-        self.run_with(memory, placeholder_packet_path, signals, on_serving)
+        let driver = match Driver::new(0) {
+            Ok(d) => d,
+            Err(e) => {
+                self.uapi.remove_socket_file();
+                return Err(e);
+            }
+        };
+        let config = DriverConfig(Arc::clone(&driver));
+        self.run_with(
+            config,
+            move |tun, _config, shutdown| driver.start(tun, shutdown),
+            signals,
+            on_serving,
+        )
     }
 
     /// Like [`Daemon::run`] with the configuration object and the packet path given.

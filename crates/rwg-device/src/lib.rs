@@ -4,6 +4,7 @@
 //! All `unsafe` code is in the private `sys` module; everything public is safe.
 
 pub mod daemon;
+pub mod driver;
 pub mod memory;
 pub mod process;
 pub mod tun;

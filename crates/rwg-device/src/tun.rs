@@ -176,6 +176,17 @@ impl Tun {
         }
     }
 
+    /// Switches reads to non-blocking (a read with nothing queued fails with `WouldBlock`),
+    /// for loops that drain a batch and then [`wait_readable`](Self::wait_readable).
+    pub fn set_nonblocking(&self, on: bool) -> io::Result<()> {
+        sys::poll::set_nonblocking(&self.fd, on)
+    }
+
+    /// Waits until a packet can be read or `timeout_ms` passes; returns whether one can.
+    pub fn wait_readable(&self, timeout_ms: i32) -> io::Result<bool> {
+        sys::poll::wait_readable(&self.fd, timeout_ms)
+    }
+
     /// A second handle on the same device (a duplicated descriptor).
     pub fn try_clone(&self) -> io::Result<Tun> {
         Ok(Tun {

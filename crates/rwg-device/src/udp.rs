@@ -193,6 +193,16 @@ impl UdpSockets {
     }
 }
 
+/// Sets SO_MARK on one socket (0 clears it); [`UdpSockets::set_fwmark`] for the pair.
+pub fn set_socket_mark(socket: &UdpSocket, mark: u32) -> io::Result<()> {
+    sys::udp::set_mark(socket, mark)
+}
+
+/// Waits until `socket` has a datagram or `timeout_ms` passes; returns whether it has.
+pub fn wait_readable(socket: &UdpSocket, timeout_ms: i32) -> io::Result<bool> {
+    sys::poll::wait_readable(socket, timeout_ms)
+}
+
 /// Receives from one socket of the pair. Each family is read by its own thread.
 pub fn recv_batch(
     socket: &UdpSocket,

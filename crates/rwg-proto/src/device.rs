@@ -341,6 +341,8 @@ pub struct Device {
     handshake_queue: Mutex<VecDeque<QueuedHandshake>>,
     /// Set by the data path when it deferred work to `handle_timeout`.
     work_pending: AtomicBool,
+    /// Set when a datagram or event was queued; cleared when `poll_transmit` finds none left.
+    output_pending: AtomicBool,
     drops: [AtomicU64; DropReason::COUNT],
 }
 
@@ -389,6 +391,7 @@ impl Device {
             outbox: Mutex::new(Outbox::default()),
             handshake_queue: Mutex::new(VecDeque::new()),
             work_pending: AtomicBool::new(false),
+            output_pending: AtomicBool::new(false),
             drops: core::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
@@ -801,7 +804,17 @@ impl Device {
             }
             self.count_drop(DropReason::BufferTooSmall);
         }
+        if outbox.events.is_empty() {
+            self.output_pending.store(false, Ordering::Release);
+        }
         None
+    }
+
+    /// Whether the control side has something to do: deferred work for `handle_timeout`, or
+    /// datagrams and events to poll. A cheap atomic load, meant to be checked by data-path
+    /// threads after each batch to decide whether to wake the thread that drives the timers.
+    pub fn needs_attention(&self) -> bool {
+        self.work_pending.load(Ordering::Acquire) || self.output_pending.load(Ordering::Acquire)
     }
 
     /// The next event, if any.
@@ -817,6 +830,7 @@ impl Device {
             return;
         }
         outbox.transmits.push_back((destination, data));
+        self.output_pending.store(true, Ordering::Release);
     }
 
     fn push_event(&self, event: Event) {
@@ -825,6 +839,7 @@ impl Device {
             outbox.events.pop_front();
         }
         outbox.events.push_back(event);
+        self.output_pending.store(true, Ordering::Release);
     }
 
     // ----- the control path: handshakes and timers -----

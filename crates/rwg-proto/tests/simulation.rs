@@ -1,6 +1,8 @@
 //! Two-peer (and more) simulations with virtual time: the timer and handshake behaviour of
 //! PROTOCOL.md §5-§7, checked on what crosses the simulated wire.
 
+#![allow(clippy::unwrap_used)]
+
 mod sim;
 
 use std::collections::BTreeSet;
