@@ -1,7 +1,12 @@
 //! A deterministic network for two or more devices: virtual time, a seeded RNG that loses,
 //! duplicates and reorders datagrams, and a log of everything that crossed the wire.
 
-#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::type_complexity)]
+#![allow(
+    dead_code,
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::type_complexity
+)]
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
