@@ -102,10 +102,6 @@ impl IngressQueue {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn pop(&self) -> Option<Vec<u8>> {
-        self.lock().queue.pop_front()
-    }
-
     fn recycle(&self, mut buf: Vec<u8>) {
         let mut state = self.lock();
         if state.spare.len() < self.capacity {
@@ -118,6 +114,8 @@ impl IngressQueue {
 /// The smoltcp device: reads from the ingress queue, writes to the tunnel.
 struct TunnelDevice {
     ingress: Arc<IngressQueue>,
+    /// The batch taken from the ingress queue for this poll (see [`Shared::poll`]).
+    batch: VecDeque<Vec<u8>>,
     tunnel: Box<dyn PacketTunnel>,
     mtu: usize,
     transmit_buf: Vec<u8>,
@@ -158,7 +156,7 @@ impl Device for TunnelDevice {
     type TxToken<'a> = TxToken<'a>;
 
     fn receive(&mut self, _now: SmolInstant) -> Option<(RxToken<'_>, TxToken<'_>)> {
-        let packet = self.ingress.pop()?;
+        let packet = self.batch.pop_front()?;
         Some((
             RxToken {
                 packet,
@@ -325,20 +323,18 @@ impl Inner {
 
     /// Make sure each listener has a Listen socket for every SYN waiting in the queue; drop
     /// SYNs beyond the backlog so the peer retries later instead of being refused.
-    fn prepare_listeners(
-        &mut self,
-        ingress: &mut Ingress,
-        config: &StackConfig,
-        counters: &Counters,
-    ) {
+    fn prepare_listeners(&mut self, config: &StackConfig, counters: &Counters) {
         if self.listeners.is_empty() {
             return;
         }
         let mut wanted: HashMap<u16, usize> = HashMap::new();
         let Inner {
-            listeners, sockets, ..
+            listeners,
+            sockets,
+            device,
+            ..
         } = self;
-        ingress.queue.retain(|packet| {
+        device.batch.retain(|packet| {
             let Some(port) = syn_destination_port(packet) else {
                 return true;
             };
@@ -419,10 +415,14 @@ impl Shared {
     /// Poll the interface once; return how long the driver may sleep.
     fn poll(&self) -> Option<Duration> {
         let mut inner = self.lock();
+        // Work on a batch taken out of the queue, so that packets arriving during the poll
+        // wait for the next one instead of slipping past prepare_listeners.
         {
             let mut ingress = self.ingress.lock();
-            inner.prepare_listeners(&mut ingress, &self.config, &self.counters);
+            let Ingress { queue, .. } = &mut *ingress;
+            std::mem::swap(queue, &mut inner.device.batch);
         }
+        inner.prepare_listeners(&self.config, &self.counters);
         let now = inner.now();
         let Inner {
             iface,
@@ -506,6 +506,7 @@ impl NetStack {
         });
         let mut device = TunnelDevice {
             ingress: ingress.clone(),
+            batch: VecDeque::new(),
             tunnel: Box::new(tunnel),
             mtu: config.mtu,
             transmit_buf: Vec::with_capacity(config.mtu),
