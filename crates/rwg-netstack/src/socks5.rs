@@ -407,8 +407,25 @@ impl Socks5Server {
         target: TargetAddr,
     ) -> Result<(), ClientError> {
         let attempt = async {
-            let addr = self.resolve(&target).await?;
-            TcpStream::connect(&self.stack, addr).await
+            let candidates = match &target {
+                TargetAddr::Ip(addr) => vec![*addr],
+                TargetAddr::Domain(host, port) => self
+                    .resolver
+                    .resolve(host)
+                    .await?
+                    .into_iter()
+                    .map(|ip| SocketAddr::new(ip, *port))
+                    .collect(),
+            };
+            // Try each address in turn, as a client library would; report the last failure.
+            let mut last = io::Error::new(io::ErrorKind::NotFound, "host has no address");
+            for addr in candidates {
+                match TcpStream::connect(&self.stack, addr).await {
+                    Ok(stream) => return Ok(stream),
+                    Err(e) => last = e,
+                }
+            }
+            Err(last)
         };
         let result = match tokio::time::timeout(self.config.connect_timeout, attempt).await {
             Ok(result) => result,

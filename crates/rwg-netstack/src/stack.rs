@@ -75,6 +75,8 @@ pub struct StackStats {
     pub transmitted: u64,
     /// SYNs dropped because a listener's backlog was full.
     pub syn_dropped: u64,
+    /// Times the driver polled the interface (a busy loop would show here).
+    pub polls: u64,
 }
 
 #[derive(Default)]
@@ -83,6 +85,7 @@ struct Counters {
     receive_dropped: AtomicU64,
     transmitted: AtomicU64,
     syn_dropped: AtomicU64,
+    polls: AtomicU64,
 }
 
 /// Received packets waiting for the driver, and spare buffers to copy the next ones into.
@@ -371,6 +374,14 @@ impl Inner {
     }
 }
 
+/// smoltcp panics on addresses that are not unicast; check them first.
+fn is_unicast(addr: IpAddr) -> bool {
+    match addr {
+        IpAddr::V4(v4) => !(v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast()),
+        IpAddr::V6(v6) => !(v6.is_unspecified() || v6.is_multicast()),
+    }
+}
+
 /// The destination port of a TCP SYN (without ACK), or `None` for anything else.
 fn syn_destination_port(packet: &[u8]) -> Option<u16> {
     let (protocol, payload) = match packet.first()? >> 4 {
@@ -407,6 +418,15 @@ impl Shared {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Whether the stack has an address of `ip`'s family, to send from. smoltcp would pick
+    /// a loopback source instead of failing, and the connection would hang.
+    pub(crate) fn can_reach(&self, ip: IpAddr) -> bool {
+        self.config
+            .addresses
+            .iter()
+            .any(|(own, _)| own.is_ipv4() == ip.is_ipv4())
+    }
+
     /// Ask the driver to poll soon: something was queued or a buffer changed.
     pub(crate) fn wake_driver(&self) {
         self.wake.notify_one();
@@ -432,10 +452,25 @@ impl Shared {
         } = &mut *inner;
         iface.poll(now, device, sockets);
         inner.reap_orphans();
-        let Inner { iface, sockets, .. } = &mut *inner;
-        iface
+        self.counters.polls.fetch_add(1, Ordering::Relaxed);
+        let Inner {
+            iface,
+            sockets,
+            orphans,
+            ..
+        } = &mut *inner;
+        let smoltcp_delay = iface
             .poll_delay(now, sockets)
-            .map(|d| Duration::from_micros(d.total_micros()))
+            .map(|d| Duration::from_micros(d.total_micros()));
+        // Lingering orphans must be reset on time even if nothing else happens.
+        let linger_delay = orphans
+            .iter()
+            .map(|o| o.deadline.saturating_duration_since(Instant::now()))
+            .min();
+        match (smoltcp_delay, linger_delay) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 }
 
@@ -517,6 +552,12 @@ impl NetStack {
         iface_config.random_seed = seed;
         let epoch = Instant::now();
         let mut iface = Interface::new(iface_config, &mut device, SmolInstant::from_micros(0));
+        if let Some((addr, _)) = config.addresses.iter().find(|(a, _)| !is_unicast(*a)) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{addr} is not a unicast address"),
+            ));
+        }
         let mut invalid = None;
         iface.update_ip_addrs(|addrs| {
             for (addr, prefix) in &config.addresses {
@@ -611,6 +652,7 @@ impl NetStack {
             receive_dropped: c.receive_dropped.load(Ordering::Relaxed),
             transmitted: c.transmitted.load(Ordering::Relaxed),
             syn_dropped: c.syn_dropped.load(Ordering::Relaxed),
+            polls: c.polls.load(Ordering::Relaxed),
         }
     }
 }

@@ -54,6 +54,12 @@ impl TcpStream {
     /// smoltcp's retransmissions: wrap it in `tokio::time::timeout` where that matters.
     pub async fn connect(stack: &NetStack, addr: SocketAddr) -> io::Result<TcpStream> {
         let shared = stack.shared.clone();
+        if !shared.can_reach(addr.ip()) {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrNotAvailable,
+                format!("no local address of the family of {addr}"),
+            ));
+        }
         let (handle, port) = {
             let mut inner = shared.lock();
             let port = inner.tcp_ports.take(0)?;

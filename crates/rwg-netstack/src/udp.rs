@@ -92,6 +92,12 @@ impl UdpSocket {
         data: &[u8],
         target: SocketAddr,
     ) -> Poll<io::Result<usize>> {
+        if !self.shared.can_reach(target.ip()) {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::AddrNotAvailable,
+                format!("no local address of the family of {target}"),
+            )));
+        }
         let mut inner = self.shared.lock();
         let socket = inner.sockets.get_mut::<udp::Socket>(self.handle);
         if data.len() > socket.payload_send_capacity() {

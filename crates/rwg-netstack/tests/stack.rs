@@ -273,3 +273,56 @@ async fn receive_rejects_oversized_and_garbage() {
     assert_eq!(stats.receive_dropped, 2);
     assert_eq!(stats.received, 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_driver_sleeps_and_ends_with_the_stack() {
+    let (tunnel, _outgoing) = rwg_netstack::ChannelTunnel::new(16);
+    let config = rwg_netstack::StackConfig::new(vec![(A4, 24)], 1420);
+    let (stack, driver) = NetStack::new(config, tunnel).expect("stack");
+    let driver = tokio::spawn(driver);
+    let _listener = TcpListener::bind(&stack, 80).expect("bind");
+    let _udp = UdpSocket::bind(&stack, 53).expect("bind");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let polls = stack.stats().polls;
+    assert!(polls < 10, "idle driver polled {polls} times");
+    drop((_listener, _udp, stack));
+    timeout(Duration::from_secs(2), driver)
+        .await
+        .expect("driver ends")
+        .expect("no panic");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_configs_are_refused() {
+    let (tunnel, _outgoing) = rwg_netstack::ChannelTunnel::new(16);
+    let config = rwg_netstack::StackConfig::new(vec![(A6, 64)], 1000);
+    assert_eq!(
+        NetStack::new(config, tunnel).err().map(|e| e.kind()),
+        Some(io::ErrorKind::InvalidInput)
+    );
+    let (tunnel, _outgoing) = rwg_netstack::ChannelTunnel::new(16);
+    let config = rwg_netstack::StackConfig::new(vec![(A4, 33)], 1420);
+    assert_eq!(
+        NetStack::new(config, tunnel).err().map(|e| e.kind()),
+        Some(io::ErrorKind::InvalidInput)
+    );
+    // A stack with only IPv4 cannot reach IPv6.
+    let (tunnel, _outgoing) = rwg_netstack::ChannelTunnel::new(16);
+    let (stack, driver) =
+        NetStack::new(rwg_netstack::StackConfig::new(vec![(A4, 24)], 1420), tunnel).expect("stack");
+    tokio::spawn(driver);
+    let err = TcpStream::connect(&stack, addr(B6, 80))
+        .await
+        .expect_err("no v6");
+    assert_eq!(err.kind(), io::ErrorKind::AddrNotAvailable);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_unicast_addresses_are_refused() {
+    for bad in ["0.0.0.0", "224.0.0.1", "255.255.255.255", "::", "ff02::1"] {
+        let (tunnel, _outgoing) = rwg_netstack::ChannelTunnel::new(16);
+        let config = rwg_netstack::StackConfig::new(vec![(bad.parse().expect("ip"), 24)], 1420);
+        let err = NetStack::new(config, tunnel).err().expect(bad);
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    }
+}
