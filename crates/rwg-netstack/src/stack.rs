@@ -48,6 +48,8 @@ pub struct StackConfig {
     pub udp_buffer_size: usize,
     /// Most received packets waiting for the driver; more are dropped.
     pub receive_queue_len: usize,
+    /// How long [`TcpStream::connect`](crate::TcpStream::connect) waits for the handshake.
+    pub connect_timeout: Duration,
 }
 
 impl StackConfig {
@@ -60,6 +62,7 @@ impl StackConfig {
             tcp_backlog: 256,
             udp_buffer_size: 64 * 1024,
             receive_queue_len: 1024,
+            connect_timeout: Duration::from_secs(30),
         }
     }
 }

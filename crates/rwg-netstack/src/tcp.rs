@@ -50,8 +50,8 @@ impl TcpStream {
     /// Open a connection to `addr` inside the tunnel from an ephemeral local port.
     ///
     /// Fails with `ConnectionRefused` when the peer answers with a reset, `AddrNotAvailable`
-    /// when the stack has no address of that family. It does not time out by itself beyond
-    /// smoltcp's retransmissions: wrap it in `tokio::time::timeout` where that matters.
+    /// when the stack has no address of that family, `TimedOut` after
+    /// [`StackConfig::connect_timeout`](crate::StackConfig::connect_timeout).
     pub async fn connect(stack: &NetStack, addr: SocketAddr) -> io::Result<TcpStream> {
         let shared = stack.shared.clone();
         if !shared.can_reach(addr.ip()) {
@@ -89,8 +89,14 @@ impl TcpStream {
             local: SocketAddr::new(addr.ip(), port),
             peer: addr,
         };
-        poll_fn(|cx| stream.poll_connected(cx)).await?;
-        Ok(stream)
+        let limit = stream.shared.config.connect_timeout;
+        match tokio::time::timeout(limit, poll_fn(|cx| stream.poll_connected(cx))).await {
+            Ok(result) => result.map(|()| stream),
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("connecting to {addr} timed out"),
+            )),
+        }
     }
 
     fn poll_connected(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -326,3 +326,18 @@ async fn non_unicast_addresses_are_refused() {
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_to_a_silent_address_times_out() {
+    let (tunnel, _outgoing) = rwg_netstack::ChannelTunnel::new(16);
+    let mut config = rwg_netstack::StackConfig::new(vec![(A4, 24)], 1420);
+    config.connect_timeout = Duration::from_millis(300);
+    let (stack, driver) = NetStack::new(config, tunnel).expect("stack");
+    tokio::spawn(driver);
+    let started = std::time::Instant::now();
+    let err = TcpStream::connect(&stack, addr(B4, 80))
+        .await
+        .expect_err("nobody answers");
+    assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
