@@ -21,12 +21,15 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::socks5::ACCEPT_ERROR_PAUSE;
 use crate::stack::NetStack;
 use crate::tcp::{TcpListener, TcpStream};
 use crate::udp::UdpSocket;
 
 /// How long a UDP forward keeps a client's tunnel socket without traffic.
 const UDP_IDLE: Duration = Duration::from_secs(120);
+/// Most local clients a UDP forward serves at once; datagrams from more are dropped.
+const MAX_UDP_SESSIONS: usize = 1024;
 
 /// One forward, parsed from its spec string.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -214,11 +217,15 @@ impl Forwarder {
         }
     }
 
-    /// Serve forever (until accepting or receiving fails).
+    /// Serve forever. A reverse forward stops if its listener fails, a UDP forward if its
+    /// socket fails; accept errors on a real TCP socket only pause it.
     pub async fn run(self) -> io::Result<()> {
         match self.bound {
             Bound::Tcp(listener, remote) => loop {
-                let (mut client, _) = listener.accept().await?;
+                let Ok((mut client, _)) = listener.accept().await else {
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                    continue;
+                };
                 let stack = self.stack.clone();
                 tokio::spawn(async move {
                     if let Ok(mut tunnel) = TcpStream::connect(&stack, remote).await {
@@ -260,6 +267,8 @@ async fn run_udp(
                 let (n, client) = received?;
                 let socket = match sessions.get(&client) {
                     Some(socket) => socket.clone(),
+                    // Each session holds a tunnel socket and its buffers: bound their number.
+                    None if sessions.len() >= MAX_UDP_SESSIONS => continue,
                     None => {
                         let Ok(socket) = UdpSocket::bind(&stack, 0) else { continue };
                         let socket = Arc::new(socket);

@@ -46,6 +46,31 @@
 //! }
 //! ```
 //!
+//! # Example
+//!
+//! ```no_run
+//! use std::net::{Ipv4Addr, SocketAddr};
+//!
+//! use rwg_netstack::{ChannelTunnel, NetStack, StackConfig, TcpStream};
+//! use tokio::io::{AsyncReadExt, AsyncWriteExt};
+//!
+//! # async fn example() -> std::io::Result<()> {
+//! let (tunnel, mut outgoing) = ChannelTunnel::new(1024);
+//! let config = StackConfig::new(vec![(Ipv4Addr::new(10, 0, 0, 2).into(), 32)], 1420);
+//! let (stack, driver) = NetStack::new(config, tunnel)?;
+//! tokio::spawn(driver);
+//! // Hand `outgoing` packets to WireGuard, and decrypted packets to `stack.receive(..)`.
+//! # tokio::spawn(async move { while outgoing.recv().await.is_some() {} });
+//!
+//! let server = SocketAddr::from((Ipv4Addr::new(10, 0, 0, 1), 80));
+//! let mut stream = TcpStream::connect(&stack, server).await?;
+//! stream.write_all(b"GET / HTTP/1.0\r\n\r\n").await?;
+//! let mut response = Vec::new();
+//! stream.read_to_end(&mut response).await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # The driver
 //!
 //! [`NetStack::new`] returns a future that must be spawned. It polls the smoltcp interface,

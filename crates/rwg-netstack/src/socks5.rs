@@ -17,6 +17,9 @@ use crate::stack::NetStack;
 use crate::tcp::TcpStream;
 use crate::udp::UdpSocket;
 
+/// How long to pause after a failed accept (for example when out of file descriptors).
+pub(crate) const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
 const VERSION: u8 = 5;
 const AUTH_NONE: u8 = 0x00;
 const AUTH_PASSWORD: u8 = 0x02;
@@ -298,10 +301,19 @@ impl Socks5Server {
         }
     }
 
-    /// Accept clients forever, each in its own task. Returns only if accepting fails.
+    /// Accept clients forever, each in its own task.
+    ///
+    /// Accept errors (a client that hung up early, too many open files) do not stop the
+    /// server; it pauses briefly and goes on.
     pub async fn serve(&self, listener: tokio::net::TcpListener) -> io::Result<()> {
         loop {
-            let (client, _) = listener.accept().await?;
+            let client = match listener.accept().await {
+                Ok((client, _)) => client,
+                Err(_) => {
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                    continue;
+                }
+            };
             let server = self.clone();
             tokio::spawn(async move {
                 // The client has been answered or hung up; nothing more to do with the error.
