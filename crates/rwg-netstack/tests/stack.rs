@@ -341,3 +341,38 @@ async fn connect_to_a_silent_address_times_out() {
     assert_eq!(err.kind(), io::ErrorKind::TimedOut);
     assert!(started.elapsed() < Duration::from_secs(3));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_packets_do_not_hurt() {
+    let (a, b) = pair();
+    let _server = echo_server(&b, 80).await;
+    let mut state = 0x2545f4914f6cdd1du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for i in 0..5000 {
+        let len = (next() % 120) as usize;
+        let mut packet: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+        // Make many of them look like IPv4/IPv6 TCP to reach deeper parsing.
+        if let Some(first) = packet.first_mut() {
+            *first = if i % 2 == 0 {
+                0x45
+            } else {
+                0x60 | (*first & 0x0f)
+            };
+        }
+        if packet.len() > 9 && i % 4 == 0 {
+            packet[9] = 6;
+        }
+        b.receive(&packet);
+        if i % 500 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    timeout(LIMIT, round_trip(&a, addr(B4, 80), b"still works"))
+        .await
+        .expect("in time");
+}
