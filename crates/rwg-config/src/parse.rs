@@ -1,0 +1,367 @@
+//! The line parser: sections, `Key = Value` lines and the value grammars of each key.
+
+use std::net::{IpAddr, SocketAddr};
+
+use rwg_proto::crypto::{PresharedKey, PrivateKey, PublicKey};
+
+use crate::error::{ConfigError, ErrorKind};
+use crate::key::decode_key;
+use crate::{Config, Endpoint, Interface, IpNet, Peer};
+
+#[derive(Default)]
+struct InterfaceBuilder {
+    line: usize,
+    private_key: Option<PrivateKey>,
+    addresses: Vec<IpNet>,
+    dns_servers: Vec<IpAddr>,
+    dns_search: Vec<String>,
+    mtu: Option<u16>,
+    listen_port: Option<u16>,
+    fwmark: Option<Option<u32>>,
+    table: Option<String>,
+    pre_up: Vec<String>,
+    post_up: Vec<String>,
+    pre_down: Vec<String>,
+    post_down: Vec<String>,
+    save_config: Option<String>,
+}
+
+#[derive(Default)]
+struct PeerBuilder {
+    line: usize,
+    public_key: Option<PublicKey>,
+    preshared_key: Option<PresharedKey>,
+    endpoint: Option<Endpoint>,
+    allowed_ips: Vec<IpNet>,
+    persistent_keepalive: Option<Option<u16>>,
+}
+
+enum Section {
+    None,
+    Interface,
+    Peer(PeerBuilder),
+}
+
+type ValueResult<T> = Result<T, String>;
+
+fn invalid(key: &'static str) -> impl Fn(String) -> ErrorKind {
+    move |reason| ErrorKind::InvalidValue { key, reason }
+}
+
+/// Store `value` in a slot that may be set only once.
+fn set_once<T>(slot: &mut Option<T>, key: &'static str, value: T) -> Result<(), ErrorKind> {
+    if slot.is_some() {
+        return Err(ErrorKind::DuplicateKey(key));
+    }
+    *slot = Some(value);
+    Ok(())
+}
+
+fn non_empty(value: &str) -> ValueResult<&str> {
+    if value.is_empty() {
+        Err("empty value".to_owned())
+    } else {
+        Ok(value)
+    }
+}
+
+/// Comma-separated list; empty items (`a, , b` or an empty value) are skipped like wg-quick does.
+fn list(value: &str) -> impl Iterator<Item = &str> {
+    value.split(',').map(str::trim).filter(|s| !s.is_empty())
+}
+
+fn parse_u16(value: &str) -> ValueResult<u16> {
+    let v = non_empty(value)?;
+    if !v.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("{v:?} is not a number"));
+    }
+    v.parse::<u16>()
+        .map_err(|_| format!("{v} is out of range 0..=65535"))
+}
+
+fn parse_mtu(value: &str) -> ValueResult<u16> {
+    let mtu = parse_u16(value)?;
+    // The smallest MTU IPv4 requires every link to carry.
+    if mtu < 576 {
+        return Err(format!("{mtu} is below the minimum of 576"));
+    }
+    Ok(mtu)
+}
+
+fn parse_fwmark(value: &str) -> ValueResult<Option<u32>> {
+    let v = non_empty(value)?;
+    if v.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    let parsed = match v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
+        Some(hex) if !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            u32::from_str_radix(hex, 16).ok()
+        }
+        Some(_) => None,
+        None if v.bytes().all(|b| b.is_ascii_digit()) => v.parse::<u32>().ok(),
+        None => None,
+    };
+    match parsed {
+        Some(0) => Ok(None),
+        Some(mark) => Ok(Some(mark)),
+        None => Err(format!("{v:?} is not `off` or a 32-bit number")),
+    }
+}
+
+fn parse_keepalive(value: &str) -> ValueResult<Option<u16>> {
+    let v = non_empty(value)?;
+    if v.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    match parse_u16(v)? {
+        0 => Ok(None),
+        n => Ok(Some(n)),
+    }
+}
+
+fn parse_key_bytes(value: &str) -> ValueResult<zeroize::Zeroizing<[u8; 32]>> {
+    decode_key(non_empty(value)?).map_err(|e| e.to_string())
+}
+
+/// `host:port`, `[v6]:port` or `v4:port`. Host names are kept for later resolution.
+fn parse_endpoint(value: &str) -> ValueResult<Endpoint> {
+    let v = non_empty(value)?;
+    if let Ok(addr) = v.parse::<SocketAddr>() {
+        return Ok(Endpoint::Addr(addr));
+    }
+    let (host, port) = if let Some(rest) = v.strip_prefix('[') {
+        let (host, after) = rest
+            .split_once(']')
+            .ok_or_else(|| format!("{v:?}: missing `]`"))?;
+        let port = after
+            .strip_prefix(':')
+            .ok_or_else(|| format!("{v:?}: expected `:port` after `]`"))?;
+        (host, port)
+    } else {
+        v.rsplit_once(':')
+            .ok_or_else(|| format!("{v:?}: expected host:port"))?
+    };
+    let port = parse_u16(port).map_err(|e| format!("bad port: {e}"))?;
+    if port == 0 {
+        return Err("port 0".to_owned());
+    }
+    if host.is_empty() {
+        return Err(format!("{v:?}: empty host"));
+    }
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        // `[1.2.3.4]:5` and the like: an address, just bracketed unusually.
+        return Ok(Endpoint::Addr(SocketAddr::new(ip, port)));
+    }
+    if v.starts_with('[') || host.contains(':') {
+        return Err(format!("{host:?} is not an IPv6 address"));
+    }
+    let valid_name = host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if !valid_name {
+        return Err(format!("{host:?} is not a host name"));
+    }
+    Ok(Endpoint::Host {
+        host: host.to_owned(),
+        port,
+    })
+}
+
+fn parse_nets(value: &str, into: &mut Vec<IpNet>) -> ValueResult<()> {
+    for item in list(value) {
+        into.push(item.parse::<IpNet>()?);
+    }
+    Ok(())
+}
+
+fn interface_line(b: &mut InterfaceBuilder, key: &str, value: &str) -> Result<(), ErrorKind> {
+    match key.to_ascii_lowercase().as_str() {
+        "privatekey" => {
+            let bytes = parse_key_bytes(value).map_err(invalid("PrivateKey"))?;
+            set_once(
+                &mut b.private_key,
+                "PrivateKey",
+                PrivateKey::from_bytes(*bytes),
+            )
+        }
+        "address" => parse_nets(value, &mut b.addresses).map_err(invalid("Address")),
+        "dns" => {
+            for item in list(value) {
+                match item.parse::<IpAddr>() {
+                    Ok(ip) => b.dns_servers.push(ip),
+                    Err(_) => b.dns_search.push(item.to_owned()),
+                }
+            }
+            Ok(())
+        }
+        "mtu" => {
+            let mtu = parse_mtu(value).map_err(invalid("MTU"))?;
+            set_once(&mut b.mtu, "MTU", mtu)
+        }
+        "listenport" => {
+            let port = parse_u16(value).map_err(invalid("ListenPort"))?;
+            set_once(&mut b.listen_port, "ListenPort", port)
+        }
+        "fwmark" => {
+            let mark = parse_fwmark(value).map_err(invalid("FwMark"))?;
+            set_once(&mut b.fwmark, "FwMark", mark)
+        }
+        "table" => set_once(&mut b.table, "Table", value.to_owned()),
+        "saveconfig" => set_once(&mut b.save_config, "SaveConfig", value.to_owned()),
+        "preup" => {
+            b.pre_up.push(value.to_owned());
+            Ok(())
+        }
+        "postup" => {
+            b.post_up.push(value.to_owned());
+            Ok(())
+        }
+        "predown" => {
+            b.pre_down.push(value.to_owned());
+            Ok(())
+        }
+        "postdown" => {
+            b.post_down.push(value.to_owned());
+            Ok(())
+        }
+        _ => Err(ErrorKind::UnknownKey(key.to_owned())),
+    }
+}
+
+fn peer_line(b: &mut PeerBuilder, key: &str, value: &str) -> Result<(), ErrorKind> {
+    match key.to_ascii_lowercase().as_str() {
+        "publickey" => {
+            let bytes = parse_key_bytes(value).map_err(invalid("PublicKey"))?;
+            set_once(
+                &mut b.public_key,
+                "PublicKey",
+                PublicKey::from_bytes(*bytes),
+            )
+        }
+        "presharedkey" => {
+            let bytes = parse_key_bytes(value).map_err(invalid("PresharedKey"))?;
+            set_once(
+                &mut b.preshared_key,
+                "PresharedKey",
+                PresharedKey::from_bytes(*bytes),
+            )
+        }
+        "endpoint" => {
+            let endpoint = parse_endpoint(value).map_err(invalid("Endpoint"))?;
+            set_once(&mut b.endpoint, "Endpoint", endpoint)
+        }
+        "allowedips" => parse_nets(value, &mut b.allowed_ips).map_err(invalid("AllowedIPs")),
+        "persistentkeepalive" => {
+            let k = parse_keepalive(value).map_err(invalid("PersistentKeepalive"))?;
+            set_once(&mut b.persistent_keepalive, "PersistentKeepalive", k)
+        }
+        _ => Err(ErrorKind::UnknownKey(key.to_owned())),
+    }
+}
+
+fn finish_peer(file: &str, b: PeerBuilder) -> Result<Peer, ConfigError> {
+    let public_key = b
+        .public_key
+        .ok_or_else(|| ConfigError::at(file, b.line, ErrorKind::MissingKey("PublicKey")))?;
+    Ok(Peer {
+        public_key,
+        preshared_key: b.preshared_key,
+        endpoint: b.endpoint,
+        allowed_ips: b.allowed_ips,
+        persistent_keepalive: b.persistent_keepalive.flatten(),
+    })
+}
+
+pub(crate) fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
+    let mut interface: Option<InterfaceBuilder> = None;
+    let mut peers = Vec::new();
+    let mut section = Section::None;
+
+    for (index, raw) in text.lines().enumerate() {
+        let line_no = index + 1;
+        let err = |kind| ConfigError::at(file, line_no, kind);
+        let line = raw.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix('[') {
+            let name = rest
+                .strip_suffix(']')
+                .ok_or_else(|| err(ErrorKind::Syntax))?
+                .trim();
+            if let Section::Peer(done) = std::mem::replace(&mut section, Section::None) {
+                peers.push(finish_peer(file, done)?);
+            }
+            if name.eq_ignore_ascii_case("interface") {
+                if interface.is_some() {
+                    return Err(err(ErrorKind::DuplicateInterface));
+                }
+                interface = Some(InterfaceBuilder {
+                    line: line_no,
+                    ..InterfaceBuilder::default()
+                });
+                section = Section::Interface;
+            } else if name.eq_ignore_ascii_case("peer") {
+                section = Section::Peer(PeerBuilder {
+                    line: line_no,
+                    ..PeerBuilder::default()
+                });
+            } else {
+                return Err(err(ErrorKind::UnknownSection(name.to_owned())));
+            }
+            continue;
+        }
+        let (key, value) = line.split_once('=').ok_or_else(|| err(ErrorKind::Syntax))?;
+        let (key, value) = (key.trim(), value.trim());
+        if key.is_empty() {
+            return Err(err(ErrorKind::Syntax));
+        }
+        let result = match &mut section {
+            Section::None => Err(ErrorKind::OutsideSection),
+            Section::Interface => match interface.as_mut() {
+                Some(b) => interface_line(b, key, value),
+                None => Err(ErrorKind::OutsideSection),
+            },
+            Section::Peer(b) => peer_line(b, key, value),
+        };
+        result.map_err(err)?;
+    }
+    if let Section::Peer(done) = section {
+        peers.push(finish_peer(file, done)?);
+    }
+
+    let b = interface.ok_or_else(|| ConfigError {
+        file: file.to_owned(),
+        line: None,
+        kind: ErrorKind::MissingInterface,
+    })?;
+    let private_key = b
+        .private_key
+        .ok_or_else(|| ConfigError::at(file, b.line, ErrorKind::MissingKey("PrivateKey")))?;
+    Ok(Config {
+        interface: Interface {
+            private_key,
+            addresses: b.addresses,
+            dns_servers: b.dns_servers,
+            dns_search: b.dns_search,
+            mtu: b.mtu,
+            listen_port: b.listen_port,
+            fwmark: b.fwmark.flatten(),
+            table: b.table,
+            pre_up: b.pre_up,
+            post_up: b.post_up,
+            pre_down: b.pre_down,
+            post_down: b.post_down,
+            save_config: b.save_config,
+        },
+        peers,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,730 @@
+//! The stack itself: a smoltcp interface over a [`PacketTunnel`], the socket table, and the
+//! driver task that polls the interface.
+//!
+//! Locking: one `std::sync::Mutex` ([`Shared::inner`]) guards the interface and every socket;
+//! user futures take it briefly to move bytes in or out of a socket buffer and to register
+//! their waker, then wake the driver. The ingress queue has its own lock so that the tunnel
+//! side never waits for a poll to finish.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::hash::{BuildHasher, Hasher};
+use std::io;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Duration;
+
+use smoltcp::iface::{Config as IfaceConfig, Interface, SocketHandle, SocketSet};
+use smoltcp::phy::{Device, DeviceCapabilities, Medium};
+use smoltcp::socket::tcp;
+use smoltcp::time::Instant as SmolInstant;
+use smoltcp::wire::{
+    HardwareAddress, IpAddress, IpCidr, IpProtocol, Ipv4Packet, Ipv6Packet, TcpPacket,
+};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::tunnel::PacketTunnel;
+
+/// First port of the ephemeral range (IANA), used for `connect` and for binding port 0.
+const EPHEMERAL_FIRST: u16 = 49152;
+/// How long a dropped TCP stream may take to finish its close before it is reset.
+const LINGER: Duration = Duration::from_secs(60);
+
+/// How a [`NetStack`] is set up.
+#[derive(Debug, Clone)]
+pub struct StackConfig {
+    /// The stack's own addresses inside the tunnel, with prefix lengths (the `Address` lines
+    /// of a wg-quick file). At most 8.
+    pub addresses: Vec<(IpAddr, u8)>,
+    /// The tunnel's MTU: the largest IP packet the stack sends.
+    pub mtu: usize,
+    /// Receive and send buffer size of each TCP socket, in bytes.
+    pub tcp_buffer_size: usize,
+    /// Most connections a listener holds before they are accepted; SYNs beyond are dropped.
+    pub tcp_backlog: usize,
+    /// Receive and send buffer size of each UDP socket, in bytes.
+    pub udp_buffer_size: usize,
+    /// Most received packets waiting for the driver; more are dropped.
+    pub receive_queue_len: usize,
+    /// How long [`TcpStream::connect`](crate::TcpStream::connect) waits for the handshake.
+    pub connect_timeout: Duration,
+}
+
+impl StackConfig {
+    /// A configuration with these addresses and MTU and default buffer sizes.
+    pub fn new(addresses: Vec<(IpAddr, u8)>, mtu: usize) -> Self {
+        StackConfig {
+            addresses,
+            mtu,
+            tcp_buffer_size: 64 * 1024,
+            tcp_backlog: 256,
+            udp_buffer_size: 64 * 1024,
+            receive_queue_len: 1024,
+            connect_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Counters of the stack's traffic.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StackStats {
+    /// IP packets accepted by [`NetStack::receive`].
+    pub received: u64,
+    /// IP packets refused by [`NetStack::receive`] (queue full or larger than the MTU).
+    pub receive_dropped: u64,
+    /// IP packets handed to the tunnel.
+    pub transmitted: u64,
+    /// SYNs dropped because a listener's backlog was full.
+    pub syn_dropped: u64,
+    /// Times the driver polled the interface (a busy loop would show here).
+    pub polls: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    received: AtomicU64,
+    receive_dropped: AtomicU64,
+    transmitted: AtomicU64,
+    syn_dropped: AtomicU64,
+    polls: AtomicU64,
+}
+
+/// Received packets waiting for the driver, and spare buffers to copy the next ones into.
+struct Ingress {
+    queue: VecDeque<Vec<u8>>,
+    spare: Vec<Vec<u8>>,
+}
+
+struct IngressQueue {
+    state: Mutex<Ingress>,
+    capacity: usize,
+    mtu: usize,
+}
+
+impl IngressQueue {
+    fn lock(&self) -> MutexGuard<'_, Ingress> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn recycle(&self, mut buf: Vec<u8>) {
+        let mut state = self.lock();
+        if state.spare.len() < self.capacity {
+            buf.clear();
+            state.spare.push(buf);
+        }
+    }
+}
+
+/// The smoltcp device: reads from the ingress queue, writes to the tunnel.
+struct TunnelDevice {
+    ingress: Arc<IngressQueue>,
+    /// The batch taken from the ingress queue for this poll (see [`Shared::poll`]).
+    batch: VecDeque<Vec<u8>>,
+    tunnel: Box<dyn PacketTunnel>,
+    mtu: usize,
+    transmit_buf: Vec<u8>,
+    counters: Arc<Counters>,
+}
+
+struct RxToken<'a> {
+    packet: Vec<u8>,
+    ingress: &'a IngressQueue,
+}
+
+struct TxToken<'a> {
+    tunnel: &'a dyn PacketTunnel,
+    buf: &'a mut Vec<u8>,
+    counters: &'a Counters,
+}
+
+impl smoltcp::phy::RxToken for RxToken<'_> {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        let result = f(&self.packet);
+        self.ingress.recycle(self.packet);
+        result
+    }
+}
+
+impl smoltcp::phy::TxToken for TxToken<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        self.buf.resize(len, 0);
+        let result = f(&mut self.buf[..len]);
+        self.tunnel.send(&self.buf[..len]);
+        self.counters.transmitted.fetch_add(1, Ordering::Relaxed);
+        result
+    }
+}
+
+impl Device for TunnelDevice {
+    type RxToken<'a> = RxToken<'a>;
+    type TxToken<'a> = TxToken<'a>;
+
+    fn receive(&mut self, _now: SmolInstant) -> Option<(RxToken<'_>, TxToken<'_>)> {
+        let packet = self.batch.pop_front()?;
+        Some((
+            RxToken {
+                packet,
+                ingress: &self.ingress,
+            },
+            TxToken {
+                tunnel: &*self.tunnel,
+                buf: &mut self.transmit_buf,
+                counters: &self.counters,
+            },
+        ))
+    }
+
+    fn transmit(&mut self, _now: SmolInstant) -> Option<TxToken<'_>> {
+        Some(TxToken {
+            tunnel: &*self.tunnel,
+            buf: &mut self.transmit_buf,
+            counters: &self.counters,
+        })
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = Medium::Ip;
+        caps.max_transmission_unit = self.mtu;
+        caps
+    }
+}
+
+/// Which ports are taken, per protocol, and where the next ephemeral search starts.
+pub(crate) struct Ports {
+    used: HashSet<u16>,
+    next: u16,
+}
+
+impl Ports {
+    fn new(seed: u64) -> Self {
+        let span = u64::from(u16::MAX - EPHEMERAL_FIRST) + 1;
+        Ports {
+            used: HashSet::new(),
+            next: EPHEMERAL_FIRST + (seed % span) as u16,
+        }
+    }
+
+    /// Take `port`, or a free ephemeral port when `port` is 0.
+    pub(crate) fn take(&mut self, port: u16) -> io::Result<u16> {
+        if port != 0 {
+            return if self.used.insert(port) {
+                Ok(port)
+            } else {
+                Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("port {port} is in use"),
+                ))
+            };
+        }
+        let span = u32::from(u16::MAX - EPHEMERAL_FIRST) + 1;
+        for _ in 0..span {
+            let candidate = self.next;
+            self.next = if self.next == u16::MAX {
+                EPHEMERAL_FIRST
+            } else {
+                self.next + 1
+            };
+            if self.used.insert(candidate) {
+                return Ok(candidate);
+            }
+        }
+        Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            "no free ephemeral port",
+        ))
+    }
+
+    pub(crate) fn release(&mut self, port: u16) {
+        self.used.remove(&port);
+    }
+}
+
+/// A TCP socket nobody holds any more, finishing its close.
+struct Orphan {
+    handle: SocketHandle,
+    port: Option<u16>,
+    deadline: Instant,
+}
+
+/// A listening port: its sockets in Listen, SynReceived, or established and not yet accepted.
+pub(crate) struct ListenerState {
+    pub(crate) backlog: Vec<SocketHandle>,
+    /// The waker of the task in `accept`, registered on sockets added while it waits.
+    pub(crate) acceptor: Option<std::task::Waker>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) iface: Interface,
+    pub(crate) sockets: SocketSet<'static>,
+    device: TunnelDevice,
+    pub(crate) tcp_ports: Ports,
+    pub(crate) udp_ports: Ports,
+    orphans: Vec<Orphan>,
+    pub(crate) listeners: HashMap<u16, ListenerState>,
+    epoch: Instant,
+}
+
+impl Inner {
+    pub(crate) fn now(&self) -> SmolInstant {
+        SmolInstant::from_micros(self.epoch.elapsed().as_micros() as i64)
+    }
+
+    /// Give up a TCP socket: close it gracefully (or reset it if data would be lost) and
+    /// remove it once the close is done. `port` is released with it.
+    pub(crate) fn orphan_tcp(&mut self, handle: SocketHandle, port: Option<u16>) {
+        let socket = self.sockets.get_mut::<tcp::Socket>(handle);
+        // Like Linux: unread data means the application did not take everything, so reset.
+        if socket.recv_queue() > 0
+            || matches!(
+                socket.state(),
+                tcp::State::SynSent | tcp::State::SynReceived
+            )
+        {
+            socket.abort();
+        } else {
+            socket.close();
+        }
+        self.orphans.push(Orphan {
+            handle,
+            port,
+            deadline: Instant::now() + LINGER,
+        });
+    }
+
+    pub(crate) fn new_tcp_socket(&mut self, buffer_size: usize) -> tcp::Socket<'static> {
+        let rx = tcp::SocketBuffer::new(vec![0; buffer_size]);
+        let tx = tcp::SocketBuffer::new(vec![0; buffer_size]);
+        tcp::Socket::new(rx, tx)
+    }
+
+    fn reap_orphans(&mut self) {
+        let now = Instant::now();
+        let mut i = 0;
+        while i < self.orphans.len() {
+            let orphan = &self.orphans[i];
+            let socket = self.sockets.get_mut::<tcp::Socket>(orphan.handle);
+            let done = match socket.state() {
+                // Closed with no tuple: the final RST (if any) has gone out.
+                tcp::State::Closed => socket.remote_endpoint().is_none(),
+                tcp::State::TimeWait => true,
+                _ => false,
+            };
+            if done {
+                let orphan = self.orphans.swap_remove(i);
+                self.sockets.remove(orphan.handle);
+                if let Some(port) = orphan.port {
+                    self.tcp_ports.release(port);
+                }
+            } else {
+                if now >= orphan.deadline {
+                    socket.abort();
+                }
+                i += 1;
+            }
+        }
+    }
+
+    /// Make sure each listener has a Listen socket for every SYN waiting in the queue; drop
+    /// SYNs beyond the backlog so the peer retries later instead of being refused.
+    fn prepare_listeners(&mut self, config: &StackConfig, counters: &Counters) {
+        if self.listeners.is_empty() {
+            return;
+        }
+        let mut wanted: HashMap<u16, usize> = HashMap::new();
+        let Inner {
+            listeners,
+            sockets,
+            device,
+            ..
+        } = self;
+        device.batch.retain(|packet| {
+            let Some(port) = syn_destination_port(packet) else {
+                return true;
+            };
+            let Some(listener) = listeners.get_mut(&port) else {
+                return true;
+            };
+            let count = wanted.entry(port).or_insert(0);
+            *count += 1;
+            let idle = listener
+                .backlog
+                .iter()
+                .filter(|h| sockets.get::<tcp::Socket>(**h).state() == tcp::State::Listen)
+                .count();
+            if *count <= idle {
+                return true;
+            }
+            if listener.backlog.len() >= config.tcp_backlog {
+                counters.syn_dropped.fetch_add(1, Ordering::Relaxed);
+                *count -= 1;
+                return false;
+            }
+            let rx = tcp::SocketBuffer::new(vec![0; config.tcp_buffer_size]);
+            let tx = tcp::SocketBuffer::new(vec![0; config.tcp_buffer_size]);
+            let mut socket = tcp::Socket::new(rx, tx);
+            if socket.listen(port).is_err() {
+                return false;
+            }
+            if let Some(waker) = &listener.acceptor {
+                socket.register_recv_waker(waker);
+            }
+            listener.backlog.push(sockets.add(socket));
+            true
+        });
+    }
+}
+
+/// smoltcp panics on addresses that are not unicast; check them first.
+fn is_unicast(addr: IpAddr) -> bool {
+    match addr {
+        IpAddr::V4(v4) => !(v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast()),
+        IpAddr::V6(v6) => !(v6.is_unspecified() || v6.is_multicast()),
+    }
+}
+
+/// The destination port of a TCP SYN (without ACK), or `None` for anything else.
+fn syn_destination_port(packet: &[u8]) -> Option<u16> {
+    let (protocol, payload) = match packet.first()? >> 4 {
+        4 => {
+            let ip = Ipv4Packet::new_checked(packet).ok()?;
+            if ip.more_frags() || ip.frag_offset() != 0 {
+                return None;
+            }
+            (ip.next_header(), ip.payload())
+        }
+        6 => {
+            let ip = Ipv6Packet::new_checked(packet).ok()?;
+            (ip.next_header(), ip.payload())
+        }
+        _ => return None,
+    };
+    if protocol != IpProtocol::Tcp {
+        return None;
+    }
+    let tcp = TcpPacket::new_checked(payload).ok()?;
+    (tcp.syn() && !tcp.ack()).then(|| tcp.dst_port())
+}
+
+pub(crate) struct Shared {
+    inner: Mutex<Inner>,
+    ingress: Arc<IngressQueue>,
+    wake: Arc<Notify>,
+    counters: Arc<Counters>,
+    pub(crate) config: StackConfig,
+}
+
+impl Shared {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether the stack has an address of `ip`'s family, to send from. smoltcp would pick
+    /// a loopback source instead of failing, and the connection would hang.
+    pub(crate) fn can_reach(&self, ip: IpAddr) -> bool {
+        self.config
+            .addresses
+            .iter()
+            .any(|(own, _)| own.is_ipv4() == ip.is_ipv4())
+    }
+
+    /// Ask the driver to poll soon: something was queued or a buffer changed.
+    pub(crate) fn wake_driver(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Poll the interface once; return how long the driver may sleep.
+    fn poll(&self) -> Option<Duration> {
+        let mut inner = self.lock();
+        // Work on a batch taken out of the queue, so that packets arriving during the poll
+        // wait for the next one instead of slipping past prepare_listeners.
+        {
+            let mut ingress = self.ingress.lock();
+            let Ingress { queue, .. } = &mut *ingress;
+            std::mem::swap(queue, &mut inner.device.batch);
+        }
+        inner.prepare_listeners(&self.config, &self.counters);
+        let now = inner.now();
+        let Inner {
+            iface,
+            sockets,
+            device,
+            ..
+        } = &mut *inner;
+        iface.poll(now, device, sockets);
+        inner.reap_orphans();
+        self.counters.polls.fetch_add(1, Ordering::Relaxed);
+        let Inner {
+            iface,
+            sockets,
+            orphans,
+            ..
+        } = &mut *inner;
+        let smoltcp_delay = iface
+            .poll_delay(now, sockets)
+            .map(|d| Duration::from_micros(d.total_micros()));
+        // Lingering orphans must be reset on time even if nothing else happens.
+        let linger_delay = orphans
+            .iter()
+            .map(|o| o.deadline.saturating_duration_since(Instant::now()))
+            .min();
+        match (smoltcp_delay, linger_delay) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // Tell the driver the last handle is gone.
+        self.wake.notify_one();
+    }
+}
+
+/// A TCP/IP stack inside the tunnel. Cheap to clone: every clone is the same stack.
+///
+/// Created with [`NetStack::new`], which also returns the driver future that must be spawned
+/// on a tokio runtime. Sockets ([`TcpStream`](crate::TcpStream),
+/// [`TcpListener`](crate::TcpListener), [`UdpSocket`](crate::UdpSocket)) keep the stack alive.
+#[derive(Clone)]
+pub struct NetStack {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for NetStack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetStack")
+            .field("addresses", &self.shared.config.addresses)
+            .field("mtu", &self.shared.config.mtu)
+            .finish_non_exhaustive()
+    }
+}
+
+fn random_seed() -> u64 {
+    // Seeds TCP initial sequence numbers and the ephemeral port search; std's SipHash keys are
+    // random per process, which is enough for that (this is not key material).
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    hasher.finish()
+}
+
+impl NetStack {
+    /// Create a stack with `config.addresses` inside the tunnel, sending its packets to
+    /// `tunnel`. Returns the stack and its driver, which must be spawned (for example with
+    /// `tokio::spawn`); the driver ends once the stack and all its sockets are dropped.
+    pub fn new(
+        config: StackConfig,
+        tunnel: impl PacketTunnel,
+    ) -> io::Result<(NetStack, impl Future<Output = ()> + Send + 'static)> {
+        if config.mtu < 1280 && config.addresses.iter().any(|(a, _)| a.is_ipv6()) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "IPv6 needs an MTU of at least 1280",
+            ));
+        }
+        if config.mtu < 576 {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "MTU below 576"));
+        }
+        let counters = Arc::new(Counters::default());
+        let ingress = Arc::new(IngressQueue {
+            state: Mutex::new(Ingress {
+                queue: VecDeque::with_capacity(config.receive_queue_len),
+                spare: Vec::new(),
+            }),
+            capacity: config.receive_queue_len.max(1),
+            mtu: config.mtu,
+        });
+        let mut device = TunnelDevice {
+            ingress: ingress.clone(),
+            batch: VecDeque::new(),
+            tunnel: Box::new(tunnel),
+            mtu: config.mtu,
+            transmit_buf: Vec::with_capacity(config.mtu),
+            counters: counters.clone(),
+        };
+        let seed = random_seed();
+        let mut iface_config = IfaceConfig::new(HardwareAddress::Ip);
+        iface_config.random_seed = seed;
+        let epoch = Instant::now();
+        let mut iface = Interface::new(iface_config, &mut device, SmolInstant::from_micros(0));
+        if let Some((addr, _)) = config.addresses.iter().find(|(a, _)| !is_unicast(*a)) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{addr} is not a unicast address"),
+            ));
+        }
+        let mut invalid = None;
+        iface.update_ip_addrs(|addrs| {
+            for (addr, prefix) in &config.addresses {
+                let max = if addr.is_ipv4() { 32 } else { 128 };
+                if *prefix > max
+                    || addrs
+                        .push(IpCidr::new(IpAddress::from(*addr), *prefix))
+                        .is_err()
+                {
+                    invalid = Some(format!("cannot use address {addr}/{prefix}"));
+                }
+            }
+        });
+        if let Some(message) = invalid {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, message));
+        }
+        // Everything not on a local prefix goes into the tunnel: a default route per family.
+        // With an IP medium the gateway is never looked up, so our own address serves.
+        for (addr, _) in &config.addresses {
+            let result = match addr {
+                IpAddr::V4(v4) => iface.routes_mut().add_default_ipv4_route(*v4).map(|_| ()),
+                IpAddr::V6(v6) => iface.routes_mut().add_default_ipv6_route(*v6).map(|_| ()),
+            };
+            if result.is_err() {
+                return Err(io::Error::other("route table full"));
+            }
+        }
+        let inner = Inner {
+            iface,
+            sockets: SocketSet::new(Vec::new()),
+            device,
+            tcp_ports: Ports::new(seed),
+            udp_ports: Ports::new(seed.rotate_left(17)),
+            orphans: Vec::new(),
+            listeners: HashMap::new(),
+            epoch,
+        };
+        let wake = Arc::new(Notify::new());
+        let shared = Arc::new(Shared {
+            inner: Mutex::new(inner),
+            ingress,
+            wake: wake.clone(),
+            counters,
+            config,
+        });
+        let driver = drive(Arc::downgrade(&shared), wake);
+        Ok((NetStack { shared }, driver))
+    }
+
+    /// Hand the stack an IP packet that came out of the tunnel (decrypted). Copies the packet
+    /// and returns at once; returns `false` if it was dropped because the receive queue is
+    /// full or the packet is empty or larger than the MTU.
+    pub fn receive(&self, packet: &[u8]) -> bool {
+        let shared = &self.shared;
+        let counters = &shared.counters;
+        let ingress = &shared.ingress;
+        if packet.is_empty() || packet.len() > ingress.mtu {
+            counters.receive_dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        {
+            let mut state = ingress.lock();
+            if state.queue.len() >= ingress.capacity {
+                drop(state);
+                counters.receive_dropped.fetch_add(1, Ordering::Relaxed);
+                return false;
+            }
+            let mut buf = state.spare.pop().unwrap_or_default();
+            buf.extend_from_slice(packet);
+            state.queue.push_back(buf);
+        }
+        counters.received.fetch_add(1, Ordering::Relaxed);
+        shared.wake_driver();
+        true
+    }
+
+    /// The stack's addresses, as configured.
+    pub fn addresses(&self) -> &[(IpAddr, u8)] {
+        &self.shared.config.addresses
+    }
+
+    /// The tunnel MTU the stack was configured with.
+    pub fn mtu(&self) -> usize {
+        self.shared.config.mtu
+    }
+
+    /// Traffic counters.
+    pub fn stats(&self) -> StackStats {
+        let c = &self.shared.counters;
+        StackStats {
+            received: c.received.load(Ordering::Relaxed),
+            receive_dropped: c.receive_dropped.load(Ordering::Relaxed),
+            transmitted: c.transmitted.load(Ordering::Relaxed),
+            syn_dropped: c.syn_dropped.load(Ordering::Relaxed),
+            polls: c.polls.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The driver: poll, then sleep until smoltcp's next deadline or until woken by new input
+/// or a socket operation. Holds the stack only weakly, so it ends when everything else is
+/// dropped.
+async fn drive(shared: Weak<Shared>, wake: Arc<Notify>) {
+    loop {
+        let delay = match shared.upgrade() {
+            Some(shared) => shared.poll(),
+            None => return,
+        };
+        match delay {
+            // More to send right away (smoltcp emits one segment per socket per poll): go
+            // round again, letting other tasks run in between.
+            Some(d) if d.is_zero() => tokio::task::yield_now().await,
+            Some(d) => {
+                tokio::select! {
+                    () = wake.notified() => {}
+                    () = tokio::time::sleep(d) => {}
+                }
+            }
+            None => wake.notified().await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ephemeral_ports_do_not_collide() {
+        let mut ports = Ports::new(12345);
+        let mut seen = HashSet::new();
+        for _ in 0..(u32::from(u16::MAX - EPHEMERAL_FIRST) + 1) {
+            let p = ports.take(0).expect("free port");
+            assert!(p >= EPHEMERAL_FIRST);
+            assert!(seen.insert(p));
+        }
+        assert_eq!(
+            ports.take(0).map_err(|e| e.kind()),
+            Err(io::ErrorKind::AddrInUse)
+        );
+        ports.release(50000);
+        assert_eq!(ports.take(0).ok(), Some(50000));
+        assert_eq!(ports.take(80).ok(), Some(80));
+        assert_eq!(
+            ports.take(80).map_err(|e| e.kind()),
+            Err(io::ErrorKind::AddrInUse)
+        );
+    }
+
+    #[test]
+    fn syn_detection() {
+        assert_eq!(syn_destination_port(&[]), None);
+        assert_eq!(syn_destination_port(&[0x45; 10]), None);
+        assert_eq!(syn_destination_port(&[0x60; 50]), None);
+        // A minimal IPv4 + TCP SYN to port 80.
+        let mut p = vec![0u8; 40];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&40u16.to_be_bytes());
+        p[9] = 6;
+        p[20 + 2..20 + 4].copy_from_slice(&80u16.to_be_bytes());
+        p[20 + 12] = 5 << 4;
+        p[20 + 13] = 0x02;
+        assert_eq!(syn_destination_port(&p), Some(80));
+        p[20 + 13] = 0x12;
+        assert_eq!(syn_destination_port(&p), None);
+    }
+}

@@ -1,0 +1,379 @@
+//! TCP through the stack: [`TcpStream`] (tokio `AsyncRead` + `AsyncWrite`) and [`TcpListener`].
+
+use std::future::poll_fn;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use smoltcp::iface::SocketHandle;
+use smoltcp::socket::tcp;
+use smoltcp::wire::{IpEndpoint, IpListenEndpoint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::stack::{ListenerState, NetStack, Shared};
+
+pub(crate) fn to_std(endpoint: IpEndpoint) -> SocketAddr {
+    SocketAddr::new(endpoint.addr.into(), endpoint.port)
+}
+
+/// A TCP connection through the tunnel.
+///
+/// Reads wait for data and writes wait for send-buffer space (back-pressure, no unbounded
+/// buffering). `shutdown` sends FIN after the buffered data. Dropping the stream closes it
+/// gracefully in the background, or resets it if received data was left unread.
+pub struct TcpStream {
+    shared: Arc<Shared>,
+    handle: SocketHandle,
+    /// The ephemeral port this stream owns (connected streams); accepted streams share their
+    /// listener's port.
+    owned_port: Option<u16>,
+    local: SocketAddr,
+    peer: SocketAddr,
+}
+
+impl std::fmt::Debug for TcpStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpStream")
+            .field("local", &self.local)
+            .field("peer", &self.peer)
+            .finish_non_exhaustive()
+    }
+}
+
+fn io_error(kind: io::ErrorKind, message: &str) -> io::Error {
+    io::Error::new(kind, message.to_owned())
+}
+
+impl TcpStream {
+    /// Open a connection to `addr` inside the tunnel from an ephemeral local port.
+    ///
+    /// Fails with `ConnectionRefused` when the peer answers with a reset, `AddrNotAvailable`
+    /// when the stack has no address of that family, `TimedOut` after
+    /// [`StackConfig::connect_timeout`](crate::StackConfig::connect_timeout).
+    pub async fn connect(stack: &NetStack, addr: SocketAddr) -> io::Result<TcpStream> {
+        let shared = stack.shared.clone();
+        if !shared.can_reach(addr.ip()) {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrNotAvailable,
+                format!("no local address of the family of {addr}"),
+            ));
+        }
+        let (handle, port) = {
+            let mut inner = shared.lock();
+            let port = inner.tcp_ports.take(0)?;
+            let mut socket = inner.new_tcp_socket(shared.config.tcp_buffer_size);
+            let remote = IpEndpoint::from(addr);
+            let cx = inner.iface.context();
+            if let Err(e) = socket.connect(cx, remote, port) {
+                inner.tcp_ports.release(port);
+                let kind = match e {
+                    tcp::ConnectError::Unaddressable => io::ErrorKind::AddrNotAvailable,
+                    tcp::ConnectError::InvalidState => io::ErrorKind::InvalidInput,
+                };
+                return Err(io::Error::new(
+                    kind,
+                    format!("cannot connect to {addr}: {e}"),
+                ));
+            }
+            (inner.sockets.add(socket), port)
+        };
+        shared.wake_driver();
+        // From here on the stream owns the socket, so an error or a cancelled connect drops
+        // it and cleans up.
+        let mut stream = TcpStream {
+            shared,
+            handle,
+            owned_port: Some(port),
+            local: SocketAddr::new(addr.ip(), port),
+            peer: addr,
+        };
+        let limit = stream.shared.config.connect_timeout;
+        match tokio::time::timeout(limit, poll_fn(|cx| stream.poll_connected(cx))).await {
+            Ok(result) => result.map(|()| stream),
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("connecting to {addr} timed out"),
+            )),
+        }
+    }
+
+    fn poll_connected(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut inner = self.shared.lock();
+        let socket = inner.sockets.get_mut::<tcp::Socket>(self.handle);
+        match socket.state() {
+            tcp::State::SynSent | tcp::State::SynReceived => {
+                socket.register_send_waker(cx.waker());
+                Poll::Pending
+            }
+            // A SYN-SENT socket only closes on a reset (or a timeout, which we do not set).
+            tcp::State::Closed => Poll::Ready(Err(io_error(
+                io::ErrorKind::ConnectionRefused,
+                "connection refused",
+            ))),
+            _ => {
+                if let Some(local) = socket.local_endpoint() {
+                    self.local = to_std(local);
+                }
+                Poll::Ready(Ok(()))
+            }
+        }
+    }
+
+    /// The local address of the connection (our tunnel address and port).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// The address of the other end.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// Enable or disable Nagle's algorithm (enabled by default, as in smoltcp).
+    pub fn set_nodelay(&self, nodelay: bool) {
+        let mut inner = self.shared.lock();
+        inner
+            .sockets
+            .get_mut::<tcp::Socket>(self.handle)
+            .set_nagle_enabled(!nodelay);
+    }
+}
+
+impl AsyncRead for TcpStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        let mut inner = self.shared.lock();
+        let socket = inner.sockets.get_mut::<tcp::Socket>(self.handle);
+        match socket.recv_slice(buf.initialize_unfilled()) {
+            Ok(0) => {
+                socket.register_recv_waker(cx.waker());
+                Poll::Pending
+            }
+            Ok(n) => {
+                buf.advance(n);
+                drop(inner);
+                // The receive window opened: let the driver announce it.
+                self.shared.wake_driver();
+                Poll::Ready(Ok(()))
+            }
+            Err(tcp::RecvError::Finished) => Poll::Ready(Ok(())),
+            Err(tcp::RecvError::InvalidState) => Poll::Ready(Err(io_error(
+                io::ErrorKind::ConnectionReset,
+                "connection reset",
+            ))),
+        }
+    }
+}
+
+impl AsyncWrite for TcpStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if data.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let mut inner = self.shared.lock();
+        let socket = inner.sockets.get_mut::<tcp::Socket>(self.handle);
+        if !socket.may_send() {
+            let kind = if socket.state() == tcp::State::Closed {
+                io::ErrorKind::ConnectionReset
+            } else {
+                io::ErrorKind::BrokenPipe
+            };
+            return Poll::Ready(Err(io_error(kind, "connection closed for sending")));
+        }
+        match socket.send_slice(data) {
+            Ok(0) => {
+                socket.register_send_waker(cx.waker());
+                Poll::Pending
+            }
+            Ok(n) => {
+                drop(inner);
+                self.shared.wake_driver();
+                Poll::Ready(Ok(n))
+            }
+            Err(tcp::SendError::InvalidState) => Poll::Ready(Err(io_error(
+                io::ErrorKind::BrokenPipe,
+                "connection closed for sending",
+            ))),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Like tokio's TcpStream: written bytes are already in the socket's send buffer.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        {
+            let mut inner = self.shared.lock();
+            inner.sockets.get_mut::<tcp::Socket>(self.handle).close();
+        }
+        self.shared.wake_driver();
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for TcpStream {
+    fn drop(&mut self) {
+        {
+            let mut inner = self.shared.lock();
+            inner.orphan_tcp(self.handle, self.owned_port);
+        }
+        self.shared.wake_driver();
+    }
+}
+
+/// A TCP port listening inside the tunnel, for peers that connect in.
+///
+/// Connections are established by the stack before `accept` is called, up to
+/// [`StackConfig::tcp_backlog`](crate::StackConfig::tcp_backlog) of them; further SYNs are
+/// dropped (the peer retries) rather than refused.
+pub struct TcpListener {
+    shared: Arc<Shared>,
+    port: u16,
+    /// One acceptor at a time: the listener's sockets each hold a single waker.
+    accepting: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for TcpListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpListener")
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How many listening sockets a new listener starts with; more are added as SYNs arrive.
+const INITIAL_LISTEN_SOCKETS: usize = 4;
+
+impl TcpListener {
+    /// Listen on `port` (every address of the stack, IPv4 and IPv6); `0` picks an ephemeral
+    /// port. Fails with `AddrInUse` when the port is taken by a listener or a connection.
+    pub fn bind(stack: &NetStack, port: u16) -> io::Result<TcpListener> {
+        let shared = stack.shared.clone();
+        {
+            let mut inner = shared.lock();
+            let port = inner.tcp_ports.take(port)?;
+            let mut backlog = Vec::new();
+            for _ in 0..INITIAL_LISTEN_SOCKETS.min(shared.config.tcp_backlog.max(1)) {
+                let mut socket = inner.new_tcp_socket(shared.config.tcp_buffer_size);
+                socket
+                    .listen(IpListenEndpoint { addr: None, port })
+                    .map_err(|e| io::Error::other(format!("cannot listen on {port}: {e}")))?;
+                backlog.push(inner.sockets.add(socket));
+            }
+            inner.listeners.insert(
+                port,
+                ListenerState {
+                    backlog,
+                    acceptor: None,
+                },
+            );
+            drop(inner);
+            Ok(TcpListener {
+                shared: shared.clone(),
+                port,
+                accepting: tokio::sync::Mutex::new(()),
+            })
+        }
+    }
+
+    /// The port listened on.
+    pub fn local_port(&self) -> u16 {
+        self.port
+    }
+
+    /// Wait for a connection and return it with the peer's address.
+    pub async fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
+        let _one_at_a_time = self.accepting.lock().await;
+        poll_fn(|cx| self.poll_accept(cx)).await
+    }
+
+    fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(TcpStream, SocketAddr)>> {
+        let mut guard = self.shared.lock();
+        let inner = &mut *guard;
+        let Some(listener) = inner.listeners.get_mut(&self.port) else {
+            return Poll::Ready(Err(io_error(
+                io::ErrorKind::NotConnected,
+                "listener closed",
+            )));
+        };
+        if !listener
+            .acceptor
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            listener.acceptor = Some(cx.waker().clone());
+        }
+        let mut ready = None;
+        for (i, handle) in listener.backlog.iter().enumerate() {
+            let socket = inner.sockets.get_mut::<tcp::Socket>(*handle);
+            match socket.state() {
+                tcp::State::Listen | tcp::State::SynReceived => {
+                    socket.register_recv_waker(cx.waker());
+                }
+                tcp::State::Closed => {
+                    // Reset or timed out before we got to it: listen again.
+                    socket.register_recv_waker(cx.waker());
+                    let _ = socket.listen(IpListenEndpoint {
+                        addr: None,
+                        port: self.port,
+                    });
+                }
+                _ => {
+                    if let (Some(local), Some(remote)) =
+                        (socket.local_endpoint(), socket.remote_endpoint())
+                    {
+                        ready = Some((i, to_std(local), to_std(remote)));
+                        break;
+                    }
+                }
+            }
+        }
+        let Some((i, local, peer)) = ready else {
+            return Poll::Pending;
+        };
+        let handle = listener.backlog.swap_remove(i);
+        drop(guard);
+        self.shared.wake_driver();
+        Poll::Ready(Ok((
+            TcpStream {
+                shared: self.shared.clone(),
+                handle,
+                owned_port: None,
+                local,
+                peer,
+            },
+            peer,
+        )))
+    }
+}
+
+impl Drop for TcpListener {
+    fn drop(&mut self) {
+        {
+            let mut inner = self.shared.lock();
+            if let Some(listener) = inner.listeners.remove(&self.port) {
+                for handle in listener.backlog {
+                    let socket = inner.sockets.get_mut::<tcp::Socket>(handle);
+                    // Connections nobody accepted are reset, as Linux does.
+                    socket.abort();
+                    inner.orphan_tcp(handle, None);
+                }
+            }
+            inner.tcp_ports.release(self.port);
+        }
+        self.shared.wake_driver();
+    }
+}
