@@ -8,6 +8,7 @@
 # Set by run.sh for each scenario: SCDIR (scratch directory), SEQ (scenario number).
 E2E_NAMESPACES=()
 E2E_PIDS=()
+E2E_PGIDS=()
 E2E_IFACES=()
 
 log() { printf '[%s] %s\n' "$(date +%T.%N | cut -c1-12)" "$*"; }
@@ -35,6 +36,7 @@ cleanup() {
 	local pid ns ifc i
 	set +e
 	trap - ERR
+	for pid in "${E2E_PGIDS[@]}"; do kill -TERM -- "-$pid" 2>/dev/null; done
 	for pid in "${E2E_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null; done
 	for pid in "${E2E_PIDS[@]}"; do
 		for ((i = 0; i < 30; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
@@ -198,14 +200,14 @@ start_transfer() {
 	local src=$1 dst=$2 addr=$3 port=$4 file=$5 name=$6 out rxp txp
 	out="$SCDIR/$name.out"
 	rm -f "$out"
-	n "$dst" timeout "$E2E_XFER_TIMEOUT" socat -u "TCP-LISTEN:$port,reuseaddr,ipv6only=0" "CREATE:$out" \
+	ip netns exec "$dst" timeout "$E2E_XFER_TIMEOUT" socat -u "TCP6-LISTEN:$port,reuseaddr,ipv6only=0" "CREATE:$out" \
 		>"$SCDIR/$name.rx.log" 2>&1 &
 	rxp=$!
 	E2E_PIDS+=("$rxp")
 	wait_until 5 listening "$dst" "$port" || fail "transfer $name: receiver did not listen on port $port"
 	local target=$addr
 	[[ $addr == *:* ]] && target="[$addr]"
-	n "$src" timeout "$E2E_XFER_TIMEOUT" socat -u "OPEN:$file" "TCP:$target:$port,connect-timeout=10" \
+	ip netns exec "$src" timeout "$E2E_XFER_TIMEOUT" socat -u "OPEN:$file" "TCP:$target:$port,connect-timeout=10" \
 		>"$SCDIR/$name.tx.log" 2>&1 &
 	txp=$!
 	E2E_PIDS+=("$txp")
@@ -257,6 +259,7 @@ transfer() { # SRC_NS DST_NS DST_ADDR PORT FILE NAME
 #   B_KEEPALIVE=N     persistent keepalive from B to A
 #   B_ALLOWED=list    what B routes to A (default 192.168.241.1/32,fd00::1/128)
 #   B_EXTRA=(...)     more `wg set` arguments for B (e.g. a second peer)
+#   B_DAEMON_ARGS=(...) more command line arguments for B's daemon
 # Sets NS_A NS_B IF_A IF_B PORT_A PORT_B EP_A.
 setup_pair() {
 	local impl_a=$1 impl_b=$2
@@ -275,7 +278,7 @@ setup_pair() {
 	genkey a
 	genkey b
 	start_wg "$impl_a" "$NS_A" "$IF_A"
-	start_wg "$impl_b" "$NS_B" "$IF_B"
+	start_wg "$impl_b" "$NS_B" "$IF_B" "${B_DAEMON_ARGS[@]}"
 	local opt_a=() opt_b=()
 	[[ -z ${PSK_A:-} ]] || opt_a+=(preshared-key "$PSK_A")
 	[[ -z ${PSK_B:-} ]] || opt_b+=(preshared-key "$PSK_B")
@@ -292,7 +295,7 @@ setup_pair() {
 # Tear down what the scenario created so far, to build a fresh topology in the same scenario.
 teardown() {
 	cleanup
-	E2E_NAMESPACES=() E2E_PIDS=() E2E_IFACES=()
+	E2E_NAMESPACES=() E2E_PIDS=() E2E_PGIDS=() E2E_IFACES=()
 	set -e
 	trap on_err ERR
 }

@@ -64,7 +64,7 @@ sc_keepalive() {
 	B_KEEPALIVE=1 setup_pair "$1" "$2"
 	[[ $(peer_field "$NS_B" "$IF_B" "$(pub a)" 8) == 1 ]] || fail "wg show on B does not report keepalive 1"
 	# A keepalive is an empty transport message: type 4, 32 bytes of UDP payload (40 with header).
-	n "$NS_A" timeout 12 tcpdump -l -n -i va -c 3 'udp and src host 10.0.0.2 and udp[8] = 4 and udp[4:2] = 40' \
+	ip netns exec "$NS_A" timeout 12 tcpdump -l -n -i va -c 3 'udp and src host 10.0.0.2 and udp[8] = 4 and udp[4:2] = 40' \
 		>"$SCDIR/keepalive.pcap.txt" 2>"$SCDIR/keepalive.tcpdump.log" &
 	tcpd=$!
 	E2E_PIDS+=("$tcpd")
@@ -80,6 +80,9 @@ sc_keepalive() {
 SCOPE_roaming=pair
 sc_roaming() {
 	local f size got
+	# boringtun's per-peer connected UDP socket keeps the source address it was connected with,
+	# so a roaming boringtun never sends from its new address: let it use its unconnected socket.
+	[[ $2 != boringtun ]] || B_DAEMON_ARGS=(--disable-connected-udp)
 	setup_pair "$1" "$2"
 	must_ping "$NS_B" 192.168.241.1
 	n "$NS_A" tc qdisc add dev va root tbf rate 100mbit burst 64kb latency 400ms
@@ -121,17 +124,33 @@ sc_show() {
 	else
 		((now - hs >= 0 && now - hs < 120)) || fail "latest handshake on A is $((now - hs))s ago, expected within the test"
 	fi
+	# The bulk transfer: B received at least the payload, A sent at least what B received
+	# (userspace receivers drop under load, so the two need not match), all within reason.
 	txa=$(peer_field "$NS_A" "$IF_A" "$(pub b)" 7)
-	rxa=$(peer_field "$NS_A" "$IF_A" "$(pub b)" 6)
-	txb=$(peer_field "$NS_B" "$IF_B" "$(pub a)" 7)
 	rxb=$(peer_field "$NS_B" "$IF_B" "$(pub a)" 6)
-	log "A tx=$txa rx=$rxa, B tx=$txb rx=$rxb, payload $size"
-	((txa >= size && txa <= size * 12 / 10)) || fail "A's tx_bytes $txa is not within [1, 1.2] x the $size bytes sent"
-	((rxa > 0 && rxa < size / 5)) || fail "A's rx_bytes $rxa should be the ACK stream: > 0 and well below $size"
-	diff=$((txa > rxb ? txa - rxb : rxb - txa))
-	((diff <= txa / 50 + 4096)) || fail "A sent $txa bytes but B counts $rxb received"
-	diff=$((txb > rxa ? txb - rxa : rxa - txb))
-	((diff <= txb / 50 + 4096)) || fail "B sent $txb bytes but A counts $rxa received"
+	log "after the transfer: A tx=$txa, B rx=$rxb, payload $size"
+	((rxb >= size && rxb <= size * 13 / 10)) || fail "B's rx_bytes $rxb is not within [1, 1.3] x the $size bytes sent"
+	((txa >= rxb && txa <= size * 15 / 10)) || fail "A's tx_bytes $txa is below B's rx $rxb or above 1.5 x the payload"
+	# Exact accounting: 200 pings of 1028-byte IP packets each way, each a transport message of
+	# 16 header + 1028 (1040 when padded to 16 as the kernel does; boringtun does not pad) + 16 tag.
+	local c0 c1 want=$((200 * 1060)) most=$((200 * 1072 + 1024))
+	c0="$(peer_field "$NS_A" "$IF_A" "$(pub b)" 7) $(peer_field "$NS_A" "$IF_A" "$(pub b)" 6) $(peer_field "$NS_B" "$IF_B" "$(pub a)" 7) $(peer_field "$NS_B" "$IF_B" "$(pub a)" 6)"
+	n "$NS_A" ping -n -q -c 200 -i 0.005 -s 1000 -W 2 192.168.241.2 >/dev/null || fail "ping flood lost packets"
+	c1="$(peer_field "$NS_A" "$IF_A" "$(pub b)" 7) $(peer_field "$NS_A" "$IF_A" "$(pub b)" 6) $(peer_field "$NS_B" "$IF_B" "$(pub a)" 7) $(peer_field "$NS_B" "$IF_B" "$(pub a)" 6)"
+	local d name i=0 v0 v1 lo impl
+	read -r -a v0 <<<"$c0"
+	read -r -a v1 <<<"$c1"
+	for name in "A tx" "A rx" "B tx" "B rx"; do
+		impl=$1
+		[[ $name == A* ]] || impl=$2
+		lo=$want
+		# quirk: boringtun counts the plaintext IP bytes it sends, not the UDP payload
+		[[ $impl != boringtun ]] || lo=$((200 * 1028))
+		d=$((v1[i] - v0[i]))
+		((d >= lo && d <= most)) || fail "$name ($impl) grew by $d bytes for 200 pings, expected $lo..$most"
+		i=$((i + 1))
+	done
+	log "200 pings of 1028 bytes: every counter grew by $want..$most bytes"
 }
 
 # --- live: changes on A while it runs: peer removed and re-added, allowed IPs replaced, listen
@@ -144,6 +163,9 @@ sc_live() {
 	local pb
 	genkey a2
 	B_EXTRA=(peer "$(pub a2)" allowed-ips fd00::1/128 endpoint 10.0.0.1:51820)
+	# boringtun connects a UDP socket per peer; with two peers at one address, the connected
+	# socket of the first one swallows the datagrams of the second ("WrongKey").
+	[[ $2 != boringtun ]] || B_DAEMON_ARGS=(--disable-connected-udp)
 	B_ALLOWED=192.168.241.1/32 setup_pair "$1" "$2"
 	pb=$(pub b)
 	must_ping "$NS_B" 192.168.241.1 "initial"
@@ -239,9 +261,17 @@ uapi() { # REQUEST (printf format) -> reply on stdout
 }
 expect_errno() { # WANT DESCRIPTION REQUEST
 	local reply
-	reply=$(uapi "$3" | tr '\n' ' ')
-	[[ $reply == "errno=$1 " ]] || fail "$2: expected 'errno=$1', got '${reply:0:120}'"
+	reply=$(uapi "$3"; printf x)
+	reply=${reply%x}
+	[[ $reply == "errno=$1"$'\n\n' ]] || fail "$2: expected 'errno=$1' and an empty line, got '$(printf %q "${reply:0:120}")'"
 	log "uapi $2: errno=$1 ok"
+}
+# A client that sends a partial request and then stays connected for a minute. It runs in its
+# own process group (recorded for cleanup); HANG_PGID is set to that group.
+hanging_client() {
+	setsid bash -c 'printf "$1" | cat - <(sleep 60) | timeout 70 socat - "UNIX-CONNECT:$2" >/dev/null 2>&1' _ "$1" "$(uapi_sock "$IF_A")" &
+	HANG_PGID=$!
+	E2E_PGIDS+=("$HANG_PGID")
 }
 sc_uapi() {
 	[[ $1 != boringtun ]] || skip "boringtun is no reference for UAPI error replies"
@@ -256,7 +286,7 @@ sc_uapi() {
 
 	expect_errno -71 "line without '='" 'set=1\nfoo\n\n'
 	expect_errno -22 "bad hex key" "set=1\nprivate_key=zz$hex62\n\n"
-	expect_errno -22 "odd-length hex key" "set=1\nprivate_key=0${hex62}0\n\n"
+	expect_errno -22 "odd-length hex key" "set=1\nprivate_key=1${hex62}\n\n"
 	expect_errno -22 "unknown device key" 'set=1\nfoo=bar\n\n'
 	expect_errno -22 "unknown peer key" "set=1\npublic_key=$pbh\nfoo=bar\n\n"
 	expect_errno -22 "device key in a peer section" "set=1\npublic_key=$pbh\nlisten_port=1\n\n"
@@ -265,10 +295,11 @@ sc_uapi() {
 	expect_errno -22 "trailing data after get=1" 'get=1\nx\n\n'
 	long=$(head -c 4096 /dev/zero | tr '\0' a)
 	expect_errno -22 "overlong key (4 KiB)" "set=1\npublic_key=$long\n\n"
-	# A 1 MiB line: a daemon may answer EINVAL or drop the connection, but must stay up.
+	# A 1 MiB line: a daemon may answer an error (wireguard-go: EIO) or drop the connection,
+	# but must stay up and serve the next client.
 	long=$(head -c 1048576 /dev/zero | tr '\0' a)
 	reply=$(uapi "set=1\nprivate_key=$long\n\n" | tr '\n' ' ')
-	[[ -z $reply || $reply == "errno=-22 " ]] || fail "1 MiB line: unexpected reply '${reply:0:80}'"
+	[[ -z $reply || $reply =~ ^errno=-[0-9]+\ \ $ ]] || fail "1 MiB line: unexpected reply '${reply:0:80}'"
 	log "uapi 1 MiB line: '${reply}' ok"
 	reply=$(uapi '\x00\xff\x01garbage\n\n')
 	[[ -z $reply ]] || fail "garbage operation: expected the connection closed without reply, got '${reply:0:80}'"
@@ -276,19 +307,24 @@ sc_uapi() {
 
 	# Clients that hang: one in the middle of the operation line, one in the middle of a set.
 	# Meanwhile other clients must be served.
-	(printf 'get=' && sleep 60) | timeout 70 socat - "UNIX-CONNECT:$(uapi_sock "$IF_A")" >/dev/null 2>&1 &
-	hang=$!
-	E2E_PIDS+=("$hang")
-	n "$NS_A" timeout 5 wg show "$IF_A" >/dev/null || fail "wg show blocked while a client hangs mid-operation"
+	# Repeated probes over ~2 s, so the daemon has certainly read what the hanging client sent.
+	served_while_hanging() {
+		local k
+		for ((k = 0; k < 8; k++)); do
+			n "$NS_A" timeout 3 wg show "$IF_A" >/dev/null 2>&1 || return 1
+			sleep 0.25
+		done
+	}
+	hanging_client 'get='
+	served_while_hanging || fail "wg show blocked while a client hangs mid-operation"
 	log "uapi: served while a client hangs mid-operation"
-	(printf 'set=1\nlisten_port=' && sleep 60) | timeout 70 socat - "UNIX-CONNECT:$(uapi_sock "$IF_A")" >/dev/null 2>&1 &
-	hang=$!
-	E2E_PIDS+=("$hang")
-	if n "$NS_A" timeout 5 wg show "$IF_A" >/dev/null; then
+	hanging_client 'set=1\nlisten_port='
+	hang=$HANG_PGID
+	if served_while_hanging; then
 		log "uapi: served while a client hangs mid-set"
 	elif [[ $1 == wireguard-go ]]; then
 		log "known quirk: wireguard-go holds its config lock while a set request is incomplete"
-		kill "$hang"
+		kill -- "-$hang"
 	else
 		fail "wg show blocked while a client hangs in the middle of a set request"
 	fi
