@@ -108,12 +108,13 @@ run_one() {
 		set -eE
 		trap on_err ERR
 		trap cleanup EXIT
-		trap 'echo "scenario timed out" >"$SCDIR/reason"; exit 124' TERM
+		trap 'echo "scenario stopped (watchdog timeout or interrupt)" >"$SCDIR/reason"; exit 124' TERM
 		log "scenario $sc: A=$a B=$b in $SCDIR"
 		"sc_$sc" "$a" "$b"
 		log "scenario $sc passed"
 	) >"$SCDIR/log" 2>&1 &
 	pid=$!
+	CUR_PID=$pid
 	if [[ ${E2E_VERBOSE:-0} == 1 ]]; then tail -n +1 -f --pid="$pid" "$SCDIR/log" & fi
 	# Watchdog: every step inside is bounded, this only catches the unforeseen.
 	for ((i = 0; i < E2E_SCENARIO_TIMEOUT * 10; i++)); do
@@ -123,6 +124,9 @@ run_one() {
 	kill -0 "$pid" 2>/dev/null && kill -TERM "$pid"
 	wait "$pid"
 	rc=$?
+	# An interrupt lands here first: let the scenario finish its cleanup.
+	while kill -0 "$pid" 2>/dev/null; do wait "$pid"; rc=$?; done
+	CUR_PID=
 	t1=$(date +%s%N)
 	reason=$(head -n 1 "$SCDIR/reason" 2>/dev/null || true)
 	local dur
@@ -143,9 +147,14 @@ run_one() {
 echo "rwg e2e: RWG=$RWG, pairings: $pairs, scenarios: ${selected[*]}, scratch: $RUN_DIR"
 start=$(date +%s)
 declare -A side_done=()
+CUR_PID='' interrupted=0
+# Ctrl-C or TERM: stop the running scenario (its EXIT trap cleans up), then report.
+trap 'interrupted=1; [[ -z $CUR_PID ]] || kill -TERM "$CUR_PID" 2>/dev/null' INT TERM
 for sc in "${selected[@]}"; do
+	((interrupted == 0)) || break
 	scope_var="SCOPE_$sc"
 	for pair in $pairs; do
+		((interrupted == 0)) || break
 		a=${pair%%:*} b=${pair#*:}
 		if [[ ${!scope_var} == side ]]; then
 			# Once per implementation under test, with the first partner that is available.
@@ -161,6 +170,7 @@ done
 total=$(($(date +%s) - start))
 echo "e2e runtime: ${total}s, logs in $RUN_DIR"
 if ((failed == 0)) && [[ ${E2E_KEEP:-0} != 1 ]]; then rm -rf "$RUN_DIR"; fi
+if ((interrupted)); then echo "interrupted"; failed=$((failed + 1)); fi
 summary="$passed passed, $failed failed"
 ((skipped == 0)) || summary+=", $skipped skipped"
 echo "$summary"
