@@ -26,10 +26,14 @@ skip() {
 	exit 77
 }
 
-# ERR trap: an unexpected command failure becomes the reason.
+# ERR trap: an unexpected command failure becomes the reason, with where it happened.
 on_err() {
-	local rc=$? line=${BASH_LINENO[0]} cmd=$BASH_COMMAND
-	[[ -s $SCDIR/reason ]] || printf 'unexpected failure (exit %s) at line %s: %s\n' "$rc" "$line" "$cmd" >"$SCDIR/reason"
+	local rc=$? cmd=$BASH_COMMAND where="" i
+	for ((i = 1; i < ${#FUNCNAME[@]} && i < 5; i++)); do
+		[[ ${FUNCNAME[i]} == main ]] && break
+		where+="${where:+ <- }${FUNCNAME[i]}:${BASH_LINENO[i - 1]}"
+	done
+	[[ -s $SCDIR/reason ]] || printf 'unexpected failure (exit %s) in %s: %s\n' "$rc" "$where" "$cmd" >"$SCDIR/reason"
 }
 
 cleanup() {
@@ -189,6 +193,12 @@ payload() {
 		mv "$f.tmp" "$f"
 	fi
 	printf '%s\n' "$f"
+}
+
+# shape NS DEV RATE: limit a veth's egress so a transfer lasts long enough to act during it.
+shape() {
+	ip netns exec "$1" tc qdisc add dev "$2" root tbf rate "$3" burst 64kb latency 400ms ||
+		log "warning: cannot shape $2 (no sch_tbf?); the transfer may be too quick for this test"
 }
 
 listening() { n "$1" ss -Hltn "sport = :$2" | grep -q .; }

@@ -88,14 +88,16 @@ sc_roaming() {
 	[[ $2 != boringtun ]] || B_DAEMON_ARGS=(--disable-connected-udp)
 	B_KEEPALIVE=1 setup_pair "$1" "$2"
 	must_ping "$NS_B" 192.168.241.1
-	n "$NS_B" tc qdisc add dev vb root tbf rate 100mbit burst 64kb latency 400ms
+	shape "$NS_B" vb 100mbit
 	f=$(payload)
 	size=$(stat -c %s "$f")
 	start_transfer "$NS_B" "$NS_A" 192.168.241.1 5003 "$f" roam
 	wait_until 30 bash -c "[[ \$(stat -c %s '$SCDIR/roam.out' 2>/dev/null || echo 0) -ge $((size / 5)) ]]" ||
 		fail "transfer did not reach 20% within 30s before roaming"
-	ip -n "$NS_B" addr del 10.0.0.2/24 dev vb
+	# The new address first, then the old one goes (its subnet route survives, promoted).
+	n "$NS_B" sysctl -qw net.ipv4.conf.vb.promote_secondaries=1
 	ip -n "$NS_B" addr add 10.0.0.3/24 dev vb
+	ip -n "$NS_B" addr del 10.0.0.2/24 dev vb
 	got=$(stat -c %s "$SCDIR/roam.out")
 	((got < size)) || fail "transfer finished before B roamed; cannot tell anything"
 	log "B roamed to 10.0.0.3 after $got of $size bytes"
@@ -282,7 +284,7 @@ sc_uapi() {
 	local f pbh hex62 long reply hang
 	setup_pair "$1" "$2"
 	must_ping "$NS_B" 192.168.241.1
-	n "$NS_B" tc qdisc add dev vb root tbf rate 50mbit burst 64kb latency 400ms
+	shape "$NS_B" vb 50mbit
 	f=$(payload)
 	start_transfer "$NS_B" "$NS_A" 192.168.241.1 5005 "$f" uapi
 	pbh=$(b64hex "$(pub b)")
