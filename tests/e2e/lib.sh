@@ -52,7 +52,8 @@ cleanup() {
 		# A daemon that was SIGKILLed leaves its socket behind; a daemon we did not start
 		# directly (wg-quick) gets a moment to exit on its own before we remove it.
 		for ((i = 0; i < 30; i++)); do pgrep -f -- " $ifc\$" >/dev/null || break; sleep 0.1; done
-		for pid in $(pgrep -f -- "(rwg|wireguard-go|boringtun-cli).* $ifc\$"); do kill -KILL "$pid" 2>/dev/null; done
+		# Interface names carry this run's id, so whatever still ends in one is a daemon we started.
+		for pid in $(pgrep -f -- " $ifc\$"); do kill -KILL "$pid" 2>/dev/null; done
 		rm -f "/var/run/wireguard/$ifc.sock" "/var/run/wireguard/$ifc.name"
 	done
 }
@@ -117,10 +118,10 @@ start_wg() {
 	logf="$SCDIR/daemon-$ifc.log"
 	E2E_IFACES+=("$ifc")
 	case $impl in
-	rwg) ip netns exec "$ns" env WG_PROCESS_FOREGROUND=1 LOG_LEVEL=${LOG_LEVEL:-verbose} "$RWG" -f "$@" "$ifc" >"$logf" 2>&1 & ;;
-	wireguard-go) ip netns exec "$ns" env WG_PROCESS_FOREGROUND=1 LOG_LEVEL=${LOG_LEVEL:-verbose} wireguard-go -f "$@" "$ifc" >"$logf" 2>&1 & ;;
-	# boringtun-cli logs to a file of its own unless told otherwise; send it to our log.
-	boringtun) ip netns exec "$ns" boringtun-cli --foreground --disable-drop-privileges --threads 2 --log "$logf" --verbosity "${BORINGTUN_VERBOSITY:-info}" "$@" "$ifc" >>"$logf" 2>&1 & ;;
+	rwg) ip netns exec "$ns" env WG_PROCESS_FOREGROUND=1 LOG_LEVEL="${LOG_LEVEL:-verbose}" "$RWG" -f "$@" "$ifc" >"$logf" 2>&1 & ;;
+	wireguard-go) ip netns exec "$ns" env WG_PROCESS_FOREGROUND=1 LOG_LEVEL="${LOG_LEVEL:-verbose}" wireguard-go -f "$@" "$ifc" >"$logf" 2>&1 & ;;
+	# boringtun-cli logs to stdout in the foreground; 2 threads, the CI machine has 2 cores.
+	boringtun) ip netns exec "$ns" boringtun-cli --foreground --disable-drop-privileges --threads 2 --verbosity "${BORINGTUN_VERBOSITY:-info}" "$@" "$ifc" >>"$logf" 2>&1 & ;;
 	*) fail "unknown implementation $impl" ;;
 	esac
 	pid=$!

@@ -15,6 +15,7 @@
 # Output: one PASS/FAIL/SKIP line per scenario and pairing, then exactly "N passed, N failed"
 # (", N skipped" when some were skipped). Exit status is non-zero if anything failed.
 set -uo pipefail
+# shellcheck source-path=SCRIPTDIR
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
@@ -29,9 +30,7 @@ for d in "${CARGO_HOME:-$HOME/.cargo}/bin" /root/.cargo/bin; do
 done
 export RWG E2E_TRANSFER_MB E2E_XFER_TIMEOUT PATH
 
-# shellcheck source=lib.sh
 source "$HERE/lib.sh"
-# shellcheck source=scenarios.sh
 source "$HERE/scenarios.sh"
 
 ALL_SCENARIOS=(ping transfer psk keepalive roaming show live wgquick uapi hub)

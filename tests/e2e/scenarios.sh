@@ -1,4 +1,6 @@
 # shellcheck shell=bash
+# SCOPE_* are read by run.sh; NS_A, IF_A, XFER_* and friends are set by lib.sh helpers.
+# shellcheck disable=SC2034,SC2153,SC2154
 # The scenarios. Each is a function sc_<name> IMPL_A IMPL_B run in its own subshell (set -e, an
 # ERR trap and an EXIT trap that cleans up). SCOPE_<name> says how run.sh schedules it:
 #   pair  - once per pairing (A, B)
