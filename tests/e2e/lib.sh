@@ -127,7 +127,9 @@ start_wg() {
 	pid=$!
 	E2E_PIDS+=("$pid")
 	eval "PID_$ifc=$pid"
-	if ! wait_until 10 n "$ns" wg show "$ifc" >/dev/null 2>&1; then
+	# Ready when `wg show` answers; give up at once if the daemon dies meanwhile.
+	if ! wait_until 10 bash -c "kill -0 $pid 2>/dev/null || exit 0; ip netns exec '$ns' wg show '$ifc' >/dev/null 2>&1" ||
+		! kill -0 "$pid" 2>/dev/null; then
 		kill -0 "$pid" 2>/dev/null || fail "$impl daemon for $ifc exited early: $(tail -n 3 "$logf" | tr '\n' ' ')"
 		fail "$impl daemon for $ifc: UAPI socket did not answer within 10s"
 	fi

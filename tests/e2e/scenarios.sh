@@ -196,7 +196,7 @@ sc_live() {
 	n "$NS_A" wg set "$IF_A" listen-port 51900
 	[[ $(n "$NS_A" wg show "$IF_A" listen-port) == 51900 ]] || fail "listen port not reported as 51900"
 	wait_until 5 bash -c "ip netns exec $NS_A ss -Hlun 'sport = :51900' | grep -q ." || fail "nothing bound to udp 51900"
-	if n "$NS_A" ss -Hlun 'sport = :51820' | grep -q .; then fail "udp 51820 still bound after the port change"; fi
+	wait_until 5 bash -c "! ip netns exec $NS_A ss -Hlun 'sport = :51820' | grep -q ." || fail "udp 51820 still bound 5s after the port change"
 	must_ping "$NS_A" 192.168.241.2 "listen port changed"
 	must_ping "$NS_B" 192.168.241.1 "listen port changed"
 	[[ $(peer_field "$NS_B" "$IF_B" "$(pub a)" 3) == 10.0.0.1:51900 ]] || fail "B did not learn A's new port"
