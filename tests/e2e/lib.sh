@@ -127,12 +127,16 @@ start_wg() {
 	pid=$!
 	E2E_PIDS+=("$pid")
 	eval "PID_$ifc=$pid"
-	# Ready when `wg show` answers; give up at once if the daemon dies meanwhile.
-	if ! wait_until 10 bash -c "kill -0 $pid 2>/dev/null || exit 0; ip netns exec '$ns' wg show '$ifc' >/dev/null 2>&1" ||
+	# Ready when the socket answers a get; give up at once if the daemon dies meanwhile. The
+	# polling uses socat, not wg: wg unlinks a socket that refuses a connection (it takes it
+	# for stale), and a daemon between bind() and listen() refuses connections.
+	if ! wait_until 10 bash -c "kill -0 $pid 2>/dev/null || exit 0; [[ -S $(uapi_sock "$ifc") ]] &&
+		printf 'get=1\n\n' | timeout 2 socat -t 2 - UNIX-CONNECT:$(uapi_sock "$ifc") 2>/dev/null | grep -q '^errno=0\$'" ||
 		! kill -0 "$pid" 2>/dev/null; then
 		kill -0 "$pid" 2>/dev/null || fail "$impl daemon for $ifc exited early: $(tail -n 3 "$logf" | tr '\n' ' ')"
 		fail "$impl daemon for $ifc: UAPI socket did not answer within 10s"
 	fi
+	n "$ns" wg show "$ifc" >/dev/null || fail "wg show $ifc failed although its socket answers"
 	log "$impl serving $ifc in $ns (pid $pid)"
 }
 
