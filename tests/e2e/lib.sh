@@ -1,0 +1,321 @@
+# shellcheck shell=bash
+# Helpers for the end-to-end suite: namespaces, daemons of each implementation, bounded waits,
+# transfers and checks. Sourced by run.sh; every scenario runs in its own subshell, and the
+# cleanup below (installed as an EXIT trap there) tears down everything that subshell created.
+
+# --- bookkeeping -------------------------------------------------------------------------------
+
+# Set by run.sh for each scenario: SCDIR (scratch directory), SEQ (scenario number).
+E2E_NAMESPACES=()
+E2E_PIDS=()
+E2E_PGIDS=()
+E2E_IFACES=()
+
+log() { printf '[%s] %s\n' "$(date +%T.%N | cut -c1-12)" "$*"; }
+
+# Record why the scenario failed (first reason wins) and stop it.
+fail() {
+	[[ -s $SCDIR/reason ]] || printf '%s\n' "$*" >"$SCDIR/reason"
+	log "FAIL: $*"
+	exit 1
+}
+
+skip() {
+	printf '%s\n' "$*" >"$SCDIR/reason"
+	log "SKIP: $*"
+	exit 77
+}
+
+# ERR trap: an unexpected command failure becomes the reason, with where it happened.
+on_err() {
+	local rc=$? cmd=$BASH_COMMAND where="" i
+	for ((i = 1; i < ${#FUNCNAME[@]} && i < 5; i++)); do
+		[[ ${FUNCNAME[i]} == main ]] && break
+		where+="${where:+ <- }${FUNCNAME[i]}:${BASH_LINENO[i - 1]}"
+	done
+	[[ -s $SCDIR/reason ]] || printf 'unexpected failure (exit %s) in %s: %s\n' "$rc" "$where" "$cmd" >"$SCDIR/reason"
+}
+
+cleanup() {
+	local pid ns ifc i
+	set +e
+	trap - ERR
+	for pid in "${E2E_PGIDS[@]}"; do kill -TERM -- "-$pid" 2>/dev/null; done
+	for pid in "${E2E_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null; done
+	for pid in "${E2E_PIDS[@]}"; do
+		for ((i = 0; i < 30; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+		kill -KILL "$pid" 2>/dev/null
+	done
+	# Deleting a namespace destroys its TUN devices; daemons started by wg-quick notice that and exit.
+	for ns in "${E2E_NAMESPACES[@]}"; do ip netns del "$ns" 2>/dev/null; done
+	for ifc in "${E2E_IFACES[@]}"; do
+		# A daemon that was SIGKILLed leaves its socket behind; a daemon we did not start
+		# directly (wg-quick) gets a moment to exit on its own before we remove it.
+		for ((i = 0; i < 30; i++)); do pgrep -f -- " $ifc\$" >/dev/null || break; sleep 0.1; done
+		# Interface names carry this run's id, so whatever still ends in one is a daemon we started.
+		for pid in $(pgrep -f -- " $ifc\$"); do kill -KILL "$pid" 2>/dev/null; done
+		rm -f "/var/run/wireguard/$ifc.sock" "/var/run/wireguard/$ifc.name"
+	done
+}
+
+# Poll a command until it succeeds, at most $1 seconds. Returns non-zero on timeout.
+wait_until() {
+	local timeout=$1 deadline
+	shift
+	deadline=$(($(date +%s%N) + timeout * 1000000000))
+	until "$@"; do
+		(($(date +%s%N) < deadline)) || return 1
+		sleep 0.1
+	done
+}
+
+# --- namespaces and interface names ---------------------------------------------------------
+
+# new_ns VAR ROLE: create a namespace, store its name in VAR. Names are unique per run and
+# scenario: rwgt-<runner pid>-<seq>-<role>. (Not a $(...) function: it records what to clean up.)
+new_ns() {
+	local ns="rwgt-$RUN_ID-$SEQ-$2"
+	ip netns add "$ns"
+	E2E_NAMESPACES+=("$ns")
+	ip -n "$ns" link set lo up
+	# Fast, quiet IPv6: no DAD, no router solicitations.
+	ip netns exec "$ns" sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
+	ip netns exec "$ns" sysctl -qw net.ipv6.conf.default.router_solicitations=0
+	printf -v "$1" '%s' "$ns"
+}
+
+# The UAPI socket lives in the file system (/var/run/wireguard/<iface>.sock), which namespaces
+# do not separate, so interface names must be unique on the host, not just inside a namespace.
+ifname() { printf 'rw%s%02d%s' "$((RUN_ID % 100000))" "$((SEQ % 100))" "$1"; }
+
+# veth pair between two namespaces: veth_pair nsA ifA nsB ifB
+veth_pair() {
+	ip link add "$2" netns "$1" type veth peer name "$4" netns "$3"
+	ip -n "$1" link set "$2" up
+	ip -n "$3" link set "$4" up
+}
+
+n() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
+
+# --- WireGuard daemons -------------------------------------------------------------------------
+
+impl_available() {
+	case $1 in
+	rwg) [[ -x $RWG ]] || { echo "rwg binary not found at $RWG (cargo build --release -p rwg, or set RWG)"; return 1; } ;;
+	wireguard-go) command -v wireguard-go >/dev/null || { echo "wireguard-go not on PATH (scripts/install-deps)"; return 1; } ;;
+	boringtun) command -v boringtun-cli >/dev/null || { echo "boringtun-cli not on PATH (scripts/install-deps)"; return 1; } ;;
+	*) echo "unknown implementation '$1' (rwg|wireguard-go|boringtun)"; return 1 ;;
+	esac
+}
+
+uapi_sock() { printf '/var/run/wireguard/%s.sock' "$1"; }
+
+# start_wg IMPL NS IFACE [extra daemon args...]: run a daemon in the foreground (in the
+# background of this shell), wait until `wg show` answers through its socket.
+start_wg() {
+	local impl=$1 ns=$2 ifc=$3 logf pid
+	shift 3
+	logf="$SCDIR/daemon-$ifc.log"
+	E2E_IFACES+=("$ifc")
+	case $impl in
+	rwg) ip netns exec "$ns" env WG_PROCESS_FOREGROUND=1 LOG_LEVEL="${LOG_LEVEL:-verbose}" "$RWG" -f "$@" "$ifc" >"$logf" 2>&1 & ;;
+	wireguard-go) ip netns exec "$ns" env WG_PROCESS_FOREGROUND=1 LOG_LEVEL="${LOG_LEVEL:-verbose}" wireguard-go -f "$@" "$ifc" >"$logf" 2>&1 & ;;
+	# boringtun-cli logs to stdout in the foreground; 2 threads, the CI machine has 2 cores.
+	boringtun) ip netns exec "$ns" boringtun-cli --foreground --disable-drop-privileges --threads 2 --verbosity "${BORINGTUN_VERBOSITY:-info}" "$@" "$ifc" >>"$logf" 2>&1 & ;;
+	*) fail "unknown implementation $impl" ;;
+	esac
+	pid=$!
+	E2E_PIDS+=("$pid")
+	eval "PID_$ifc=$pid"
+	# Ready when the socket answers a get; give up at once if the daemon dies meanwhile. The
+	# polling uses socat, not wg: wg unlinks a socket that refuses a connection (it takes it
+	# for stale), and a daemon between bind() and listen() refuses connections.
+	if ! wait_until 10 bash -c "kill -0 $pid 2>/dev/null || exit 0; [[ -S $(uapi_sock "$ifc") ]] &&
+		printf 'get=1\n\n' | timeout 2 socat -t 2 - UNIX-CONNECT:$(uapi_sock "$ifc") 2>/dev/null | grep -q '^errno=0\$'" ||
+		! kill -0 "$pid" 2>/dev/null; then
+		kill -0 "$pid" 2>/dev/null || fail "$impl daemon for $ifc exited early: $(tail -n 3 "$logf" | tr '\n' ' ')"
+		fail "$impl daemon for $ifc: UAPI socket did not answer within 10s"
+	fi
+	n "$ns" wg show "$ifc" >/dev/null || fail "wg show $ifc failed although its socket answers"
+	log "$impl serving $ifc in $ns (pid $pid)"
+}
+
+daemon_alive() { local v="PID_$1"; kill -0 "${!v}" 2>/dev/null; }
+
+# Key material, one file per name: genkey NAME -> $SCDIR/NAME.key, NAME.pub
+genkey() {
+	wg genkey >"$SCDIR/$1.key"
+	wg pubkey <"$SCDIR/$1.key" >"$SCDIR/$1.pub"
+}
+pub() { cat "$SCDIR/$1.pub"; }
+
+# Inner addressing shared by every scenario: 192.168.241.N/24 and fd00::N/64 on the tunnel.
+tun_addr() {
+	local ns=$1 ifc=$2 host=$3
+	ip -n "$ns" link set "$ifc" mtu 1420
+	ip -n "$ns" addr add "192.168.241.$host/24" dev "$ifc"
+	ip -n "$ns" addr add "fd00::$host/64" dev "$ifc" nodad
+	ip -n "$ns" link set "$ifc" up
+}
+
+# wg show IFACE dump, peer line fields: 1 pubkey 2 psk 3 endpoint 4 allowed 5 handshake 6 rx 7 tx 8 keepalive
+peer_field() {
+	local ns=$1 ifc=$2 peer=$3 field=$4
+	n "$ns" wg show "$ifc" dump | awk -v p="$peer" -v f="$field" 'NR > 1 && $1 == p { print $f }'
+}
+
+# --- traffic -----------------------------------------------------------------------------------
+
+# Bounded wait until an address answers ping (first packets may trigger a handshake).
+wait_ping() {
+	local ns=$1 dst=$2 timeout=${3:-15}
+	shift 3 2>/dev/null || shift $#
+	wait_until "$timeout" n "$ns" ping -n -q -c 1 -W 1 "$@" "$dst" >/dev/null 2>&1
+}
+
+# ping that must succeed: a few packets, all answered.
+must_ping() {
+	local ns=$1 dst=$2 what=${3:-}
+	wait_ping "$ns" "$dst" 15 || fail "no ping reply from $dst in $ns within 15s${what:+ ($what)}"
+	n "$ns" ping -n -q -c 3 -i 0.2 -W 2 "$dst" >/dev/null || fail "ping $dst from $ns lost packets${what:+ ($what)}"
+	log "ping $dst from $ns ok${what:+ ($what)}"
+}
+
+# ping that must NOT be answered.
+must_not_ping() {
+	local ns=$1 dst=$2 what=$3
+	shift 3
+	if n "$ns" ping -n -q -c 3 -i 0.3 -W 1 "$@" "$dst" >/dev/null 2>&1; then
+		fail "$dst answered ping from $ns but should not ($what)"
+	fi
+	log "ping $dst from $ns not answered, as expected ($what)"
+}
+
+# One random payload per run, shared by all scenarios.
+payload() {
+	local mb=${1:-$E2E_TRANSFER_MB} f="$RUN_DIR/payload-${1:-$E2E_TRANSFER_MB}M"
+	if [[ ! -s $f ]]; then
+		head -c "$((mb * 1024 * 1024))" /dev/urandom >"$f.tmp"
+		sha256sum <"$f.tmp" | cut -d' ' -f1 >"$f.sha256"
+		mv "$f.tmp" "$f"
+	fi
+	printf '%s\n' "$f"
+}
+
+# shape NS DEV RATE: limit a veth's egress so a transfer lasts long enough to act during it.
+shape() {
+	ip netns exec "$1" tc qdisc add dev "$2" root tbf rate "$3" burst 64kb latency 400ms ||
+		log "warning: cannot shape $2 (no sch_tbf?); the transfer may be too quick for this test"
+}
+
+listening() { n "$1" ss -Hltn "sport = :$2" | grep -q .; }
+
+# start_transfer SRC_NS DST_NS DST_ADDR PORT FILE NAME: the receiver listens in DST_NS and
+# writes to $SCDIR/NAME.out; the sender sends FILE. Both run in the background; their pids
+# are left in XFER_RX_<NAME> / XFER_TX_<NAME>.
+start_transfer() {
+	local src=$1 dst=$2 addr=$3 port=$4 file=$5 name=$6 out rxp txp
+	out="$SCDIR/$name.out"
+	rm -f "$out"
+	ip netns exec "$dst" timeout "$E2E_XFER_TIMEOUT" socat -u "TCP6-LISTEN:$port,reuseaddr,ipv6only=0" "CREATE:$out" \
+		>"$SCDIR/$name.rx.log" 2>&1 &
+	rxp=$!
+	E2E_PIDS+=("$rxp")
+	wait_until 5 listening "$dst" "$port" || fail "transfer $name: receiver did not listen on port $port"
+	local target=$addr
+	[[ $addr == *:* ]] && target="[$addr]"
+	ip netns exec "$src" timeout "$E2E_XFER_TIMEOUT" socat -u "OPEN:$file" "TCP:$target:$port,connect-timeout=10" \
+		>"$SCDIR/$name.tx.log" 2>&1 &
+	txp=$!
+	E2E_PIDS+=("$txp")
+	eval "XFER_RX_$name=$rxp XFER_TX_$name=$txp XFER_FILE_$name=$file"
+	log "transfer $name started: $(basename "$file") to $target:$port"
+}
+
+# finish_transfer NAME: wait for both ends, compare sha256 of what arrived with what was sent.
+finish_transfer() {
+	local name=$1 rxv="XFER_RX_$1" txv="XFER_TX_$1" fv="XFER_FILE_$1" rc_tx=0 rc_rx=0 want got t0
+	t0=$(date +%s%N)
+	wait "${!txv}" || rc_tx=$?
+	wait "${!rxv}" || rc_rx=$?
+	((rc_tx == 0)) || fail "transfer $name: sender exited $rc_tx ($( (cat "$SCDIR/$name.tx.log") | tail -n 2 | tr '\n' ' '))"
+	((rc_rx == 0)) || fail "transfer $name: receiver exited $rc_rx ($( (cat "$SCDIR/$name.rx.log") | tail -n 2 | tr '\n' ' '))"
+	want=$(cat "${!fv}.sha256")
+	got=$(sha256sum <"$SCDIR/$name.out" | cut -d' ' -f1)
+	[[ $want == "$got" ]] || fail "transfer $name: sha256 mismatch ($(stat -c %s "$SCDIR/$name.out") of $(stat -c %s "${!fv}") bytes arrived)"
+	log "transfer $name ok: $(stat -c %s "$SCDIR/$name.out") bytes, sha256 matches"
+	rm -f "$SCDIR/$name.out"
+}
+
+transfer() { # SRC_NS DST_NS DST_ADDR PORT FILE NAME
+	local t0 t1
+	t0=$(date +%s%N)
+	start_transfer "$@"
+	finish_transfer "$6"
+	t1=$(date +%s%N)
+	log "transfer $6: $(((t1 - t0) / 1000000)) ms, $(($(stat -c %s "$5") * 8 / ((t1 - t0) / 1000 + 1))) Mbit/s"
+}
+
+# --- the standard two-peer topology ------------------------------------------------------------
+
+# setup_pair IMPL_A IMPL_B
+#
+#  ┌──────────────────────────┐                      ┌──────────────────────────┐
+#  │ $NS_A                    │                      │ $NS_B                    │
+#  │  $IF_A  192.168.241.1/24 │                      │  $IF_B  192.168.241.2/24 │
+#  │         fd00::1/64       │                      │         fd00::2/64       │
+#  │  (impl A, listens :51820)│                      │  (impl B, endpoint = A)  │
+#  │  va  10.0.0.1/24 ────────┼──────── veth ────────┼─ vb  10.0.0.2/24         │
+#  │      fc00::1/64          │                      │      fc00::2/64          │
+#  └──────────────────────────┘                      └──────────────────────────┘
+#
+# A knows B's key but no endpoint (it learns it); B has A's endpoint. Each allows only the
+# other's tunnel addresses. Optional knobs, set as variables for the call:
+#   UNDERLAY=6        B reaches A over fc00::1 instead of 10.0.0.1
+#   PSK_A=file PSK_B=file   preshared keys
+#   B_KEEPALIVE=N     persistent keepalive from B to A
+#   B_ALLOWED=list    what B routes to A (default 192.168.241.1/32,fd00::1/128)
+#   B_EXTRA=(...)     more `wg set` arguments for B (e.g. a second peer)
+#   B_DAEMON_ARGS=(...) more command line arguments for B's daemon
+# Sets NS_A NS_B IF_A IF_B PORT_A PORT_B EP_A.
+setup_pair() {
+	local impl_a=$1 impl_b=$2
+	new_ns NS_A a
+	new_ns NS_B b
+	IF_A=$(ifname a)
+	IF_B=$(ifname b)
+	PORT_A=51820
+	PORT_B=51821
+	veth_pair "$NS_A" va "$NS_B" vb
+	ip -n "$NS_A" addr add 10.0.0.1/24 dev va
+	ip -n "$NS_B" addr add 10.0.0.2/24 dev vb
+	ip -n "$NS_A" addr add fc00::1/64 dev va nodad
+	ip -n "$NS_B" addr add fc00::2/64 dev vb nodad
+	if [[ ${UNDERLAY:-4} == 6 ]]; then EP_A="[fc00::1]:$PORT_A"; else EP_A="10.0.0.1:$PORT_A"; fi
+	genkey a
+	genkey b
+	start_wg "$impl_a" "$NS_A" "$IF_A"
+	start_wg "$impl_b" "$NS_B" "$IF_B" "${B_DAEMON_ARGS[@]}"
+	local opt_a=() opt_b=()
+	[[ -z ${PSK_A:-} ]] || opt_a+=(preshared-key "$PSK_A")
+	[[ -z ${PSK_B:-} ]] || opt_b+=(preshared-key "$PSK_B")
+	[[ -z ${B_KEEPALIVE:-} ]] || opt_b+=(persistent-keepalive "$B_KEEPALIVE")
+	n "$NS_A" wg set "$IF_A" private-key "$SCDIR/a.key" listen-port "$PORT_A" \
+		peer "$(pub b)" "${opt_a[@]}" allowed-ips 192.168.241.2/32,fd00::2/128
+	n "$NS_B" wg set "$IF_B" private-key "$SCDIR/b.key" listen-port "$PORT_B" \
+		peer "$(pub a)" "${opt_b[@]}" allowed-ips "${B_ALLOWED:-192.168.241.1/32,fd00::1/128}" endpoint "$EP_A" \
+		"${B_EXTRA[@]}"
+	tun_addr "$NS_A" "$IF_A" 1
+	tun_addr "$NS_B" "$IF_B" 2
+}
+
+# Tear down what the scenario created so far, to build a fresh topology in the same scenario.
+teardown() {
+	cleanup
+	E2E_NAMESPACES=() E2E_PIDS=() E2E_PGIDS=() E2E_IFACES=()
+	set -e
+	trap on_err ERR
+}
+
+# Keys on the configuration socket are hex; wg prints base64.
+b64hex() { base64 -d <<<"$1" | od -An -v -tx1 | tr -d ' \n'; }
