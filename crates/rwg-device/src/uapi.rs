@@ -610,8 +610,16 @@ impl UapiListener {
                 Err(e) => return Err(io_err(e)),
             }
         }
-        let listener = sys::fd::with_umask(0o077, || UnixListener::bind(&path)).map_err(|e| {
-            if e.kind() == io::ErrorKind::AddrInUse {
+        // Bind and listen under a temporary name, then link it into place: `wg` deletes a
+        // socket that refuses connections as stale, and a socket that is bound but not yet
+        // listening does refuse them. Linking fails if the name was taken meanwhile.
+        let tmp = dir.join(format!(".{iface}.sock.{}.tmp", std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        let listener = sys::fd::with_umask(0o077, || UnixListener::bind(&tmp)).map_err(io_err)?;
+        let linked = std::fs::hard_link(&tmp, &path);
+        let _ = std::fs::remove_file(&tmp);
+        linked.map_err(|e| {
+            if e.kind() == io::ErrorKind::AlreadyExists {
                 UapiError::InUse(path.clone())
             } else {
                 io_err(e)

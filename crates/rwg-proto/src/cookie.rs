@@ -20,14 +20,17 @@ pub const COOKIE_SECRET_MAX_AGE: Duration = Duration::from_secs(120);
 /// to expire at the responder is not used (the kernel's margin).
 pub const COOKIE_USE_MAX_AGE: Duration = Duration::from_secs(120 - 5);
 
-/// Offset of mac1 in a handshake message: everything before it is covered by mac1.
-fn mac1_offset(msg: &[u8]) -> usize {
-    msg.len() - 2 * MAC_LEN
+/// Offset of mac1 in a handshake message: everything before it is covered by mac1. `None`
+/// for a buffer too short to hold both macs (never a parsed handshake message).
+fn mac1_offset(msg: &[u8]) -> Option<usize> {
+    msg.len().checked_sub(2 * MAC_LEN)
 }
 
 /// Writes mac1 = MAC(HASH(LABEL_MAC1 ‖ receiver's public key), msg[..mac1]) and zeroes mac2.
 pub(crate) fn write_mac1(mac1_key: &[u8; 32], msg: &mut [u8]) -> [u8; MAC_LEN] {
-    let off = mac1_offset(msg);
+    let Some(off) = mac1_offset(msg) else {
+        return [0; MAC_LEN];
+    };
     let m = mac(mac1_key, &[&msg[..off]]);
     msg[off..off + MAC_LEN].copy_from_slice(&m);
     msg[off + MAC_LEN..].fill(0);
@@ -114,7 +117,9 @@ impl CookieChecker {
         source: SocketAddr,
         check_mac2: bool,
     ) -> MacVerdict {
-        let off = mac1_offset(msg);
+        let Some(off) = mac1_offset(msg) else {
+            return MacVerdict::InvalidMac;
+        };
         let expected = mac(&self.mac1_key, &[&msg[..off]]);
         if !constant_time_eq(&expected, &msg[off..off + MAC_LEN]) {
             return MacVerdict::InvalidMac;
@@ -141,7 +146,7 @@ impl CookieChecker {
         source: SocketAddr,
         out: &mut [u8; COOKIE_REPLY_LEN],
     ) {
-        let off = mac1_offset(msg);
+        let Some(off) = mac1_offset(msg) else { return };
         let cookie = self.cookie_for(now, rng, source);
         write_type(out, TYPE_COOKIE_REPLY);
         out[field::cookie_reply::RECEIVER].copy_from_slice(&sender_index.to_le_bytes());
@@ -174,11 +179,12 @@ impl core::fmt::Debug for CookieState {
 impl CookieState {
     /// Writes mac1 and, while a cookie younger than [`COOKIE_USE_MAX_AGE`] is held, mac2.
     pub fn add_macs(&mut self, now: Instant, peer_mac1_key: &[u8; 32], msg: &mut [u8]) {
+        let Some(off) = mac1_offset(msg) else { return };
         let m1 = write_mac1(peer_mac1_key, msg);
         self.last_mac1 = Some(m1);
         let fresh = self.received.is_some_and(|t| now - t < COOKIE_USE_MAX_AGE);
         if let (true, Some(cookie)) = (fresh, self.cookie.as_ref()) {
-            let off = mac1_offset(msg) + MAC_LEN;
+            let off = off + MAC_LEN;
             let m2 = mac(cookie, &[&msg[..off]]);
             msg[off..].copy_from_slice(&m2);
         }
@@ -212,6 +218,24 @@ mod tests {
     use crate::messages::{parse, Message, INITIATION_LEN, TYPE_INITIATION};
     use crate::noise::{RemoteStatic, StaticIdentity};
     use rand_chacha::rand_core::SeedableRng;
+
+    #[test]
+    fn short_buffers_are_refused_not_panicked_on() {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(2);
+        let mut checker = CookieChecker::new(None);
+        let src: SocketAddr = "192.0.2.1:1".parse().expect("addr");
+        for len in 0..32 {
+            let mut msg = alloc::vec![0u8; len];
+            assert_eq!(
+                checker.verify(Instant::ZERO, &mut rng, &msg, src, true),
+                MacVerdict::InvalidMac
+            );
+            let mut out = [0u8; COOKIE_REPLY_LEN];
+            checker.create_reply(Instant::ZERO, &mut rng, &msg, 1, src, &mut out);
+            assert_eq!(out, [0u8; COOKIE_REPLY_LEN]);
+            CookieState::default().add_macs(Instant::ZERO, &[0; 32], &mut msg);
+        }
+    }
 
     #[test]
     fn cookie_round_trip_makes_mac2_valid() {
