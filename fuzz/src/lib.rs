@@ -496,6 +496,10 @@ pub struct Pair {
     pub a: Harness,
     /// The responder.
     pub b: Harness,
+    /// The transport message of the last `send`.
+    pub last_message: Vec<u8>,
+    /// Setup's A→B and B→A data messages.
+    pub setup_messages: [Vec<u8>; 2],
 }
 
 impl Pair {
@@ -513,7 +517,12 @@ impl Pair {
             KEY_A,
             addr_a(),
         );
-        let mut pair = Pair { a, b };
+        let mut pair = Pair {
+            a,
+            b,
+            last_message: Vec::new(),
+            setup_messages: [Vec::new(), Vec::new()],
+        };
         let packet = ipv4_packet(TUNNEL_A4, TUNNEL_B4, b"first");
         assert!(pair.a.send_packet(&packet).is_none(), "staged");
         pair.pump();
@@ -524,6 +533,7 @@ impl Pair {
         ] {
             let delivered = pair.send(from_a, &packet).and_then(|(_, d)| d);
             assert_eq!(delivered.as_deref(), Some(&packet[..]), "session established");
+            pair.setup_messages[usize::from(!from_a)] = pair.last_message.clone();
         }
         pair
     }
@@ -562,6 +572,7 @@ impl Pair {
             return None;
         };
         let (received, buf) = to.receive(source, &msg);
+        self.last_message = msg;
         let delivered = match received {
             Received::Packet { len, .. } => Some(buf[HEADROOM..HEADROOM + len].to_vec()),
             _ => None,

@@ -123,14 +123,14 @@ fn initiator_seeds(dir: &Path, messages_seeds: &mut Vec<Vec<u8>>) {
 
 /// The transport target: genuine messages of the established pair, packets from both hosts.
 fn transport_seeds(dir: &Path) {
-    let mut pair = Pair::established();
-    let packet = ipv4_packet(TUNNEL_B4, TUNNEL_A4, b"genuine");
-    let (_, msg) = pair.b.send_packet(&packet).expect("session");
+    // Genuine messages must not be taken from the future: a message B has not sent yet in the
+    // target's run would make B's real one a replay. Setup's messages were delivered already.
+    let pair = Pair::established();
     let mut seed = Vec::new();
-    // sel bit 1 clear: to A, from B's address (bit 0 clear).
-    encode_datagram(&mut seed, false, 0, &msg);
-    // The same again: a replay.
-    encode_datagram(&mut seed, false, 0, &msg);
+    // To A (sel bit 1 clear) from B's address (bit 0 clear): B's setup message, a replay.
+    encode_datagram(&mut seed, false, 0, &pair.setup_messages[1]);
+    // To B from A's address... as seen from B, `source` bit 0 clear is its peer, A.
+    encode_datagram(&mut seed, false, 2, &pair.setup_messages[0]);
     // A fixed-up forgery to B.
     encode_datagram(&mut seed, true, 2, &[0u8; 48]);
     // Valid IPv4 from A and B, valid IPv6 from A, garbage from B.
