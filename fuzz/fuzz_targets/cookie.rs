@@ -31,8 +31,9 @@ fuzz_target!(|data: &[u8]| {
     let n = rest.len().min(len);
     msg[..n].copy_from_slice(&rest[..n]);
     let mut reply_bytes = [0u8; COOKIE_REPLY_LEN];
-    let r = rest.len().saturating_sub(len).min(COOKIE_REPLY_LEN);
-    reply_bytes[..r].copy_from_slice(&rest[len..len + r]);
+    let tail = rest.get(len..).unwrap_or_default();
+    let r = tail.len().min(COOKIE_REPLY_LEN);
+    reply_bytes[..r].copy_from_slice(&tail[..r]);
     reply_bytes[..4].copy_from_slice(&3u32.to_le_bytes());
     let Ok(Message::CookieReply(forged)) = messages::parse(&reply_bytes) else {
         panic!("a 64-byte type-3 message is a cookie reply");
