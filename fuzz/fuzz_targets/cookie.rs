@@ -13,17 +13,21 @@ use std::net::SocketAddr;
 
 use libfuzzer_sys::fuzz_target;
 use rand_chacha::{rand_core::SeedableRng, ChaCha20Rng};
+use rwg_fuzz::{addr_b, addr_stranger, DELAYS, KEY_A, START};
 use rwg_proto::cookie::{CookieChecker, CookieState, MacVerdict, COOKIE_USE_MAX_AGE};
 use rwg_proto::crypto::{hash, mac, PrivateKey};
 use rwg_proto::messages::{self, Message, COOKIE_REPLY_LEN, INITIATION_LEN, RESPONSE_LEN};
 use rwg_proto::noise::{StaticIdentity, LABEL_COOKIE, LABEL_MAC1};
-use rwg_fuzz::{addr_b, addr_stranger, DELAYS, KEY_A, START};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {
         return;
     };
-    let len = if mode & 1 == 0 { INITIATION_LEN } else { RESPONSE_LEN };
+    let len = if mode & 1 == 0 {
+        INITIATION_LEN
+    } else {
+        RESPONSE_LEN
+    };
     let check_mac2 = mode & 2 != 0;
     let fix_mac1 = mode & 4 != 0;
     let delay = DELAYS[usize::from(mode >> 3) % DELAYS.len()];
@@ -45,7 +49,11 @@ fuzz_target!(|data: &[u8]| {
     let cookie_key = hash(&[LABEL_COOKIE, public.as_bytes()]);
     let mut checker = CookieChecker::new(Some(&identity));
     let mut rng = ChaCha20Rng::seed_from_u64(7);
-    let source: SocketAddr = if mode & 0x80 == 0 { addr_b() } else { addr_stranger() };
+    let source: SocketAddr = if mode & 0x80 == 0 {
+        addr_b()
+    } else {
+        addr_stranger()
+    };
     let now = START;
 
     // 1. Arbitrary message, mac1 possibly made right, checked against our own computation.
@@ -94,8 +102,15 @@ fuzz_target!(|data: &[u8]| {
     } else {
         MacVerdict::ValidMacNoCookie
     };
-    assert_eq!(checker.verify(later, &mut rng, &msg, source, true), expected);
-    let elsewhere: SocketAddr = if source == addr_b() { addr_stranger() } else { addr_b() };
+    assert_eq!(
+        checker.verify(later, &mut rng, &msg, source, true),
+        expected
+    );
+    let elsewhere: SocketAddr = if source == addr_b() {
+        addr_stranger()
+    } else {
+        addr_b()
+    };
     assert_eq!(
         checker.verify(later, &mut rng, &msg, elsewhere, true),
         MacVerdict::ValidMacNoCookie,

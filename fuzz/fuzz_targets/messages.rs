@@ -71,7 +71,10 @@ fuzz_target!(|data: &[u8]| {
         }
         Ok(Message::Transport(m)) => {
             assert_eq!(m.receiver_index(), le32(data, 4));
-            assert_eq!(m.counter(), u64::from_le_bytes(data[8..16].try_into().unwrap()));
+            assert_eq!(
+                m.counter(),
+                u64::from_le_bytes(data[8..16].try_into().unwrap())
+            );
             assert_eq!(m.payload_len(), data.len() - 16);
             let mut header = [0u8; messages::TRANSPORT_HEADER_LEN];
             messages::write_transport_header(&mut header, m.receiver_index(), m.counter());

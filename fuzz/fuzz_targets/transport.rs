@@ -8,8 +8,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use rwg_proto::device::{DropReason, Received};
 use rwg_fuzz::{Op, Pair, TUNNEL_A4, TUNNEL_A6, TUNNEL_B4, TUNNEL_B6};
+use rwg_proto::device::{DropReason, Received};
 
 fuzz_target!(|data: &[u8]| {
     let mut pair = Pair::established();

@@ -62,7 +62,10 @@ pub fn addr_b() -> SocketAddr {
 }
 /// Somebody else (IPv6, so that the v6 branches of cookies and the rate limiter run too).
 pub fn addr_stranger() -> SocketAddr {
-    SocketAddr::new(IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 7)), 4242)
+    SocketAddr::new(
+        IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 7)),
+        4242,
+    )
 }
 
 /// Where the virtual clock starts (not zero: `Instant::ZERO` means "now" to poll_timeout).
@@ -307,7 +310,10 @@ impl Harness {
             Received::Packet { ref peer, len } => {
                 assert!(matches!(parsed, Ok(Message::Transport(_))));
                 assert_eq!(peer, &self.peer, "a packet from a peer we do not have");
-                assert!(HEADROOM + len + TAG_LEN <= bytes.len(), "packet beyond payload");
+                assert!(
+                    HEADROOM + len + TAG_LEN <= bytes.len(),
+                    "packet beyond payload"
+                );
                 let version = buf[HEADROOM] >> 4;
                 assert!(version == 4 || version == 6, "non-IP packet delivered");
             }
@@ -479,7 +485,10 @@ pub fn initiator() -> (Harness, Vec<u8>) {
     let mut sent = h.take_sent();
     assert_eq!(sent.len(), 1, "exactly the initiation");
     let (_, initiation) = sent.remove(0);
-    assert!(matches!(messages::parse(&initiation), Ok(Message::Initiation(_))));
+    assert!(matches!(
+        messages::parse(&initiation),
+        Ok(Message::Initiation(_))
+    ));
     (h, initiation)
 }
 
@@ -532,7 +541,11 @@ impl Pair {
             (false, ipv4_packet(TUNNEL_B4, TUNNEL_A4, b"b to a")),
         ] {
             let delivered = pair.send(from_a, &packet).and_then(|(_, d)| d);
-            assert_eq!(delivered.as_deref(), Some(&packet[..]), "session established");
+            assert_eq!(
+                delivered.as_deref(),
+                Some(&packet[..]),
+                "session established"
+            );
             pair.setup_messages[usize::from(!from_a)] = pair.last_message.clone();
         }
         pair

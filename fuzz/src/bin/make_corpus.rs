@@ -28,7 +28,12 @@ fn write(dir: &Path, target: &str, name: &str, bytes: &[u8]) {
 }
 
 /// One datagram from `from` to `to`, recorded as a raw datagram op from the peer's address.
-fn relay(seed: &mut Vec<u8>, to: &mut Harness, source: std::net::SocketAddr, msg: &[u8]) -> Received {
+fn relay(
+    seed: &mut Vec<u8>,
+    to: &mut Harness,
+    source: std::net::SocketAddr,
+    msg: &[u8],
+) -> Received {
     encode_datagram(seed, false, 0, msg);
     to.receive(source, msg).0
 }
@@ -51,7 +56,9 @@ fn responder_seeds(dir: &Path, messages_seeds: &mut Vec<Vec<u8>>) {
         let mut seed = vec![u8::from(under_load)];
         let mut a = responder(under_load);
         let mut b = responder_peer();
-        assert!(b.send_packet(&ipv4_packet(TUNNEL_B4, TUNNEL_A4, b"seed")).is_none());
+        assert!(b
+            .send_packet(&ipv4_packet(TUNNEL_B4, TUNNEL_A4, b"seed"))
+            .is_none());
         let mut init = only(&mut b);
         messages_seeds.push(init.clone());
         relay(&mut seed, &mut a, addr_b(), &init);
@@ -59,26 +66,45 @@ fn responder_seeds(dir: &Path, messages_seeds: &mut Vec<Vec<u8>>) {
             // A answers with a cookie; B stores it and retries after REKEY_TIMEOUT with mac2.
             let cookie = only(&mut a);
             messages_seeds.push(cookie.clone());
-            assert!(matches!(messages::parse(&cookie), Ok(Message::CookieReply(_))));
+            assert!(matches!(
+                messages::parse(&cookie),
+                Ok(Message::CookieReply(_))
+            ));
             b.receive(addr_a(), &cookie);
             advance_both(&mut seed, &mut a, &mut b, delay_index(DELAYS[6]));
             init = only(&mut b);
             relay(&mut seed, &mut a, addr_b(), &init);
         }
         let response = only(&mut a);
-        assert!(matches!(messages::parse(&response), Ok(Message::Response(_))));
+        assert!(matches!(
+            messages::parse(&response),
+            Ok(Message::Response(_))
+        ));
         messages_seeds.push(response.clone());
         b.receive(addr_a(), &response);
         let data = only(&mut b);
         messages_seeds.push(data.clone());
         let got = relay(&mut seed, &mut a, addr_b(), &data);
-        assert!(matches!(got, Received::Packet { .. }), "seed reaches a session: {got:?}");
-        write(dir, "responder", &format!("session-load{}", u8::from(under_load)), &seed);
+        assert!(
+            matches!(got, Received::Packet { .. }),
+            "seed reaches a session: {got:?}"
+        );
+        write(
+            dir,
+            "responder",
+            &format!("session-load{}", u8::from(under_load)),
+            &seed,
+        );
         // Then the timers: keepalive, rekey, expiry, zeroing.
         for i in [7, 11, 13, 14] {
             encode_advance(&mut seed, i);
         }
-        write(dir, "responder", &format!("timers-load{}", u8::from(under_load)), &seed);
+        write(
+            dir,
+            "responder",
+            &format!("timers-load{}", u8::from(under_load)),
+            &seed,
+        );
     }
 }
 
@@ -114,7 +140,10 @@ fn initiator_seeds(dir: &Path, messages_seeds: &mut Vec<Vec<u8>>) {
     b.receive(addr_a(), &init);
     let cookie = only(&mut b);
     let mut seed = vec![0];
-    assert_eq!(relay(&mut seed, &mut a, addr_b(), &cookie), Received::Handshake);
+    assert_eq!(
+        relay(&mut seed, &mut a, addr_b(), &cookie),
+        Received::Handshake
+    );
     // A retries after REKEY_TIMEOUT, now with mac2.
     encode_advance(&mut seed, 6);
     write(dir, "initiator", "cookie-reply", &seed);
