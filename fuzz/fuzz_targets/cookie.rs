@@ -44,7 +44,7 @@ fuzz_target!(|data: &[u8]| {
     };
 
     let identity = StaticIdentity::new(PrivateKey::from_bytes(KEY_A));
-    let public = identity.public_key().clone();
+    let public = *identity.public_key();
     let mac1_key = hash(&[LABEL_MAC1, public.as_bytes()]);
     let cookie_key = hash(&[LABEL_COOKIE, public.as_bytes()]);
     let mut checker = CookieChecker::new(Some(&identity));
