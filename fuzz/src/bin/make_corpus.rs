@@ -174,6 +174,26 @@ fn transport_seeds(dir: &Path) {
     write(dir, "transport", "mixed", &seed);
 }
 
+/// Replays a device-target seed the way the target does and checks that it completes a
+/// handshake: seeds that silently stop replaying (a changed setup) would leave the fuzzer at
+/// the surface again.
+fn check_replay(dir: &Path, target: &str, name: &str) {
+    let data = std::fs::read(dir.join(target).join(name)).expect("seed written");
+    let (&mode, script) = data.split_first().expect("mode byte");
+    let mut h = match target {
+        "responder" => responder(mode & 1 == 1),
+        _ => rwg_fuzz::initiator().0,
+    };
+    for op in rwg_fuzz::ops(script) {
+        h.step(op);
+    }
+    let peer = &h.dev.peers()[0];
+    assert!(
+        peer.last_handshake.is_some(),
+        "{target}/{name} no longer completes a handshake on replay"
+    );
+}
+
 fn main() {
     let dir: PathBuf = std::env::args_os()
         .nth(1)
@@ -183,6 +203,14 @@ fn main() {
     responder_seeds(&dir, &mut messages_seeds);
     initiator_seeds(&dir, &mut messages_seeds);
     transport_seeds(&dir);
+    for (target, name) in [
+        ("responder", "session-load0"),
+        ("responder", "session-load1"),
+        ("initiator", "response"),
+        ("initiator", "response-data"),
+    ] {
+        check_replay(&dir, target, name);
+    }
     for (i, m) in messages_seeds.iter().enumerate() {
         write(&dir, "messages", &format!("genuine-{i}"), m);
     }
