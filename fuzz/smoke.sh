@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Builds every fuzz target, writes the seed corpus, and runs each target for a bounded time
+# (FUZZ_SECONDS, default 20) on one core. Exits non-zero if any target crashes, times out or
+# runs out of memory; prints one summary line per target.
+#
+#   fuzz/smoke.sh                      # all targets, 20 s each
+#   FUZZ_SECONDS=60 fuzz/smoke.sh      # longer
+#   FUZZ_TARGETS="messages cookie" fuzz/smoke.sh
+#
+# Uses the nightly toolchain when rustup has one; otherwise stable with RUSTC_BOOTSTRAP=1
+# (cargo-fuzz needs -Z flags for the sanitizer and coverage instrumentation); FUZZ_STABLE=1
+# forces the latter, to check what a CI machine without nightly does.
+set -euo pipefail
+
+fuzz_dir=$(cd "$(dirname "$0")" && pwd)
+cd "$fuzz_dir/.."
+
+seconds=${FUZZ_SECONDS:-20}
+targets=${FUZZ_TARGETS:-"messages cookie responder initiator transport"}
+export PATH="$HOME/.cargo/bin:$PATH"
+
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    echo "smoke: installing cargo-fuzz" >&2
+    cargo install cargo-fuzz --locked
+fi
+
+if [ -z "${FUZZ_STABLE:-}" ] && rustup run nightly rustc --version >/dev/null 2>&1; then
+    fuzz=(cargo +nightly fuzz)
+    toolchain=nightly
+else
+    export RUSTC_BOOTSTRAP=1
+    fuzz=(cargo fuzz)
+    toolchain="stable (RUSTC_BOOTSTRAP=1)"
+fi
+echo "smoke: $toolchain, ${seconds}s per target: $targets" >&2
+
+"${fuzz[@]}" build
+
+# Seeds from genuine handshakes (see src/bin/make_corpus.rs); make_corpus was just built with
+# the targets, so this costs no extra compilation.
+host=$(rustc -vV | sed -n 's/^host: //p')
+target_dir=${CARGO_TARGET_DIR:-$fuzz_dir/target}
+"$target_dir/$host/release/make_corpus" "$fuzz_dir/corpus" >&2
+
+logs=$(mktemp -d)
+trap 'rm -rf "$logs"' EXIT
+failed=0
+summary=()
+for t in $targets; do
+    log="$logs/$t.log"
+    status=ok
+    # One job, bounded time; a single input slower than 10 s or above 2 GB is a finding too.
+    if ! "${fuzz[@]}" run "$t" "$fuzz_dir/corpus/$t" -- \
+        -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
+        -print_final_stats=1 >"$log" 2>&1; then
+        status=CRASH
+        failed=1
+        # The panic message, the reproducer path and the backtrace's first lines.
+        grep -E -A12 "panicked at|ERROR: libFuzzer|SUMMARY|Test unit written" "$log" | head -60 >&2 || tail -40 "$log" >&2
+    fi
+    runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
+    secs=$(sed -n 's/^Done [0-9]* runs in \([0-9]*\) second.*/\1/p' "$log" | tail -1)
+    cov=$(grep -Eo 'cov: [0-9]+ ft: [0-9]+ corp: [0-9]+' "$log" | tail -1)
+    rate=$(( ${runs:-0} / (${secs:-0} > 0 ? ${secs:-1} : 1) ))
+    summary+=("$(printf '%-10s %-5s runs=%-9s execs/s=%-7s %s' "$t" "$status" "${runs:-?}" "$rate" "${cov:-}")")
+done
+
+printf '%s\n' "${summary[@]}"
+exit "$failed"
