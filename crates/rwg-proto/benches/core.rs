@@ -11,7 +11,9 @@
 //!   in bytes of IP packet per second, for 64-byte and 1420-byte IPv4 packets, next to
 //!   `crypto::aead_seal`/`aead_open` on the same lengths.
 //!
-//! All devices use seeded RNGs and a fixed virtual clock, so runs compare.
+//! All devices use seeded RNGs and a fixed virtual clock, so runs compare. On a shared
+//! machine compare ratios within one run (device vs raw), not absolute figures across runs;
+//! the fastest sample of each benchmark (`sample.json`) is the least disturbed estimate.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
