@@ -28,8 +28,9 @@ use crate::sys;
 
 /// Where `wg` looks for userspace implementations' sockets.
 pub const SOCKET_DIR: &str = "/var/run/wireguard";
-/// Longest line accepted; a longer one closes the connection.
-pub const MAX_LINE_LEN: usize = 4096;
+/// Longest line accepted; a longer one closes the connection. Real lines are under 100
+/// bytes; the margin lets absurd values (a 4 KiB "key") get EINVAL like wireguard-go gives.
+pub const MAX_LINE_LEN: usize = 65536;
 /// A client that sends nothing for this long is disconnected.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Concurrent clients beyond this are disconnected at once.
