@@ -131,6 +131,7 @@ impl Driver {
         let clock = Clock::new();
         let core = Device::new(Box::new(rand_core::OsRng));
         core.set_unix_time(clock.now(), unix_now());
+        core.set_listen_port(sockets.port());
         Ok(Arc::new(Driver {
             core,
             clock,
@@ -397,7 +398,7 @@ impl UapiDevice for DriverConfig {
         let d = &self.0;
         DeviceSnapshot {
             private_key: d.core.private_key().map(|k| *k.as_bytes()),
-            listen_port: d.sockets().port(),
+            listen_port: d.core.listen_port(),
             fwmark: d.fwmark.load(Ordering::Relaxed),
             peers: d
                 .core
@@ -438,6 +439,7 @@ impl UapiDevice for DriverConfig {
             if mark != 0 {
                 new.set_fwmark(mark).map_err(|_| Errno::EADDRINUSE)?;
             }
+            d.core.set_listen_port(new.port());
             *sockets = Arc::new(new);
             d.generation.fetch_add(1, Ordering::AcqRel);
         }
@@ -446,12 +448,12 @@ impl UapiDevice for DriverConfig {
 
     fn set_fwmark(&mut self, mark: u32) -> Result<(), Errno> {
         let d = &self.0;
-        let mut sockets = d.sockets.write().unwrap_or_else(|e| e.into_inner());
-        // The sockets are shared with the readers; setting the option works through any handle.
+        // Held for writing so a concurrent rebind cannot miss the new mark.
+        let sockets = d.sockets.write().unwrap_or_else(|e| e.into_inner());
+        // The sockets are shared with the readers; the option applies to the socket itself.
         for s in [sockets.v4(), sockets.v6()].into_iter().flatten() {
             crate::udp::set_socket_mark(s, mark).map_err(|_| Errno::EADDRINUSE)?;
         }
-        let _ = &mut sockets;
         d.fwmark.store(mark, Ordering::Relaxed);
         Ok(())
     }

@@ -291,6 +291,8 @@ struct Shared {
     allowed_ips: AllowedIps<PeerId>,
     next_peer_id: u64,
     mtu: usize,
+    /// The UDP port the driver listens on: data for `get`, the core binds nothing.
+    listen_port: u16,
     /// (monotonic, unix) at one moment: the wall clock is derived from the monotonic one.
     wall_clock: (Instant, Duration),
 }
@@ -378,6 +380,7 @@ impl Device {
                 allowed_ips: AllowedIps::new(),
                 next_peer_id: 0,
                 mtu: DEFAULT_MTU,
+                listen_port: 0,
                 wall_clock: (Instant::ZERO, Duration::ZERO),
             }),
             indices: RwLock::new(IndexTable::new()),
@@ -407,6 +410,17 @@ impl Device {
     /// Sets the interface MTU used for padding.
     pub fn set_mtu(&self, mtu: usize) {
         self.shared.write().mtu = mtu;
+    }
+
+    /// Records the UDP port the driver listens on (the core itself binds nothing), so that a
+    /// configuration `get` can be answered from the device alone.
+    pub fn set_listen_port(&self, port: u16) {
+        self.shared.write().listen_port = port;
+    }
+
+    /// The port given to [`set_listen_port`](Self::set_listen_port).
+    pub fn listen_port(&self) -> u16 {
+        self.shared.read().listen_port
     }
 
     /// The private key, if set.
