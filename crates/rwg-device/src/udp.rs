@@ -266,6 +266,27 @@ mod tests {
     }
 
     #[test]
+    fn socket_buffers_are_raised() {
+        let s = UdpSockets::bind(0).expect("bind");
+        let sock = s.v4().or(s.v6()).expect("a socket");
+        let rcv =
+            sys::udp::int_option(sock, libc::SOL_SOCKET, libc::SO_RCVBUF).expect("getsockopt");
+        // The kernel reports double the size set; unprivileged runs get rmem_max instead, which
+        // is still at least the default.
+        let is_root = std::fs::read_to_string("/proc/self/status")
+            .map(|st| {
+                st.lines()
+                    .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+            })
+            .unwrap_or(false);
+        if is_root {
+            assert!(rcv >= sys::udp::SOCKET_BUFFER, "SO_RCVBUF {rcv}");
+        } else {
+            assert!(rcv > 0);
+        }
+    }
+
+    #[test]
     fn fwmark_set_and_clear() {
         let mut s = UdpSockets::bind(0).expect("bind");
         match s.set_fwmark(0x1234) {

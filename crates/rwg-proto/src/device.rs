@@ -587,6 +587,20 @@ impl Device {
         Ok(())
     }
 
+    /// Runs `f` on the routing table with the id of the peer named by `public_key`.
+    fn with_routes<R>(
+        &self,
+        public_key: &PublicKey,
+        f: impl FnOnce(&mut AllowedIps<PeerId>, PeerId) -> R,
+    ) -> Result<R, ConfigError> {
+        let mut shared = self.shared.write();
+        let id = *shared
+            .by_key
+            .get(public_key)
+            .ok_or(ConfigError::UnknownPeer)?;
+        Ok(f(&mut shared.allowed_ips, id))
+    }
+
     /// Adds an allowed IP to a peer; a prefix owned by another peer moves to this one.
     pub fn add_allowed_ip(
         &self,
@@ -594,14 +608,7 @@ impl Device {
         addr: IpAddr,
         cidr: u8,
     ) -> Result<(), ConfigError> {
-        let mut shared = self.shared.write();
-        let id = *shared
-            .by_key
-            .get(public_key)
-            .ok_or(ConfigError::UnknownPeer)?;
-        shared
-            .allowed_ips
-            .insert(addr, cidr, id)
+        self.with_routes(public_key, |routes, id| routes.insert(addr, cidr, id))?
             .map_err(|_| ConfigError::InvalidPrefix)
     }
 
@@ -612,27 +619,14 @@ impl Device {
         addr: IpAddr,
         cidr: u8,
     ) -> Result<(), ConfigError> {
-        let mut shared = self.shared.write();
-        let id = *shared
-            .by_key
-            .get(public_key)
-            .ok_or(ConfigError::UnknownPeer)?;
-        shared
-            .allowed_ips
-            .remove(addr, cidr, id)
+        self.with_routes(public_key, |routes, id| routes.remove(addr, cidr, id))?
             .map(|_| ())
             .map_err(|_| ConfigError::InvalidPrefix)
     }
 
     /// Removes all allowed IPs of a peer.
     pub fn clear_allowed_ips(&self, public_key: &PublicKey) -> Result<(), ConfigError> {
-        let mut shared = self.shared.write();
-        let id = *shared
-            .by_key
-            .get(public_key)
-            .ok_or(ConfigError::UnknownPeer)?;
-        shared.allowed_ips.remove_value(id);
-        Ok(())
+        self.with_routes(public_key, |routes, id| routes.remove_value(id))
     }
 
     /// Everything `wg show` needs, for every peer, in the order they were added.
