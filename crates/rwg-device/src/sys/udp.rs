@@ -77,7 +77,8 @@ fn set_buffer_sizes(fd: &impl AsRawFd) {
     }
 }
 
-/// Reads an integer socket option (tests and diagnostics).
+/// Reads an integer socket option (tests).
+#[cfg(test)]
 pub(crate) fn int_option(
     sock: &impl AsRawFd,
     level: libc::c_int,
