@@ -1611,3 +1611,128 @@ fn ip_source_and_len(packet: &[u8]) -> Option<(IpAddr, usize)> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+    use rand_chacha::rand_core::SeedableRng;
+
+    const A_ADDR: &str = "10.0.0.1:51820";
+    const B_ADDR: &str = "10.0.0.2:51820";
+
+    fn pair() -> (Device, Device, PublicKey) {
+        let a = Device::new(Box::new(rand_chacha::ChaCha20Rng::seed_from_u64(1)));
+        let b = Device::new(Box::new(rand_chacha::ChaCha20Rng::seed_from_u64(2)));
+        let (ka, kb) = (
+            PrivateKey::from_bytes([1; 32]),
+            PrivateKey::from_bytes([2; 32]),
+        );
+        a.set_private_key(Some(ka.clone()));
+        b.set_private_key(Some(kb.clone()));
+        a.add_peer(kb.public_key());
+        a.set_endpoint(&kb.public_key(), B_ADDR.parse().expect("addr"))
+            .expect("peer");
+        a.add_allowed_ip(&kb.public_key(), "192.168.4.2".parse().expect("ip"), 32)
+            .expect("peer");
+        b.add_peer(ka.public_key());
+        b.add_allowed_ip(&ka.public_key(), "192.168.4.1".parse().expect("ip"), 32)
+            .expect("peer");
+        (a, b, kb.public_key())
+    }
+
+    /// A 28-byte IPv4 packet from A's tunnel address to B's.
+    fn packet_buf() -> (vec::Vec<u8>, usize) {
+        let mut buf = vec![0u8; 256];
+        let p = &mut buf[HEADROOM..HEADROOM + 28];
+        p[0] = 0x45;
+        p[3] = 28;
+        p[12..16].copy_from_slice(&[192, 168, 4, 1]);
+        p[16..20].copy_from_slice(&[192, 168, 4, 2]);
+        (buf, 28)
+    }
+
+    /// Delivers everything each device queued to the other until both are quiet.
+    fn shuttle(a: &Device, b: &Device, now: Instant) {
+        let mut buf = [0u8; 2048];
+        for _ in 0..16 {
+            let mut moved = false;
+            for (from, from_addr, to) in [(a, A_ADDR, b), (b, B_ADDR, a)] {
+                while let Some(t) = from.poll_transmit(&mut buf) {
+                    moved = true;
+                    to.handle_datagram(now, from_addr.parse().expect("addr"), &mut buf[..t.len]);
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    fn current_keypair(d: &Device, peer: &PublicKey) -> Arc<Keypair> {
+        let shared = d.shared.read();
+        let p = shared.peer_by_key(peer).expect("peer");
+        let kp = p.state.lock().keypairs.current.clone().expect("session");
+        kp
+    }
+
+    fn initiations_queued(d: &Device) -> usize {
+        let mut buf = [0u8; 2048];
+        let mut n = 0;
+        while let Some(t) = d.poll_transmit(&mut buf) {
+            n += usize::from(buf[0] == 1 && t.len == INITIATION_LEN);
+        }
+        n
+    }
+
+    #[test]
+    fn rekey_and_reject_after_messages() {
+        // PROTOCOL.md §5: rekey once the counter passes REKEY_AFTER_MESSAGES; never send at or
+        // beyond REJECT_AFTER_MESSAGES.
+        let (a, b, pk_b) = pair();
+        let now = Instant::from_nanos(1);
+        let (mut buf, len) = packet_buf();
+        assert_eq!(a.handle_packet(now, &mut buf, len), Sent::Staged);
+        shuttle(&a, &b, now);
+        let kp = current_keypair(&a, &pk_b);
+
+        // Far from the limits: sending does not ask for a handshake.
+        let later = now + Duration::from_secs(6); // past the REKEY_TIMEOUT gap
+        let (mut buf, len) = packet_buf();
+        assert!(matches!(
+            a.handle_packet(later, &mut buf, len),
+            Sent::Transmit { .. }
+        ));
+        assert_eq!(initiations_queued(&a), 0);
+
+        // At REKEY_AFTER_MESSAGES the same send starts a new handshake.
+        kp.set_send_counter(REKEY_AFTER_MESSAGES);
+        let (mut buf, len) = packet_buf();
+        assert!(matches!(
+            a.handle_packet(later, &mut buf, len),
+            Sent::Transmit { .. }
+        ));
+        assert_eq!(initiations_queued(&a), 1);
+
+        // The last allowed counter is still used; after it, packets wait for a new session.
+        kp.set_send_counter(REJECT_AFTER_MESSAGES - 1);
+        let (mut buf, len) = packet_buf();
+        assert!(matches!(
+            a.handle_packet(later, &mut buf, len),
+            Sent::Transmit { .. }
+        ));
+        assert_eq!(
+            u64::from_le_bytes(buf[8..16].try_into().expect("8")),
+            REJECT_AFTER_MESSAGES - 1
+        );
+        let (mut buf, len) = packet_buf();
+        assert_eq!(a.handle_packet(later, &mut buf, len), Sent::Staged);
+        assert!(!kp.can_send(later));
+
+        // The receiver refuses a correctly sealed message at the limit, after decrypting it.
+        let (mut buf, len) = packet_buf();
+        let sealed = kp.seal(REJECT_AFTER_MESSAGES, &mut buf, len, 32);
+        let r = b.handle_datagram(later, A_ADDR.parse().expect("addr"), &mut buf[..sealed]);
+        assert_eq!(r, Received::Dropped(DropReason::Replay));
+    }
+}

@@ -90,6 +90,12 @@ impl Keypair {
         self.age(now) < REJECT_AFTER_TIME
     }
 
+    /// Moves the send counter (tests of the message limits).
+    #[cfg(test)]
+    pub(crate) fn set_send_counter(&self, counter: u64) {
+        self.send_counter.store(counter, Ordering::Relaxed);
+    }
+
     pub(crate) fn invalidate_sending(&self) {
         self.sending_valid.store(false, Ordering::Relaxed);
     }
