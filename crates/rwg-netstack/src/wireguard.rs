@@ -104,7 +104,12 @@ struct Counters {
 /// State shared by the stack side ([`WireGuardTunnel`]) and the glue task.
 struct Glue {
     device: Arc<Device>,
-    socket: Arc<TokioUdpSocket>,
+    /// Receives, in the glue task.
+    socket: TokioUdpSocket,
+    /// The same socket (a duplicated descriptor) for sending: a plain non-blocking
+    /// `send_to`, because tokio's `try_send_to` refuses to even try until the reactor has
+    /// seen the socket writable, which loses the first datagrams of a new socket.
+    sender: std::net::UdpSocket,
     start: std::time::Instant,
     counters: Counters,
     /// Wakes the glue task when the device has work for it (staged packets, handshakes).
@@ -117,7 +122,7 @@ impl Glue {
     }
 
     fn send(&self, datagram: &[u8], to: SocketAddr) {
-        match self.socket.try_send_to(datagram, to) {
+        match self.sender.send_to(datagram, to) {
             Ok(_) => {
                 self.counters.tx_datagrams.fetch_add(1, Ordering::Relaxed);
                 self.counters
@@ -296,7 +301,7 @@ fn configure(device: &Device, config: &Config, now: rwg_proto::Instant) -> io::R
     Ok(())
 }
 
-fn bind_socket(addr: SocketAddr) -> io::Result<TokioUdpSocket> {
+fn bind_socket(addr: SocketAddr) -> io::Result<(TokioUdpSocket, std::net::UdpSocket)> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
@@ -307,7 +312,9 @@ fn bind_socket(addr: SocketAddr) -> io::Result<TokioUdpSocket> {
     let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
     socket.bind(&addr.into())?;
     socket.set_nonblocking(true)?;
-    TokioUdpSocket::from_std(socket.into())
+    let socket: std::net::UdpSocket = socket.into();
+    let sender = socket.try_clone()?;
+    Ok((TokioUdpSocket::from_std(socket)?, sender))
 }
 
 fn default_bind(config: &Config) -> SocketAddr {
@@ -357,7 +364,7 @@ impl Tunnel {
                     .map_err(io::Error::other)?
                     .map_err(|e| io::Error::new(io::ErrorKind::NotFound, e.to_string()))?;
         }
-        let socket = bind_socket(options.bind.unwrap_or_else(|| default_bind(&config)))?;
+        let (socket, sender) = bind_socket(options.bind.unwrap_or_else(|| default_bind(&config)))?;
         let local_addr = socket.local_addr()?;
 
         let start = std::time::Instant::now();
@@ -372,7 +379,8 @@ impl Tunnel {
         let mtu = config.interface.mtu.map_or(DEFAULT_MTU, usize::from);
         let glue = Arc::new(Glue {
             device,
-            socket: Arc::new(socket),
+            socket,
+            sender,
             start,
             counters: Counters::default(),
             attention: Notify::new(),
