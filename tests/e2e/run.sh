@@ -166,6 +166,20 @@ for sc in "${selected[@]}"; do
 	side_done=()
 done
 
+# rwg proxy (userspace stack) against a real wireguard-go peer: its own script, one result here.
+# Only with the default scenario set, so that picking scenarios stays quick.
+if ((interrupted == 0)) && [[ -z ${E2E_SCENARIOS:-} ]] && [[ "${selected[*]}" == "${ALL_SCENARIOS[*]}" ]]; then
+	if [[ ! -x $RWG ]]; then
+		printf 'SKIP  proxy: no rwg binary at %s\n' "$RWG"; skipped=$((skipped + 1))
+	elif RWG=$RWG timeout 600 "$HERE/proxy.sh" >"$RUN_DIR/proxy.log" 2>&1; then
+		printf 'PASS  proxy (tests/e2e/proxy.sh: %s)\n' "$(tail -n 1 "$RUN_DIR/proxy.log")"; passed=$((passed + 1))
+	else
+		printf 'FAIL  proxy (tests/e2e/proxy.sh: %s)\n      log: %s\n' "$(tail -n 1 "$RUN_DIR/proxy.log")" "$RUN_DIR/proxy.log"
+		grep '^FAIL' "$RUN_DIR/proxy.log" | sed 's/^/      | /'
+		failed=$((failed + 1))
+	fi
+fi
+
 total=$(($(date +%s) - start))
 echo "e2e runtime: ${total}s, logs in $RUN_DIR"
 if ((failed == 0)) && [[ ${E2E_KEEP:-0} != 1 ]]; then rm -rf "$RUN_DIR"; fi

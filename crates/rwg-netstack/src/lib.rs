@@ -88,8 +88,10 @@ mod stack;
 mod tcp;
 mod tunnel;
 mod udp;
+pub mod wireguard;
 
 pub use stack::{NetStack, StackConfig, StackStats};
 pub use tcp::{TcpListener, TcpStream};
 pub use tunnel::{ChannelTunnel, PacketTunnel};
 pub use udp::UdpSocket;
+pub use wireguard::{Tunnel, TunnelHandle, TunnelOptions, TunnelStats};

@@ -1,7 +1,10 @@
-//! `rwg`: the userspace WireGuard daemon (a drop-in for wireguard-go under `wg`/`wg-quick`) and
-//! the key tools (`genkey`, `pubkey`, `genpsk`).
+//! `rwg`: the userspace WireGuard daemon (a drop-in for wireguard-go under `wg`/`wg-quick`),
+//! the key tools (`genkey`, `pubkey`, `genpsk`), the userspace proxy (`proxy`: SOCKS5 and port
+//! forwards, no TUN) and a self-contained `demo`.
 
+mod demo;
 mod keys;
+mod proxy;
 
 use std::io::{IsTerminal, Read, Write};
 use std::os::fd::AsFd;
@@ -20,7 +23,12 @@ const READY_FD_ENV: &str = "RWG_READY_FD";
 const READY_MESSAGE: &str = "ready";
 
 fn usage() -> String {
-    "Usage: rwg [-f/--foreground] INTERFACE-NAME\n       rwg genkey | genpsk | pubkey\n       rwg --version\n"
+    "Usage: rwg [-f/--foreground] INTERFACE-NAME\n       \
+     rwg genkey | genpsk | pubkey\n       \
+     rwg demo [--bytes N]        two peers in one process over loopback (no root)\n       \
+     rwg proxy --config FILE [--socks5 ADDR] [--forward SPEC]... [--reverse SPEC]...\n       \
+     \x20                           SOCKS5 and port forwards into the tunnel, no TUN (see rwg proxy --help)\n       \
+     rwg --version\n"
         .to_owned()
 }
 
@@ -39,6 +47,8 @@ fn main() -> ExitCode {
         ["genkey"] => keys::genkey(),
         ["genpsk"] => keys::genpsk(),
         ["pubkey"] => keys::pubkey(),
+        ["demo", rest @ ..] => demo::main(rest),
+        ["proxy", rest @ ..] => proxy::main(rest),
         ["-f" | "--foreground", iface] => daemon_main(iface, true),
         [iface] if !iface.starts_with('-') => daemon_main(iface, false),
         _ => {

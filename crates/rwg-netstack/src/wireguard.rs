@@ -1,0 +1,497 @@
+//! The WireGuard glue: a [`NetStack`] whose packets travel through a real UDP socket,
+//! encrypted by an [`rwg_proto::Device`] configured from a wg-quick file.
+//!
+//! ```text
+//!   NetStack driver --send(ip)--> WireGuardTunnel: handle_packet (encrypt in place)
+//!                                   --> try_send_to(UDP socket)
+//!   glue task: readable(UDP) --> handle_datagram (decrypt in place) --> NetStack::receive
+//!              sleep_until(poll_timeout) --> handle_timeout
+//!              after each: poll_transmit --> UDP socket
+//! ```
+//!
+//! Outgoing packets are encrypted directly in [`PacketTunnel::send`], on the stack's driver
+//! task, into one reusable buffer, and sent with a non-blocking `send_to`: no channel, no
+//! allocation and no task switch per packet. Incoming datagrams are read by one task into
+//! one reusable buffer and decrypted in place; the stack copies the packet into its queue.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use rwg_netstack::{Tunnel, TcpStream};
+//! use tokio::io::{AsyncReadExt, AsyncWriteExt};
+//!
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = rwg_config::Config::from_file("wg0.conf")?;
+//! let (stack, tunnel) = Tunnel::start(&config).await?;
+//! let mut stream = TcpStream::connect(&stack, "10.0.0.1:80".parse()?).await?;
+//! stream.write_all(b"GET / HTTP/1.0\r\n\r\n").await?;
+//! let mut page = Vec::new();
+//! stream.read_to_end(&mut page).await?;
+//! println!("{} bytes; {:?}", page.len(), tunnel.stats());
+//! # Ok(())
+//! # }
+//! ```
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rwg_config::{Config, Endpoint};
+use rwg_proto::crypto::PublicKey;
+use rwg_proto::device::{Event, Received, Sent, DEFAULT_MTU, HEADROOM, TAILROOM};
+use rwg_proto::Device;
+use tokio::net::UdpSocket as TokioUdpSocket;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+
+use crate::stack::{NetStack, StackConfig};
+use crate::tunnel::PacketTunnel;
+
+/// Largest UDP datagram we read: bigger than any transport message of a sane MTU.
+const MAX_DATAGRAM: usize = 65536;
+/// Datagrams read per wake-up before the task checks its other duties.
+const RECEIVE_BATCH: usize = 64;
+/// Longest the task sleeps without looking at the device's timers: the data path (on the
+/// stack's task) can set timers without telling us, so we re-read the deadline this often.
+const MAX_SLEEP: Duration = Duration::from_secs(1);
+/// Kernel socket buffers asked for (the kernel may cap them).
+const SOCKET_BUFFER: usize = 4 << 20;
+
+/// Options for [`Tunnel::start_with`].
+#[derive(Debug, Clone, Default)]
+pub struct TunnelOptions {
+    /// The local UDP address to bind. Default: `0.0.0.0` (or `[::]` if every peer endpoint
+    /// is IPv6) with the config's `ListenPort`, or any free port.
+    pub bind: Option<SocketAddr>,
+    /// Per-socket TCP buffer size of the stack; default: [`StackConfig::new`]'s.
+    pub tcp_buffer_size: Option<usize>,
+}
+
+/// Counters of the glue's UDP traffic.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TunnelStats {
+    /// Datagrams sent to peers (data, handshakes, keepalives).
+    pub tx_datagrams: u64,
+    /// Bytes of those datagrams (UDP payload).
+    pub tx_bytes: u64,
+    /// Datagrams received from the socket.
+    pub rx_datagrams: u64,
+    /// Bytes of those datagrams.
+    pub rx_bytes: u64,
+    /// Datagrams dropped because the socket's send buffer was full or sending failed.
+    pub tx_errors: u64,
+    /// IP packets the device refused to encrypt (no route, no endpoint, …).
+    pub packets_dropped: u64,
+    /// Datagrams the device refused (not authentic, replayed, malformed, …).
+    pub datagrams_dropped: u64,
+    /// Completed handshakes.
+    pub handshakes: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    tx_datagrams: AtomicU64,
+    tx_bytes: AtomicU64,
+    rx_datagrams: AtomicU64,
+    rx_bytes: AtomicU64,
+    tx_errors: AtomicU64,
+    packets_dropped: AtomicU64,
+    datagrams_dropped: AtomicU64,
+}
+
+/// State shared by the stack side ([`WireGuardTunnel`]) and the glue task.
+struct Glue {
+    device: Arc<Device>,
+    /// Receives, in the glue task.
+    socket: TokioUdpSocket,
+    /// The same socket (a duplicated descriptor) for sending: a plain non-blocking
+    /// `send_to`, because tokio's `try_send_to` refuses to even try until the reactor has
+    /// seen the socket writable, which loses the first datagrams of a new socket.
+    sender: std::net::UdpSocket,
+    start: std::time::Instant,
+    counters: Counters,
+    /// Wakes the glue task when the device has work for it (staged packets, handshakes).
+    attention: Notify,
+}
+
+impl Glue {
+    fn now(&self) -> rwg_proto::Instant {
+        rwg_proto::Instant::from_duration(self.start.elapsed())
+    }
+
+    fn send(&self, datagram: &[u8], to: SocketAddr) {
+        match self.sender.send_to(datagram, to) {
+            Ok(_) => {
+                self.counters.tx_datagrams.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .tx_bytes
+                    .fetch_add(datagram.len() as u64, Ordering::Relaxed);
+            }
+            Err(_) => {
+                self.counters.tx_errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Send everything the device has queued (handshakes, keepalives, flushed packets).
+    fn flush(&self, buf: &mut [u8]) {
+        while let Some(t) = self.device.poll_transmit(buf) {
+            self.send(&buf[..t.len], t.destination);
+        }
+    }
+}
+
+/// The [`PacketTunnel`] of a WireGuard-backed stack: encrypts each packet in place and sends
+/// it on the UDP socket at once. Created by [`Tunnel::start`]; public so that the stack's type
+/// can be named.
+pub struct WireGuardTunnel {
+    glue: Arc<Glue>,
+    buf: Mutex<Vec<u8>>,
+}
+
+impl std::fmt::Debug for WireGuardTunnel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WireGuardTunnel").finish_non_exhaustive()
+    }
+}
+
+impl PacketTunnel for WireGuardTunnel {
+    fn send(&self, packet: &[u8]) {
+        let glue = &self.glue;
+        let mut buf = self.buf.lock().unwrap_or_else(PoisonError::into_inner);
+        let needed = HEADROOM + packet.len() + TAILROOM;
+        if buf.len() < needed {
+            buf.resize(needed, 0);
+        }
+        buf[HEADROOM..HEADROOM + packet.len()].copy_from_slice(packet);
+        match glue
+            .device
+            .handle_packet(glue.now(), &mut buf, packet.len())
+        {
+            Sent::Transmit { destination, len } => glue.send(&buf[..len], destination),
+            Sent::Staged => glue.attention.notify_one(),
+            Sent::Dropped(_) => {
+                glue.counters
+                    .packets_dropped
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if glue.device.needs_attention() {
+            glue.attention.notify_one();
+        }
+    }
+}
+
+/// Starts WireGuard-backed stacks. See the [module documentation](self).
+#[derive(Debug)]
+pub struct Tunnel;
+
+/// The running glue of a [`Tunnel`]: counters, the device, and the task. Dropping it does
+/// not stop the tunnel; [`TunnelHandle::stop`] does.
+pub struct TunnelHandle {
+    glue: Arc<Glue>,
+    task: JoinHandle<()>,
+    local_addr: SocketAddr,
+    handshakes: watch::Receiver<u64>,
+}
+
+impl std::fmt::Debug for TunnelHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TunnelHandle")
+            .field("local_addr", &self.local_addr)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TunnelHandle {
+    /// The local address of the UDP socket.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The WireGuard device (for its public key, peers and counters).
+    pub fn device(&self) -> &Arc<Device> {
+        &self.glue.device
+    }
+
+    /// Traffic counters.
+    pub fn stats(&self) -> TunnelStats {
+        let c = &self.glue.counters;
+        TunnelStats {
+            tx_datagrams: c.tx_datagrams.load(Ordering::Relaxed),
+            tx_bytes: c.tx_bytes.load(Ordering::Relaxed),
+            rx_datagrams: c.rx_datagrams.load(Ordering::Relaxed),
+            rx_bytes: c.rx_bytes.load(Ordering::Relaxed),
+            tx_errors: c.tx_errors.load(Ordering::Relaxed),
+            packets_dropped: c.packets_dropped.load(Ordering::Relaxed),
+            datagrams_dropped: c.datagrams_dropped.load(Ordering::Relaxed),
+            handshakes: *self.handshakes.borrow(),
+        }
+    }
+
+    /// Wait until at least one handshake has completed since the tunnel started (it starts
+    /// with the first packet sent, or with a persistent keepalive).
+    pub async fn handshake_completed(&self) {
+        let mut rx = self.handshakes.clone();
+        // Only fails when the task is gone, in which case no handshake will come.
+        let _ = rx.wait_for(|n| *n > 0).await;
+    }
+
+    /// Stop the glue task. The stack stays usable but its packets go nowhere.
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+fn invalid(message: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, message)
+}
+
+fn short_key(key: &PublicKey) -> String {
+    // The first bytes of a public key, in hex: enough to tell peers apart in a log.
+    key.as_bytes()[..4]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Configure `device` from the wg-quick `config`; endpoints must be resolved already.
+fn configure(device: &Device, config: &Config, now: rwg_proto::Instant) -> io::Result<()> {
+    device.set_private_key(Some(config.interface.private_key.clone()));
+    if let Some(mtu) = config.interface.mtu {
+        device.set_mtu(usize::from(mtu));
+    }
+    for peer in &config.peers {
+        let key = peer.public_key;
+        if !device.add_peer(key) {
+            return Err(invalid(format!(
+                "peer {} appears twice",
+                short_key(&peer.public_key)
+            )));
+        }
+        let err =
+            |e: rwg_proto::device::ConfigError| invalid(format!("peer {}: {e}", short_key(&key)));
+        if let Some(psk) = &peer.preshared_key {
+            device.set_preshared_key(&key, psk.clone()).map_err(err)?;
+        }
+        match &peer.endpoint {
+            Some(Endpoint::Addr(addr)) => device.set_endpoint(&key, *addr).map_err(err)?,
+            Some(Endpoint::Host { host, .. }) => {
+                return Err(invalid(format!("endpoint {host} is not resolved")))
+            }
+            None => {}
+        }
+        for net in &peer.allowed_ips {
+            device
+                .add_allowed_ip(&key, net.addr, net.prefix_len)
+                .map_err(err)?;
+        }
+    }
+    // Last: turning keepalives on sends at once, which needs endpoints.
+    for peer in &config.peers {
+        if let Some(seconds) = peer.persistent_keepalive.filter(|s| *s > 0) {
+            device
+                .set_persistent_keepalive(now, &peer.public_key, seconds)
+                .map_err(|e| invalid(e.to_string()))?;
+        }
+    }
+    Ok(())
+}
+
+fn bind_socket(addr: SocketAddr) -> io::Result<(TokioUdpSocket, std::net::UdpSocket)> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        let _ = socket.set_only_v6(true);
+    }
+    // Larger buffers absorb bursts; the kernel caps them, which is fine.
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    socket.bind(&addr.into())?;
+    socket.set_nonblocking(true)?;
+    let socket: std::net::UdpSocket = socket.into();
+    let sender = socket.try_clone()?;
+    Ok((TokioUdpSocket::from_std(socket)?, sender))
+}
+
+fn default_bind(config: &Config) -> SocketAddr {
+    let port = config.interface.listen_port.unwrap_or(0);
+    let endpoints: Vec<SocketAddr> = config
+        .peers
+        .iter()
+        .filter_map(|p| p.endpoint.as_ref().and_then(Endpoint::addr))
+        .collect();
+    if !endpoints.is_empty() && endpoints.iter().all(SocketAddr::is_ipv6) {
+        SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port)
+    } else {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port)
+    }
+}
+
+impl Tunnel {
+    /// Start a stack inside the WireGuard tunnel described by `config` (a wg-quick file):
+    /// its `Address`es become the stack's, `MTU` its MTU (default 1420); peers, preshared
+    /// keys, endpoints (host names are resolved now, with the system resolver), allowed IPs
+    /// and persistent keepalives configure the device. Must be called inside a tokio runtime;
+    /// the stack's driver and the glue task are spawned on it.
+    pub async fn start(config: &Config) -> io::Result<(NetStack, TunnelHandle)> {
+        Tunnel::start_with(config, TunnelOptions::default()).await
+    }
+
+    /// [`Tunnel::start`] with options.
+    pub async fn start_with(
+        config: &Config,
+        options: TunnelOptions,
+    ) -> io::Result<(NetStack, TunnelHandle)> {
+        if config.interface.addresses.is_empty() {
+            return Err(invalid(
+                "the configuration has no Address: the stack needs an address inside the tunnel"
+                    .to_owned(),
+            ));
+        }
+        let mut config = config.clone();
+        let needs_dns = config
+            .peers
+            .iter()
+            .any(|p| matches!(p.endpoint, Some(Endpoint::Host { .. })));
+        if needs_dns {
+            config =
+                tokio::task::spawn_blocking(move || config.resolve_endpoints().map(|()| config))
+                    .await
+                    .map_err(io::Error::other)?
+                    .map_err(|e| io::Error::new(io::ErrorKind::NotFound, e.to_string()))?;
+        }
+        let (socket, sender) = bind_socket(options.bind.unwrap_or_else(|| default_bind(&config)))?;
+        let local_addr = socket.local_addr()?;
+
+        let start = std::time::Instant::now();
+        let device = Arc::new(Device::new(Box::new(rand_core::OsRng)));
+        let now = rwg_proto::Instant::from_duration(start.elapsed());
+        device.set_unix_time(
+            now,
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default(),
+        );
+        let mtu = config.interface.mtu.map_or(DEFAULT_MTU, usize::from);
+        let glue = Arc::new(Glue {
+            device,
+            socket,
+            sender,
+            start,
+            counters: Counters::default(),
+            attention: Notify::new(),
+        });
+        configure(&glue.device, &config, now)?;
+
+        let addresses = config
+            .interface
+            .addresses
+            .iter()
+            .map(|n| (n.addr, n.prefix_len))
+            .collect();
+        let mut stack_config = StackConfig::new(addresses, mtu);
+        if let Some(size) = options.tcp_buffer_size {
+            stack_config.tcp_buffer_size = size;
+        }
+        let tunnel = WireGuardTunnel {
+            glue: glue.clone(),
+            buf: Mutex::new(vec![0u8; HEADROOM + mtu + TAILROOM]),
+        };
+        let (stack, driver) = NetStack::new(stack_config, tunnel)?;
+        tokio::spawn(driver);
+        let (handshakes_tx, handshakes) = watch::channel(0u64);
+        let task = tokio::spawn(run(glue.clone(), stack.clone(), handshakes_tx));
+        tracing::debug!(%local_addr, peers = config.peers.len(), "tunnel started");
+        Ok((
+            stack,
+            TunnelHandle {
+                glue,
+                task,
+                local_addr,
+                handshakes,
+            },
+        ))
+    }
+}
+
+/// The glue task: datagrams in, timers, and everything the device wants to send.
+async fn run(glue: Arc<Glue>, stack: NetStack, handshakes: watch::Sender<u64>) {
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    loop {
+        glue.flush(&mut buf);
+        while let Some(event) = glue.device.poll_event() {
+            log_event(&event);
+            if let Event::HandshakeCompleted { .. } = event {
+                handshakes.send_modify(|n| *n += 1);
+            }
+        }
+        let now = glue.now();
+        let mut sleep = MAX_SLEEP;
+        if let Some(at) = glue.device.poll_timeout() {
+            if at <= now {
+                glue.device.handle_timeout(now);
+                continue;
+            }
+            sleep = sleep.min(at.saturating_duration_since(now));
+        }
+        tokio::select! {
+            readable = glue.socket.readable() => {
+                if let Err(e) = readable {
+                    tracing::error!("UDP socket failed: {e}");
+                    return;
+                }
+                receive_batch(&glue, &stack, &mut buf);
+            }
+            () = glue.attention.notified() => {}
+            () = tokio::time::sleep(sleep) => {}
+        }
+    }
+}
+
+fn receive_batch(glue: &Glue, stack: &NetStack, buf: &mut [u8]) {
+    for _ in 0..RECEIVE_BATCH {
+        let (n, source) = match glue.socket.try_recv_from(buf) {
+            Ok(r) => r,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            // ICMP errors (port unreachable) surface here on Linux; nothing to do.
+            Err(_) => continue,
+        };
+        glue.counters.rx_datagrams.fetch_add(1, Ordering::Relaxed);
+        glue.counters
+            .rx_bytes
+            .fetch_add(n as u64, Ordering::Relaxed);
+        match glue
+            .device
+            .handle_datagram(glue.now(), source, &mut buf[..n])
+        {
+            Received::Packet { len, .. } => {
+                stack.receive(&buf[HEADROOM..HEADROOM + len]);
+            }
+            Received::Keepalive | Received::Handshake => {}
+            Received::Dropped(_) => {
+                glue.counters
+                    .datagrams_dropped
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+fn log_event(event: &Event) {
+    match event {
+        Event::HandshakeCompleted { peer } => {
+            tracing::info!(peer = %short_key(peer), "handshake completed")
+        }
+        Event::EndpointChanged { peer, endpoint } => {
+            tracing::info!(peer = %short_key(peer), %endpoint, "peer endpoint changed")
+        }
+        Event::HandshakeGaveUp { peer } => {
+            tracing::warn!(peer = %short_key(peer), "no handshake answer from peer; giving up for now")
+        }
+        Event::KeysZeroed { peer } => tracing::debug!(peer = %short_key(peer), "keys erased"),
+    }
+}
