@@ -345,6 +345,11 @@ pub struct Device {
     work_pending: AtomicBool,
     /// Set when a datagram or event was queued; cleared when `poll_transmit` finds none left.
     output_pending: AtomicBool,
+    /// The deadline `poll_timeout` last reported, in nanoseconds (`u64::MAX`: none, or being
+    /// computed). The data path arms timers; one earlier than this sets `deadline_moved`.
+    reported_deadline: AtomicU64,
+    /// A timer was armed before the deadline the driver sleeps until.
+    deadline_moved: AtomicBool,
     drops: [AtomicU64; DropReason::COUNT],
 }
 
@@ -395,6 +400,8 @@ impl Device {
             handshake_queue: Mutex::new(VecDeque::new()),
             work_pending: AtomicBool::new(false),
             output_pending: AtomicBool::new(false),
+            reported_deadline: AtomicU64::new(u64::MAX),
+            deadline_moved: AtomicBool::new(false),
             drops: core::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
@@ -787,15 +794,32 @@ impl Device {
     /// The next moment `handle_timeout` must run, if any. A moment in the past (possibly
     /// [`Instant::ZERO`]) means "now".
     pub fn poll_timeout(&self) -> Option<Instant> {
+        // While this computes, any timer the data path arms counts as earlier (MAX), so a
+        // concurrent arming is never lost between reading a peer and publishing the result.
+        self.deadline_moved.store(false, Ordering::Release);
+        self.reported_deadline.store(u64::MAX, Ordering::Release);
         if self.work_pending.load(Ordering::Acquire) || !self.handshake_queue.lock().is_empty() {
             return Some(Instant::ZERO);
         }
         let shared = self.shared.read();
-        shared
+        let next = shared
             .peers
             .values()
             .filter_map(|p| p.state.lock().timers.next())
-            .min()
+            .min();
+        let nanos = next.map_or(u64::MAX, Instant::as_nanos);
+        self.reported_deadline.store(nanos, Ordering::Release);
+        next
+    }
+
+    /// Called by the data path after arming timers: flags a deadline earlier than the one the
+    /// driver was told, so that [`needs_attention`](Self::needs_attention) wakes it.
+    fn note_deadline(&self, deadline: Option<Instant>) {
+        if let Some(d) = deadline {
+            if d.as_nanos() < self.reported_deadline.load(Ordering::Acquire) {
+                self.deadline_moved.store(true, Ordering::Release);
+            }
+        }
     }
 
     /// The next datagram to send (handshakes, cookie replies, keepalives, staged packets),
@@ -822,12 +846,19 @@ impl Device {
     /// datagrams and events to poll. A cheap atomic load, meant to be checked by data-path
     /// threads after each batch to decide whether to wake the thread that drives the timers.
     pub fn needs_attention(&self) -> bool {
-        self.work_pending.load(Ordering::Acquire) || self.output_pending.load(Ordering::Acquire)
+        self.work_pending.load(Ordering::Acquire)
+            || self.output_pending.load(Ordering::Acquire)
+            || self.deadline_moved.load(Ordering::Acquire)
     }
 
     /// The next event, if any.
     pub fn poll_event(&self) -> Option<Event> {
-        self.outbox.lock().events.pop_front()
+        let mut outbox = self.outbox.lock();
+        let event = outbox.events.pop_front();
+        if outbox.events.is_empty() && outbox.transmits.is_empty() {
+            self.output_pending.store(false, Ordering::Release);
+        }
+        event
     }
 
     fn push_transmit(&self, destination: SocketAddr, data: Vec<u8>) {
@@ -1443,6 +1474,7 @@ impl DataPath<'_> {
         let len = HEADROOM + padded + TAG_LEN;
         peer.tx_bytes.fetch_add(len as u64, Ordering::Relaxed);
         device.after_send(&mut ps, &keypair, counter, !packet.is_empty(), now);
+        device.note_deadline(ps.timers.next());
         Ok(SendJob {
             keypair,
             counter,
@@ -1552,9 +1584,11 @@ impl DataPath<'_> {
         ps.on_authenticated_packet_traversal(now);
         let plain_len = buf.len() - TRANSPORT_MIN_LEN;
         if plain_len == 0 {
+            device.note_deadline(ps.timers.next());
             return Received::Keepalive;
         }
         ps.on_data_received(now);
+        device.note_deadline(ps.timers.next());
         drop(ps);
 
         let inner = &buf[HEADROOM..HEADROOM + plain_len];
@@ -1683,6 +1717,45 @@ mod tests {
             n += usize::from(buf[0] == 1 && t.len == INITIATION_LEN);
         }
         n
+    }
+
+    #[test]
+    fn timers_armed_on_the_data_path_wake_the_driver() {
+        let (a, b, _) = pair();
+        let now = Instant::from_nanos(1);
+        let (mut buf, len) = packet_buf();
+        a.handle_packet(now, &mut buf, len);
+        shuttle(&a, &b, now);
+        // 12 s later B's passive keepalive is long sent. The driver runs what is due, drains
+        // its outputs and asks for the next deadline: the key erasure, minutes away.
+        let quiet = now + Duration::from_secs(12);
+        let mut out = [0u8; 2048];
+        let told = loop {
+            while b.poll_transmit(&mut out).is_some() {}
+            while b.poll_event().is_some() {}
+            let t = b.poll_timeout().expect("session timers");
+            if t > quiet {
+                break t;
+            }
+            b.handle_timeout(quiet);
+        };
+        assert!(!b.needs_attention());
+        assert!(told > quiet + Duration::from_secs(60), "{told:?}");
+        // Data received on the data path arms B's keepalive 10 s out, earlier than `told`:
+        // the driver must be woken to sleep less.
+        let later = quiet + Duration::from_millis(5);
+        let (mut buf, len) = packet_buf();
+        let Sent::Transmit { len: n, .. } = a.handle_packet(later, &mut buf, len) else {
+            panic!("session")
+        };
+        let r = b
+            .data_path()
+            .decapsulate(later, A_ADDR.parse().expect("addr"), &mut buf[..n]);
+        assert!(matches!(r, Received::Packet { .. }), "{r:?}");
+        assert!(b.needs_attention());
+        let told = b.poll_timeout().expect("keepalive");
+        assert!(told <= later + crate::timers::KEEPALIVE_TIMEOUT);
+        assert!(!b.needs_attention());
     }
 
     #[test]
