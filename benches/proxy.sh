@@ -28,6 +28,10 @@ N=$((ID % 250))
 PEER_IP=10.66.0.1
 PROXY_IP=10.66.0.2
 DAEMON_IP=10.66.0.3
+# onetun gets its own key: its TAI64N timestamps (boringtun) run 27 s ahead of wireguard-go's
+# and rwg's (+37 instead of +10 s), so after an onetun run the peer would refuse rwg's
+# handshakes with the same key for that long.
+ONETUN_IP=10.66.0.4
 WORK=$(mktemp -d /tmp/rwg-proxy-bench.XXXXXX)
 PIDS=()
 
@@ -57,10 +61,13 @@ wait_for() {
 	done
 }
 die() { echo "bench: $*" >&2; exit 1; }
+# Listening, checked without connecting: a probe connection would be forwarded to iperf3's
+# control port and could collide with the next test.
+listening() { ss -Hltn "sport = :$1" | grep -q LISTEN; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 [[ $(id -u) == 0 ]] || die "needs root"
-for t in wireguard-go wg iperf3 python3 ip; do command -v "$t" >/dev/null || die "$t missing"; done
+for t in wireguard-go wg iperf3 python3 ip ss; do command -v "$t" >/dev/null || die "$t missing"; done
 [[ -x $RWG ]] || die "no rwg at $RWG (cargo build --release -p rwg)"
 HAVE_ONETUN=1
 [[ -x $ONETUN ]] || { HAVE_ONETUN=0; echo "bench: onetun not found (cargo install onetun --locked); skipping it"; }
@@ -82,8 +89,9 @@ ip -n "$NSC" link set vbc up
 ip -n "$NSP" addr add "10.214.$N.2/30" dev vbq
 ip -n "$NSP" link set vbq up
 
-PEER_KEY=$(wg genkey) PROXY_KEY=$(wg genkey) DAEMON_KEY=$(wg genkey)
+PEER_KEY=$(wg genkey) PROXY_KEY=$(wg genkey) DAEMON_KEY=$(wg genkey) ONETUN_KEY=$(wg genkey)
 PEER_PUB=$(wg pubkey <<<"$PEER_KEY") PROXY_PUB=$(wg pubkey <<<"$PROXY_KEY") DAEMON_PUB=$(wg pubkey <<<"$DAEMON_KEY")
+ONETUN_PUB=$(wg pubkey <<<"$ONETUN_KEY")
 printf '%s\n' "$PEER_KEY" >"$WORK/peer.key"
 printf '%s\n' "$DAEMON_KEY" >"$WORK/daemon.key"
 
@@ -91,7 +99,8 @@ ip netns exec "$NSP" env WG_PROCESS_FOREGROUND=1 wireguard-go "$WGP" >"$WORK/wir
 PIDS+=($!)
 wait_for 10 test -S "/var/run/wireguard/$WGP.sock" || die "wireguard-go did not start"
 ip netns exec "$NSP" wg set "$WGP" private-key "$WORK/peer.key" listen-port 51820 \
-	peer "$PROXY_PUB" allowed-ips "$PROXY_IP/32" peer "$DAEMON_PUB" allowed-ips "$DAEMON_IP/32"
+	peer "$PROXY_PUB" allowed-ips "$PROXY_IP/32" peer "$DAEMON_PUB" allowed-ips "$DAEMON_IP/32" \
+	peer "$ONETUN_PUB" allowed-ips "$ONETUN_IP/32"
 ip -n "$NSP" addr add "$PEER_IP/24" dev "$WGP"
 ip -n "$NSP" link set "$WGP" mtu 1420 up
 ip netns exec "$NSP" iperf3 -s -B "$PEER_IP" >"$WORK/iperf3-server.log" 2>&1 &
@@ -128,22 +137,32 @@ iperf() {
 
 start_rwg() {
 	PF=$(free_port)
-	LOG_LEVEL=error "$RWG" proxy --config "$WORK/wg.conf" --forward "tcp:127.0.0.1:$PF:$PEER_IP:5201" >"$WORK/rwg-proxy.log" 2>&1 &
+	LOG_LEVEL=${LOG_LEVEL:-error} "$RWG" proxy --config "$WORK/wg.conf" --forward "tcp:127.0.0.1:$PF:$PEER_IP:5201" >"$WORK/rwg-proxy.log" 2>&1 &
 	CUR=$!
-	wait_for 10 bash -c "exec 3<>/dev/tcp/127.0.0.1/$PF" || die "rwg proxy did not listen"
+	wait_for 10 listening "$PF" || die "rwg proxy did not listen"
 }
 start_onetun() {
 	PF=$(free_port)
-	"$ONETUN" "127.0.0.1:$PF:$PEER_IP:5201" --endpoint-addr "10.213.$N.2:51820" \
-		--endpoint-public-key "$PEER_PUB" --private-key "$PROXY_KEY" --source-peer-ip "$PROXY_IP" \
+	ONETUN_PRIVATE_KEY=$ONETUN_KEY "$ONETUN" "127.0.0.1:$PF:$PEER_IP:5201" --endpoint-addr "10.213.$N.2:51820" \
+		--endpoint-public-key "$PEER_PUB" --source-peer-ip "$ONETUN_IP" \
 		--keep-alive 10 --log error >"$WORK/onetun.log" 2>&1 &
 	CUR=$!
-	wait_for 10 bash -c "exec 3<>/dev/tcp/127.0.0.1/$PF" || die "onetun did not listen"
+	wait_for 10 listening "$PF" || die "onetun did not listen"
 }
 stop_cur() { kill -TERM "$CUR" 2>/dev/null; wait "$CUR" 2>/dev/null; }
+# After a failed run, show what the proxies and the peer said.
+diagnose() {
+	local f
+	for f in rwg-proxy.log onetun.log; do [[ -s $WORK/$f ]] && tail -n 5 "$WORK/$f" | sed "s/^/    $f: /"; done
+	ip netns exec "$NSP" wg show "$WGP" | sed 's/^/    wg: /'
+}
 
 declare -A results
-record() { results[$1]+="$2 "; printf '%-28s run %d: %6s Mbit/s\n' "$1" "$3" "$2"; }
+record() {
+	results[$1]+="$2 "
+	printf '%-28s run %d: %6s Mbit/s\n' "$1" "$3" "$2"
+	[[ $2 != 0 ]] || diagnose
+}
 
 for ((r = 1; r <= RUNS; r++)); do
 	for dir in up down; do
