@@ -40,8 +40,13 @@ pub struct StackConfig {
     pub addresses: Vec<(IpAddr, u8)>,
     /// The tunnel's MTU: the largest IP packet the stack sends.
     pub mtu: usize,
-    /// Receive and send buffer size of each TCP socket, in bytes.
-    pub tcp_buffer_size: usize,
+    /// Receive buffer size of each TCP socket, in bytes: the window the stack advertises
+    /// (window scaling lets it exceed 64 KiB), which bounds download speed per connection.
+    pub tcp_rx_buffer_size: usize,
+    /// Send buffer size of each TCP socket, in bytes. smoltcp has no congestion control by
+    /// default, so a send buffer much larger than the path holds only causes losses: measured,
+    /// 64 KiB gave the best upload through a tunnel.
+    pub tcp_tx_buffer_size: usize,
     /// Most connections a listener holds before they are accepted; SYNs beyond are dropped.
     pub tcp_backlog: usize,
     /// Receive and send buffer size of each UDP socket, in bytes.
@@ -58,7 +63,8 @@ impl StackConfig {
         StackConfig {
             addresses,
             mtu,
-            tcp_buffer_size: 64 * 1024,
+            tcp_rx_buffer_size: 512 * 1024,
+            tcp_tx_buffer_size: 64 * 1024,
             tcp_backlog: 256,
             udp_buffer_size: 64 * 1024,
             receive_queue_len: 1024,
@@ -294,9 +300,9 @@ impl Inner {
         });
     }
 
-    pub(crate) fn new_tcp_socket(&mut self, buffer_size: usize) -> tcp::Socket<'static> {
-        let rx = tcp::SocketBuffer::new(vec![0; buffer_size]);
-        let tx = tcp::SocketBuffer::new(vec![0; buffer_size]);
+    pub(crate) fn new_tcp_socket(&mut self, config: &StackConfig) -> tcp::Socket<'static> {
+        let rx = tcp::SocketBuffer::new(vec![0; config.tcp_rx_buffer_size]);
+        let tx = tcp::SocketBuffer::new(vec![0; config.tcp_tx_buffer_size]);
         tcp::Socket::new(rx, tx)
     }
 
@@ -362,8 +368,8 @@ impl Inner {
                 *count -= 1;
                 return false;
             }
-            let rx = tcp::SocketBuffer::new(vec![0; config.tcp_buffer_size]);
-            let tx = tcp::SocketBuffer::new(vec![0; config.tcp_buffer_size]);
+            let rx = tcp::SocketBuffer::new(vec![0; config.tcp_rx_buffer_size]);
+            let tx = tcp::SocketBuffer::new(vec![0; config.tcp_tx_buffer_size]);
             let mut socket = tcp::Socket::new(rx, tx);
             if socket.listen(port).is_err() {
                 return false;

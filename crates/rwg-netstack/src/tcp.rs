@@ -63,7 +63,7 @@ impl TcpStream {
         let (handle, port) = {
             let mut inner = shared.lock();
             let port = inner.tcp_ports.take(0)?;
-            let mut socket = inner.new_tcp_socket(shared.config.tcp_buffer_size);
+            let mut socket = inner.new_tcp_socket(&shared.config);
             let remote = IpEndpoint::from(addr);
             let cx = inner.iface.context();
             if let Err(e) = socket.connect(cx, remote, port) {
@@ -267,7 +267,7 @@ impl TcpListener {
             let port = inner.tcp_ports.take(port)?;
             let mut backlog = Vec::new();
             for _ in 0..INITIAL_LISTEN_SOCKETS.min(shared.config.tcp_backlog.max(1)) {
-                let mut socket = inner.new_tcp_socket(shared.config.tcp_buffer_size);
+                let mut socket = inner.new_tcp_socket(&shared.config);
                 socket
                     .listen(IpListenEndpoint { addr: None, port })
                     .map_err(|e| io::Error::other(format!("cannot listen on {port}: {e}")))?;

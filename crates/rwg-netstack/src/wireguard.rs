@@ -65,8 +65,10 @@ pub struct TunnelOptions {
     /// The local UDP address to bind. Default: `0.0.0.0` (or `[::]` if every peer endpoint
     /// is IPv6) with the config's `ListenPort`, or any free port.
     pub bind: Option<SocketAddr>,
-    /// Per-socket TCP buffer size of the stack; default: [`StackConfig::new`]'s.
-    pub tcp_buffer_size: Option<usize>,
+    /// Per-socket TCP receive buffer size of the stack; default: [`StackConfig::new`]'s.
+    pub tcp_rx_buffer_size: Option<usize>,
+    /// Per-socket TCP send buffer size of the stack; default: [`StackConfig::new`]'s.
+    pub tcp_tx_buffer_size: Option<usize>,
 }
 
 /// Counters of the glue's UDP traffic.
@@ -394,8 +396,11 @@ impl Tunnel {
             .map(|n| (n.addr, n.prefix_len))
             .collect();
         let mut stack_config = StackConfig::new(addresses, mtu);
-        if let Some(size) = options.tcp_buffer_size {
-            stack_config.tcp_buffer_size = size;
+        if let Some(size) = options.tcp_rx_buffer_size {
+            stack_config.tcp_rx_buffer_size = size;
+        }
+        if let Some(size) = options.tcp_tx_buffer_size {
+            stack_config.tcp_tx_buffer_size = size;
         }
         let tunnel = WireGuardTunnel {
             glue: glue.clone(),
