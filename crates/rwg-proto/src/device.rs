@@ -571,27 +571,21 @@ impl Device {
         public_key: &PublicKey,
         seconds: u16,
     ) -> Result<(), ConfigError> {
-        let shared = self.shared.read();
-        let peer = shared
-            .peer_by_key(public_key)
-            .ok_or(ConfigError::UnknownPeer)?
-            .clone();
-        let mut indices = self.indices.write();
-        let mut control = self.control.lock();
-        let mut ps = peer.state.lock();
-        let was_off = ps.persistent_keepalive == 0;
-        ps.persistent_keepalive = seconds;
-        if seconds == 0 {
-            ps.timers.stop(Timer::PersistentKeepalive);
-        } else if was_off {
-            let mut ctx = ControlCtx {
-                shared: &shared,
-                indices: &mut indices,
-                control: &mut control,
-            };
-            self.send_keepalive(&mut ctx, &peer, &mut ps, now);
-        }
-        Ok(())
+        self.with_control(|ctx| {
+            let peer = ctx
+                .shared
+                .peer_by_key(public_key)
+                .ok_or(ConfigError::UnknownPeer)?;
+            let mut ps = peer.state.lock();
+            let was_off = ps.persistent_keepalive == 0;
+            ps.persistent_keepalive = seconds;
+            if seconds == 0 {
+                ps.timers.stop(Timer::PersistentKeepalive);
+            } else if was_off {
+                self.send_keepalive(ctx, peer, &mut ps, now);
+            }
+            Ok(())
+        })
     }
 
     /// Runs `f` on the routing table with the id of the peer named by `public_key`.
@@ -723,20 +717,25 @@ impl Device {
         let received = match messages::parse(buf) {
             Ok(Message::Transport(_)) => self.data_path().decapsulate(now, source, buf),
             Ok(_) => {
-                let shared = self.shared.read();
-                let mut indices = self.indices.write();
-                let mut control = self.control.lock();
-                let mut ctx = ControlCtx {
-                    shared: &shared,
-                    indices: &mut indices,
-                    control: &mut control,
-                };
-                self.handle_handshake_message(&mut ctx, now, source, buf, 0)
+                self.with_control(|ctx| self.handle_handshake_message(ctx, now, source, buf, 0))
             }
             Err(_) => self.dropped(DropReason::Malformed),
         };
         self.run_deferred(now);
         received
+    }
+
+    /// Takes the control path's locks in the documented order (shared, indices, control) and
+    /// runs `f` with them; peer locks are taken inside.
+    fn with_control<R>(&self, f: impl FnOnce(&mut ControlCtx<'_>) -> R) -> R {
+        let shared = self.shared.read();
+        let mut indices = self.indices.write();
+        let mut control = self.control.lock();
+        f(&mut ControlCtx {
+            shared: &shared,
+            indices: &mut indices,
+            control: &mut control,
+        })
     }
 
     fn run_deferred(&self, now: Instant) {
@@ -754,14 +753,11 @@ impl Device {
     /// for). Call it when `now` reaches [`poll_timeout`](Self::poll_timeout).
     pub fn handle_timeout(&self, now: Instant) {
         self.work_pending.store(false, Ordering::Release);
-        let shared = self.shared.read();
-        let mut indices = self.indices.write();
-        let mut control = self.control.lock();
-        let mut ctx = ControlCtx {
-            shared: &shared,
-            indices: &mut indices,
-            control: &mut control,
-        };
+        self.with_control(|ctx| self.run_control(ctx, now));
+    }
+
+    fn run_control(&self, ctx: &mut ControlCtx<'_>, now: Instant) {
+        let shared = ctx.shared;
 
         // Indices of keypairs the data path dropped.
         ctx.indices.retain(|_, e| match e {
@@ -776,17 +772,17 @@ impl Device {
                 break;
             };
             let remaining = self.handshake_queue.lock().len();
-            self.handle_handshake_message(&mut ctx, now, q.source, &mut q.bytes, remaining);
+            self.handle_handshake_message(ctx, now, q.source, &mut q.bytes, remaining);
         }
 
         for peer in shared.peers.values() {
             let mut ps = peer.state.lock();
             if core::mem::take(&mut ps.initiation_wanted) {
-                self.send_initiation(&mut ctx, peer, &mut ps, now, false);
+                self.send_initiation(ctx, peer, &mut ps, now, false);
             }
             let expired: Vec<Timer> = ps.timers.take_expired(now).collect();
             for timer in expired {
-                self.on_timer(&mut ctx, peer, &mut ps, now, timer);
+                self.on_timer(ctx, peer, &mut ps, now, timer);
             }
         }
     }
