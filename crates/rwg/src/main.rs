@@ -58,24 +58,26 @@ fn main() -> ExitCode {
     }
 }
 
-/// `LOG_LEVEL` as wireguard-go reads it; the default is errors only.
-fn log_level() -> Option<tracing::Level> {
+/// `LOG_LEVEL` as wireguard-go reads it (`verbose`/`debug`, `error`, `silent`); anything else,
+/// or nothing, means `default`.
+pub(crate) fn log_level(default: tracing::Level) -> Option<tracing::Level> {
     match std::env::var("LOG_LEVEL").as_deref() {
         Ok("verbose") | Ok("debug") => Some(tracing::Level::DEBUG),
+        Ok("error") => Some(tracing::Level::ERROR),
         Ok("silent") => None,
-        _ => Some(tracing::Level::ERROR),
+        _ => Some(default),
     }
 }
 
-fn init_logging(iface: &str) {
-    if let Some(level) = log_level() {
+/// Logs to stderr at `LOG_LEVEL` (or `default`); never called twice with effect.
+pub(crate) fn init_logging(default: tracing::Level) {
+    if let Some(level) = log_level(default) {
         let _ = tracing_subscriber::fmt()
             .with_max_level(level)
             .with_writer(std::io::stderr)
             .with_target(false)
             .with_ansi(std::io::stderr().is_terminal())
             .try_init();
-        tracing::debug!(interface = iface, "logging started");
     }
 }
 
@@ -92,7 +94,8 @@ fn env_fd(name: &str) -> Result<Option<i32>, String> {
 fn daemon_main(iface: &str, foreground_flag: bool) -> ExitCode {
     let foreground =
         foreground_flag || std::env::var("WG_PROCESS_FOREGROUND").as_deref() == Ok("1");
-    init_logging(iface);
+    init_logging(tracing::Level::ERROR);
+    tracing::debug!(interface = iface, "logging started");
     if foreground {
         run_foreground(iface)
     } else {
@@ -199,7 +202,7 @@ fn daemonize(iface: &str) -> ExitCode {
         Ok(p) => p,
         Err(e) => return cleanup_fail(&uapi, &format!("cannot find own executable: {e}")),
     };
-    let verbose = log_level() == Some(tracing::Level::DEBUG);
+    let verbose = log_level(tracing::Level::ERROR) == Some(tracing::Level::DEBUG);
     let output = || {
         if verbose {
             Stdio::inherit()

@@ -2,7 +2,6 @@
 //! TCP/IP stack: no TUN device, no root.
 
 use std::future::Future;
-use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::process::ExitCode;
@@ -142,23 +141,6 @@ fn parse_args(args: &[&str]) -> Result<Parsed, String> {
     Ok(Parsed::Run(parsed))
 }
 
-fn init_logging() {
-    let level = match std::env::var("LOG_LEVEL").as_deref() {
-        Ok("verbose") | Ok("debug") => Some(tracing::Level::DEBUG),
-        Ok("error") => Some(tracing::Level::ERROR),
-        Ok("silent") => None,
-        _ => Some(tracing::Level::INFO),
-    };
-    if let Some(level) = level {
-        let _ = tracing_subscriber::fmt()
-            .with_max_level(level)
-            .with_writer(std::io::stderr)
-            .with_target(false)
-            .with_ansi(std::io::stderr().is_terminal())
-            .try_init();
-    }
-}
-
 /// Entry point: `args` are the words after `proxy`.
 pub(crate) fn main(args: &[&str]) -> ExitCode {
     let args = match parse_args(args) {
@@ -172,7 +154,7 @@ pub(crate) fn main(args: &[&str]) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging();
+    crate::init_logging(tracing::Level::INFO);
     let Some(path) = args.config.as_deref() else {
         return fail("--config FILE is required");
     };

@@ -127,21 +127,27 @@ fn text(o: &Output) -> String {
 fn key_pair() -> (String, String) {
     let private = Command::new(RWG).arg("genkey").output().expect("genkey");
     let private = text(&private).trim().to_owned();
-    let mut child = Command::new("wg")
+    let public = pubkey_with("wg", &private);
+    (private, public)
+}
+
+/// `program pubkey` with `private` on its standard input: the public key it prints.
+fn pubkey_with(program: &str, private: &str) -> String {
+    use std::io::Write;
+    let mut child = Command::new(program)
         .arg("pubkey")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
-        .expect("wg pubkey");
-    use std::io::Write;
+        .expect("pubkey");
     child
         .stdin
         .take()
         .expect("stdin")
         .write_all(format!("{private}\n").as_bytes())
         .expect("write");
-    let public = child.wait_with_output().expect("wait");
-    (private, text(&public).trim().to_owned())
+    let output = child.wait_with_output().expect("wait");
+    text(&output).trim().to_owned()
 }
 
 #[test]
@@ -291,21 +297,7 @@ fn key_tools_match_wg() {
         return;
     }
     let (private, public) = key_pair();
-    let mut child = Command::new(RWG)
-        .arg("pubkey")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("rwg pubkey");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(format!("{private}\n").as_bytes())
-        .expect("write");
-    let ours = child.wait_with_output().expect("wait");
-    assert_eq!(text(&ours).trim(), public);
+    assert_eq!(pubkey_with(RWG, &private), public);
     let psk = text(&Command::new(RWG).arg("genpsk").output().expect("genpsk"));
     assert_eq!(psk.trim().len(), 44);
     assert!(psk.ends_with("=\n"));
