@@ -319,17 +319,197 @@ fn cookie_round_trip_under_load() {
 
 #[test]
 fn rate_limiter_drops_floods_under_load() {
+    // PROTOCOL.md §4: under load, a handshake with a valid cookie (mac2) still passes the
+    // per-source token bucket (burst 5, §9 "5 allowed, 6th refused").
     let mut sim = Sim::new(12, 2, lan());
+    sim.nodes[B].device.report_handshake_load(10_000);
+    sim.send(A, B, b"x");
+    // The first initiation gets a cookie reply; the retry 5 s later carries mac2 and is answered.
+    sim.run_for(secs(6));
+    assert_eq!(sim.wire_of_type(RESPONSE).count(), 1);
+    let with_cookie = sim.wire_of_type(INITIATION).last().unwrap().clone();
+    assert_ne!(
+        &with_cookie.bytes[132..],
+        &[0u8; 16],
+        "the retry carries mac2"
+    );
+    // Seconds later the source's bucket is full again. A flood of that same initiation from
+    // the same source, all at one instant: five pass the limiter (and are then refused as
+    // replays by their timestamp), every other one is refused before any public-key work.
+    let (mut limited, mut reached_handshake) = (0, 0);
+    for _ in 0..20 {
+        match sim.deliver(with_cookie.from, with_cookie.to, with_cookie.bytes.clone()) {
+            Some(Received::Dropped(DropReason::RateLimited)) => limited += 1,
+            Some(Received::Dropped(DropReason::StaleTimestamp)) => reached_handshake += 1,
+            other => panic!("unexpected verdict {other:?}"),
+        }
+    }
+    assert_eq!((reached_handshake, limited), (5, 15));
+    assert_eq!(sim.drop_count(B, DropReason::RateLimited), 15);
+    // Tokens come back at 20 per second: 100 ms later two more pass.
+    sim.now += Duration::from_millis(100);
+    let verdicts: Vec<_> = (0..3)
+        .map(|_| sim.deliver(with_cookie.from, with_cookie.to, with_cookie.bytes.clone()))
+        .collect();
+    assert_eq!(
+        verdicts,
+        [
+            Some(Received::Dropped(DropReason::StaleTimestamp)),
+            Some(Received::Dropped(DropReason::StaleTimestamp)),
+            Some(Received::Dropped(DropReason::RateLimited)),
+        ]
+    );
+    // The legitimate session is untouched by all of this.
+    sim.send(A, B, b"after the flood");
+    sim.run_for(secs(1));
+    assert_eq!(
+        sim.delivered_payloads(B).last().unwrap(),
+        b"after the flood"
+    );
+}
+
+/// Queues `copies` copies of one valid initiation from A through B's data path, the way the
+/// daemon's UDP readers hand handshake messages to the core, then lets B handle them. Returns
+/// the (cookie replies, responses) B sent.
+fn queue_initiations_on_the_data_path(seed: u64, copies: usize) -> (usize, usize) {
+    let mut sim = Sim::new(seed, 2, lan());
+    let init = fresh_initiation(&mut sim);
+    let (from, b) = (sim.nodes[A].addr, &sim.nodes[B].device);
+    {
+        let data_path = b.data_path();
+        for _ in 0..copies {
+            let mut copy = init.clone();
+            assert_eq!(
+                data_path.decapsulate(sim.now, from, &mut copy),
+                Received::Handshake
+            );
+        }
+    }
+    assert!(b.needs_attention(), "queued handshakes wake the driver");
+    assert!(b.poll_timeout().is_some_and(|t| t <= sim.now));
+    b.handle_timeout(sim.now);
+    sim.collect_outputs();
+    (
+        sim.wire_of_type(COOKIE).count(),
+        sim.wire_of_type(RESPONSE).count(),
+    )
+}
+
+#[test]
+fn handshakes_queued_on_the_data_path_are_the_load_signal() {
+    // PROTOCOL.md §4: the number of queued handshakes turns cookies on (Go: 128 queued).
+    // A few queued: no load; the first is answered, the copies are refused as replays.
+    assert_eq!(queue_initiations_on_the_data_path(40, 10), (0, 1));
+    // Many queued: under load, and none carries mac2, so every one gets a cookie reply and
+    // none gets the Diffie-Hellman work of a response.
+    let flood = 2 * rwg_proto::device::UNDER_LOAD_QUEUE_LEN;
+    assert_eq!(queue_initiations_on_the_data_path(41, flood), (flood, 0));
+}
+
+#[test]
+fn transport_under_a_key_older_than_reject_after_time_is_refused() {
+    // PROTOCOL.md §5: "drop if the key is ≥ 180 s old", on the receiving side too.
+    let mut sim = Sim::new(42, 2, lan());
     sim.send(A, B, b"x");
     sim.run_for(secs(1));
-    let init = sim.wire_of_type(INITIATION).next().unwrap().clone();
-    sim.nodes[B].device.report_handshake_load(10_000);
-    // Valid mac1, wrong mac2: each gets a cookie reply, nothing else.
-    for _ in 0..10 {
-        sim.deliver(init.from, init.to, init.bytes.clone());
-    }
-    assert_eq!(sim.drop_count(B, DropReason::RateLimited), 0);
-    assert!(sim.wire_of_type(COOKIE).count() >= 10);
+    assert_eq!(sim.delivered_payloads(B).len(), 1);
+    let established = sim.now;
+    // A message sealed now but held back by the network.
+    let held = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    let keep = held.clone();
+    let a_addr = sim.nodes[A].addr;
+    sim.filter = Some(Box::new(move |r| {
+        if r.from == a_addr && r.msg_type() == TRANSPORT && r.bytes.len() > 32 {
+            keep.borrow_mut().push(r.clone());
+            return false;
+        }
+        true
+    }));
+    sim.send(A, B, b"late");
+    let late = held.borrow()[0].clone();
+    // Delivered just before the key turns 180 s old, a copy is accepted...
+    sim.run_until(established + (REJECT_AFTER_TIME - secs(2)));
+    assert_eq!(
+        sim.deliver(late.from, late.to, late.bytes.clone()),
+        Some(Received::Packet {
+            peer: sim.peer_key(A),
+            len: 24
+        })
+    );
+    // ...and a message under the same key arriving after 180 s is refused without decrypting.
+    sim.send(A, B, b"later");
+    let later = held.borrow().last().unwrap().clone();
+    sim.run_until(established + REJECT_AFTER_TIME + secs(1));
+    assert_eq!(
+        sim.deliver(later.from, later.to, later.bytes),
+        Some(Received::Dropped(DropReason::ExpiredKey))
+    );
+    assert_eq!(sim.drop_count(B, DropReason::ExpiredKey), 1);
+    assert_eq!(sim.drop_count(B, DropReason::Decrypt), 0);
+}
+
+#[test]
+fn private_key_change_drops_sessions_and_removes_our_own_key_as_peer() {
+    // PROTOCOL.md §6 "Private key change" and UAPI.md `private_key`.
+    const C: usize = 2;
+    let mut sim = Sim::new(43, 3, lan());
+    // B does not know C: a handshake from C's identity is foreign to it.
+    assert!(sim.nodes[B].device.remove_peer(&sim.peer_key(C)));
+    sim.send(A, B, b"before");
+    sim.run_for(secs(1));
+    assert_eq!(sim.delivered_payloads(B), vec![b"before".to_vec()]);
+    let old_a = sim.peer_key(A);
+
+    // A takes C's private key: its peer entry for C (now its own public key) is removed, and
+    // its session with B can no longer send: the next packet waits for a new handshake.
+    let c_key = sim.nodes[C].key.clone();
+    sim.nodes[A].device.set_private_key(Some(c_key.clone()));
+    let a_peers: Vec<PublicKey> = sim.nodes[A]
+        .device
+        .peers()
+        .iter()
+        .map(|p| p.public_key)
+        .collect();
+    assert_eq!(
+        a_peers,
+        vec![sim.peer_key(B)],
+        "the peer with our own key is gone"
+    );
+    assert_eq!(sim.nodes[A].device.public_key(), Some(c_key.public_key()));
+    let initiations = sim.wire_of_type(INITIATION).count();
+    assert_eq!(sim.send(A, B, b"after"), Sent::Staged);
+
+    // B knows A under its old key only, so the new identity's handshake fails at B...
+    sim.run_for(secs(1));
+    assert_eq!(sim.wire_of_type(INITIATION).count(), initiations + 1);
+    assert_eq!(sim.wire_of_type(RESPONSE).count(), 1);
+    assert_eq!(sim.drop_count(B, DropReason::HandshakeFailed), 1);
+    assert_eq!(sim.delivered_payloads(B), vec![b"before".to_vec()]);
+
+    // ...until B is told the new key (a new peer entry that takes over A's tunnel address).
+    let b = &sim.nodes[B].device;
+    assert!(b.add_peer(c_key.public_key()));
+    b.add_allowed_ip(&c_key.public_key(), IpAddr::V4(sim.nodes[A].tunnel_ip), 32)
+        .unwrap();
+    b.set_endpoint(&c_key.public_key(), sim.nodes[A].addr)
+        .unwrap();
+    sim.run_for(secs(6)); // A's retry after REKEY_TIMEOUT
+    assert_eq!(sim.wire_of_type(RESPONSE).count(), 2);
+    assert_eq!(
+        sim.delivered_payloads(B),
+        vec![b"before".to_vec(), b"after".to_vec()]
+    );
+    // The reply goes back under the new session; the old key is no longer used by anyone.
+    assert!(matches!(sim.send(B, A, b"reply"), Sent::Transmit { .. }));
+    sim.run_for(secs(1));
+    assert_eq!(sim.delivered_payloads(A), vec![b"reply".to_vec()]);
+    let b_peer_old_a = sim.nodes[B]
+        .device
+        .peers()
+        .into_iter()
+        .find(|p| p.public_key == old_a)
+        .unwrap();
+    assert!(b_peer_old_a.allowed_ips.is_empty());
 }
 
 #[test]
