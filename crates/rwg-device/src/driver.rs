@@ -17,12 +17,12 @@
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
+use rwg_driver::{Clock, Transmitter, Wakeup};
 use rwg_proto::crypto::{PresharedKey, PrivateKey, PublicKey};
-use rwg_proto::device::{Device, Event, Received, Sent, HEADROOM, TAILROOM};
-use rwg_proto::Instant;
+use rwg_proto::device::{Device, Received, Sent, Transmit, HEADROOM, TAILROOM};
 
 use crate::daemon::{Shutdown, ShutdownHandle, StartError};
 use crate::tun::{Tun, TunError};
@@ -35,90 +35,19 @@ const BATCH: usize = 32;
 const MAX_PACKET: usize = 65535;
 /// How long a reader blocks in `poll` before it looks at its generation (socket rebinding).
 const READER_POLL_MS: i32 = 1000;
-/// The control thread re-reads the MTU and the wall clock at least this often.
-const HOUSEKEEPING: Duration = Duration::from_secs(30);
-
-/// The core's clock: nanoseconds since the driver started.
-#[derive(Debug, Clone, Copy)]
-pub struct Clock(std::time::Instant);
-
-impl Clock {
-    /// A clock starting now.
-    pub fn new() -> Clock {
-        Clock(std::time::Instant::now())
-    }
-    /// The current time for the core.
-    pub fn now(&self) -> Instant {
-        Instant::from_duration(self.0.elapsed())
-    }
-    /// The `std` instant of a core instant.
-    fn to_std(self, t: Instant) -> std::time::Instant {
-        self.0 + Duration::from_nanos(t.as_nanos())
-    }
-}
-
-impl Default for Clock {
-    fn default() -> Self {
-        Clock::new()
-    }
-}
-
-fn unix_now() -> Duration {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-}
-
-/// Wakes the control thread early.
-#[derive(Debug, Default)]
-struct Waker {
-    woken: Mutex<bool>,
-    cond: Condvar,
-}
-
-impl Waker {
-    fn wake(&self) {
-        let mut w = self.woken.lock().unwrap_or_else(|e| e.into_inner());
-        if !*w {
-            *w = true;
-            self.cond.notify_one();
-        }
-    }
-
-    /// Sleeps until woken or until `deadline` (`None` = only when woken).
-    fn wait(&self, deadline: Option<std::time::Instant>) {
-        let mut w = self.woken.lock().unwrap_or_else(|e| e.into_inner());
-        while !*w {
-            let timeout = match deadline {
-                Some(d) => match d.checked_duration_since(std::time::Instant::now()) {
-                    Some(t) if !t.is_zero() => t,
-                    _ => break,
-                },
-                None => HOUSEKEEPING,
-            };
-            let (guard, result) = self
-                .cond
-                .wait_timeout(w, timeout)
-                .unwrap_or_else(|e| e.into_inner());
-            w = guard;
-            if result.timed_out() && deadline.is_none() {
-                break;
-            }
-        }
-        *w = false;
-    }
-}
+/// The control thread re-reads the TUN's MTU at least this often.
+const MTU_REFRESH: Duration = Duration::from_secs(30);
 
 /// State shared by the driver's threads and the configuration socket.
 #[derive(Debug)]
 pub struct Driver {
-    core: Device,
+    core: Arc<Device>,
     clock: Clock,
     sockets: RwLock<Arc<UdpSockets>>,
     /// Bumped when the sockets are replaced: readers of an older generation exit.
     generation: AtomicU64,
     fwmark: AtomicU32,
-    waker: Waker,
+    waker: Arc<Wakeup>,
     tun: Mutex<Option<Arc<Tun>>>,
     shutdown: Mutex<Option<ShutdownHandle>>,
     stopping: AtomicBool,
@@ -129,8 +58,7 @@ impl Driver {
     pub fn new(port: u16) -> Result<Arc<Driver>, StartError> {
         let sockets = UdpSockets::bind(port).map_err(|e| StartError(e.to_string()))?;
         let clock = Clock::new();
-        let core = Device::new(Box::new(rand_core::OsRng));
-        core.set_unix_time(clock.now(), unix_now());
+        let core = Arc::new(Device::new(Box::new(rand_core::OsRng)));
         core.set_listen_port(sockets.port());
         Ok(Arc::new(Driver {
             core,
@@ -138,7 +66,7 @@ impl Driver {
             sockets: RwLock::new(Arc::new(sockets)),
             generation: AtomicU64::new(0),
             fwmark: AtomicU32::new(0),
-            waker: Waker::default(),
+            waker: Wakeup::new(),
             tun: Mutex::new(None),
             shutdown: Mutex::new(None),
             stopping: AtomicBool::new(false),
@@ -256,9 +184,6 @@ impl Driver {
                     tracing::debug!(error = %e, %destination, "send failed");
                 }
             }
-            if self.core.needs_attention() {
-                self.waker.wake();
-            }
         }
     }
 
@@ -305,58 +230,41 @@ impl Driver {
                     Err(e) => tracing::debug!(error = %e, "TUN write"),
                 }
             }
-            if self.core.needs_attention() {
-                self.waker.wake();
-            }
         }
     }
 
+    /// The control path (rwg-driver's loop) plus this driver's own housekeeping: the TUN's MTU.
     fn control_loop(&self) {
-        let mut buf = vec![0u8; 2048];
-        let mut last_housekeeping = std::time::Instant::now();
+        let mut driver = rwg_driver::Driver::new(Arc::clone(&self.core), self.clock);
+        let w = Arc::clone(&self.waker);
+        self.core.set_waker(Some(Arc::new(move || w.wake())));
+        let mut out = UdpOut(self);
+        let mut last_mtu = std::time::Instant::now();
         while !self.stopping.load(Ordering::Relaxed) {
-            let deadline = self.core.poll_timeout().map(|t| self.clock.to_std(t));
-            if !self.core.needs_attention() {
-                self.waker.wait(deadline);
-            }
-            let now = self.clock.now();
-            if self.core.poll_timeout().is_some_and(|t| t <= now) {
-                self.core.handle_timeout(now);
-            }
-            self.flush(&mut buf);
-            if last_housekeeping.elapsed() >= HOUSEKEEPING {
-                last_housekeeping = std::time::Instant::now();
-                self.core.set_unix_time(self.clock.now(), unix_now());
+            let deadline = driver.turn(&mut out);
+            if last_mtu.elapsed() >= MTU_REFRESH {
+                last_mtu = std::time::Instant::now();
                 let tun = self.tun.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 if let Some(mtu) = tun.and_then(|t| t.mtu().ok()) {
                     self.core.set_mtu(mtu as usize);
                 }
             }
+            let cap = std::time::Instant::now() + MTU_REFRESH;
+            self.waker.wait(Some(deadline.map_or(cap, |d| d.min(cap))));
         }
+        self.core.set_waker(None);
     }
+}
 
-    /// Sends what the core queued and logs its events.
-    fn flush(&self, buf: &mut [u8]) {
-        let sockets = self.sockets();
-        while let Some(t) = self.core.poll_transmit(buf) {
-            if let Err(e) = sockets.send_to(&buf[..t.len], t.destination) {
+/// The control path's datagrams go out of the current UDP sockets.
+struct UdpOut<'a>(&'a Driver);
+
+impl Transmitter for UdpOut<'_> {
+    fn transmit(&mut self, t: &Transmit, datagrams: &[u8]) {
+        let sockets = self.0.sockets();
+        for d in t.datagrams(datagrams) {
+            if let Err(e) = sockets.send_to(d, t.destination) {
                 tracing::debug!(error = %e, destination = %t.destination, "send failed");
-            }
-        }
-        while let Some(event) = self.core.poll_event() {
-            match event {
-                Event::HandshakeCompleted { peer } => {
-                    tracing::debug!(peer = %short(&peer), "handshake completed")
-                }
-                Event::EndpointChanged { peer, endpoint } => {
-                    tracing::debug!(peer = %short(&peer), %endpoint, "endpoint changed")
-                }
-                Event::HandshakeGaveUp { peer } => {
-                    tracing::info!(peer = %short(&peer), "handshake did not complete, giving up")
-                }
-                Event::KeysZeroed { peer } => {
-                    tracing::debug!(peer = %short(&peer), "session keys erased")
-                }
             }
         }
     }
@@ -371,15 +279,6 @@ fn canonical(addr: SocketAddr) -> SocketAddr {
         },
         v4 => v4,
     }
-}
-
-/// A public key for logs: the start of its base64 form is what `wg show` users recognise, but
-/// hex of the first bytes is enough to tell peers apart.
-fn short(key: &PublicKey) -> String {
-    key.as_bytes()[..4]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// The configuration socket's view of the driver.

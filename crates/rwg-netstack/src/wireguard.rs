@@ -2,11 +2,11 @@
 //! encrypted by an [`rwg_proto::Device`] configured from a wg-quick file.
 //!
 //! ```text
-//!   NetStack driver --send(ip)--> WireGuardTunnel: handle_packet (encrypt in place)
-//!                                   --> try_send_to(UDP socket)
-//!   glue task: readable(UDP) --> handle_datagram (decrypt in place) --> NetStack::receive
-//!              sleep_until(poll_timeout) --> handle_timeout
-//!              after each: poll_transmit --> UDP socket
+//!   NetStack driver --send(ip)--> WireGuardTunnel: data_path().encapsulate (encrypt in place)
+//!                                   --> send_to(UDP socket)
+//!   glue task: readable(UDP) --> data_path().decapsulate (decrypt in place) --> NetStack::receive
+//!              rwg_driver::Driver::turn: queued handshakes, due timers, queued datagrams
+//!              --> UDP socket; sleeps until the deadline it returns or the device's waker
 //! ```
 //!
 //! Outgoing packets are encrypted directly in [`PacketTunnel::send`], on the stack's driver
@@ -36,11 +36,10 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rwg_config::{Config, Endpoint};
-use rwg_proto::crypto::PublicKey;
-use rwg_proto::device::{Event, Received, Sent, DEFAULT_MTU, HEADROOM, TAILROOM};
+use rwg_driver::{short_key, Clock, Driver, Transmitter};
+use rwg_proto::device::{Event, Received, Sent, Transmit, DEFAULT_MTU, HEADROOM, TAILROOM};
 use rwg_proto::Device;
 use tokio::net::UdpSocket as TokioUdpSocket;
 use tokio::sync::{watch, Notify};
@@ -53,9 +52,6 @@ use crate::tunnel::PacketTunnel;
 const MAX_DATAGRAM: usize = 65536;
 /// Datagrams read per wake-up before the task checks its other duties.
 const RECEIVE_BATCH: usize = 64;
-/// Longest the task sleeps without looking at the device's timers: the data path (on the
-/// stack's task) can set timers without telling us, so we re-read the deadline this often.
-const MAX_SLEEP: Duration = Duration::from_secs(1);
 /// Kernel socket buffers asked for (the kernel may cap them).
 const SOCKET_BUFFER: usize = 4 << 20;
 
@@ -112,15 +108,15 @@ struct Glue {
     /// `send_to`, because tokio's `try_send_to` refuses to even try until the reactor has
     /// seen the socket writable, which loses the first datagrams of a new socket.
     sender: std::net::UdpSocket,
-    start: std::time::Instant,
+    clock: Clock,
     counters: Counters,
-    /// Wakes the glue task when the device has work for it (staged packets, handshakes).
+    /// Wakes the glue task when the device has work for it (the device's waker).
     attention: Notify,
 }
 
 impl Glue {
     fn now(&self) -> rwg_proto::Instant {
-        rwg_proto::Instant::from_duration(self.start.elapsed())
+        self.clock.now()
     }
 
     fn send(&self, datagram: &[u8], to: SocketAddr) {
@@ -136,11 +132,15 @@ impl Glue {
             }
         }
     }
+}
 
-    /// Send everything the device has queued (handshakes, keepalives, flushed packets).
-    fn flush(&self, buf: &mut [u8]) {
-        while let Some(t) = self.device.poll_transmit(buf) {
-            self.send(&buf[..t.len], t.destination);
+/// What the control path sends goes out of the glue's socket, counted.
+struct GlueOut<'a>(&'a Glue);
+
+impl Transmitter for GlueOut<'_> {
+    fn transmit(&mut self, t: &Transmit, datagrams: &[u8]) {
+        for d in t.datagrams(datagrams) {
+            self.0.send(d, t.destination);
         }
     }
 }
@@ -168,20 +168,19 @@ impl PacketTunnel for WireGuardTunnel {
             buf.resize(needed, 0);
         }
         buf[HEADROOM..HEADROOM + packet.len()].copy_from_slice(packet);
-        match glue
+        let sent = glue
             .device
-            .handle_packet(glue.now(), &mut buf, packet.len())
-        {
+            .data_path()
+            .encapsulate(glue.now(), &mut buf, packet.len());
+        match sent {
             Sent::Transmit { destination, len } => glue.send(&buf[..len], destination),
-            Sent::Staged => glue.attention.notify_one(),
+            // The handshake it needs is the control path's: the device wakes the glue task.
+            Sent::Staged => {}
             Sent::Dropped(_) => {
                 glue.counters
                     .packets_dropped
                     .fetch_add(1, Ordering::Relaxed);
             }
-        }
-        if glue.device.needs_attention() {
-            glue.attention.notify_one();
         }
     }
 }
@@ -250,14 +249,6 @@ impl TunnelHandle {
 
 fn invalid(message: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, message)
-}
-
-fn short_key(key: &PublicKey) -> String {
-    // The first bytes of a public key, in hex: enough to tell peers apart in a log.
-    key.as_bytes()[..4]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// Configure `device` from the wg-quick `config`; endpoints must be resolved already.
@@ -369,21 +360,16 @@ impl Tunnel {
         let (socket, sender) = bind_socket(options.bind.unwrap_or_else(|| default_bind(&config)))?;
         let local_addr = socket.local_addr()?;
 
-        let start = std::time::Instant::now();
+        let clock = Clock::new();
         let device = Arc::new(Device::new(Box::new(rand_core::OsRng)));
-        let now = rwg_proto::Instant::from_duration(start.elapsed());
-        device.set_unix_time(
-            now,
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default(),
-        );
+        device.set_unix_time(clock.now(), Clock::unix_now());
+        let now = clock.now();
         let mtu = config.interface.mtu.map_or(DEFAULT_MTU, usize::from);
         let glue = Arc::new(Glue {
             device,
             socket,
             sender,
-            start,
+            clock,
             counters: Counters::default(),
             attention: Notify::new(),
         });
@@ -423,36 +409,42 @@ impl Tunnel {
     }
 }
 
-/// The glue task: datagrams in, timers, and everything the device wants to send.
+/// The glue task: datagrams in, and the control path (rwg-driver's turn) whenever it is due
+/// or the device wakes it.
 async fn run(glue: Arc<Glue>, stack: NetStack, handshakes: watch::Sender<u64>) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut driver = Driver::new(glue.device.clone(), glue.clock);
+    driver.on_event(move |event| {
+        if let Event::HandshakeCompleted { .. } = event {
+            handshakes.send_modify(|n| *n += 1);
+        }
+    });
+    // Weak: the device must not keep the glue (and so itself) alive after the task ends.
+    let g = Arc::downgrade(&glue);
+    glue.device.set_waker(Some(Arc::new(move || {
+        if let Some(g) = g.upgrade() {
+            g.attention.notify_one();
+        }
+    })));
     loop {
-        glue.flush(&mut buf);
-        while let Some(event) = glue.device.poll_event() {
-            log_event(&event);
-            if let Event::HandshakeCompleted { .. } = event {
-                handshakes.send_modify(|n| *n += 1);
+        let deadline = driver.turn(&mut GlueOut(&glue));
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d.into()).await,
+                None => std::future::pending().await,
             }
-        }
-        let now = glue.now();
-        let mut sleep = MAX_SLEEP;
-        if let Some(at) = glue.device.poll_timeout() {
-            if at <= now {
-                glue.device.handle_timeout(now);
-                continue;
-            }
-            sleep = sleep.min(at.saturating_duration_since(now));
-        }
+        };
         tokio::select! {
             readable = glue.socket.readable() => {
                 if let Err(e) = readable {
                     tracing::error!("UDP socket failed: {e}");
+                    glue.device.set_waker(None);
                     return;
                 }
                 receive_batch(&glue, &stack, &mut buf);
             }
             () = glue.attention.notified() => {}
-            () = tokio::time::sleep(sleep) => {}
+            () = sleep => {}
         }
     }
 }
@@ -469,10 +461,11 @@ fn receive_batch(glue: &Glue, stack: &NetStack, buf: &mut [u8]) {
         glue.counters
             .rx_bytes
             .fetch_add(n as u64, Ordering::Relaxed);
-        match glue
+        let received = glue
             .device
-            .handle_datagram(glue.now(), source, &mut buf[..n])
-        {
+            .data_path()
+            .decapsulate(glue.now(), source, &mut buf[..n]);
+        match received {
             Received::Packet { len, .. } => {
                 stack.receive(&buf[HEADROOM..HEADROOM + len]);
             }
@@ -483,20 +476,5 @@ fn receive_batch(glue: &Glue, stack: &NetStack, buf: &mut [u8]) {
                     .fetch_add(1, Ordering::Relaxed);
             }
         }
-    }
-}
-
-fn log_event(event: &Event) {
-    match event {
-        Event::HandshakeCompleted { peer } => {
-            tracing::info!(peer = %short_key(peer), "handshake completed")
-        }
-        Event::EndpointChanged { peer, endpoint } => {
-            tracing::info!(peer = %short_key(peer), %endpoint, "peer endpoint changed")
-        }
-        Event::HandshakeGaveUp { peer } => {
-            tracing::warn!(peer = %short_key(peer), "no handshake answer from peer; giving up for now")
-        }
-        Event::KeysZeroed { peer } => tracing::debug!(peer = %short_key(peer), "keys erased"),
     }
 }

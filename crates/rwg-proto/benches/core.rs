@@ -152,8 +152,8 @@ impl NoiseParties {
     fn new() -> Self {
         let (a, b) = (StaticIdentity::new(key(1)), StaticIdentity::new(key(2)));
         NoiseParties {
-            b_at_a: RemoteStatic::new(Some(&a), *b.public_key(), PresharedKey::none()),
-            a_at_b: RemoteStatic::new(Some(&b), *a.public_key(), PresharedKey::none()),
+            b_at_a: RemoteStatic::new(*b.public_key(), PresharedKey::none()),
+            a_at_b: RemoteStatic::new(*a.public_key(), PresharedKey::none()),
             mac1_to_a: hash(&[LABEL_MAC1, a.public_key().as_bytes()]),
             mac1_to_b: hash(&[LABEL_MAC1, b.public_key().as_bytes()]),
             checker_a: CookieChecker::new(Some(&a)),
@@ -173,7 +173,7 @@ impl NoiseParties {
         let mut init = [0u8; INITIATION_LEN];
         let state = create_initiation(
             &self.a,
-            &self.b_at_a,
+            &mut self.b_at_a,
             7,
             timestamp,
             &mut self.rng,
@@ -190,7 +190,9 @@ impl NoiseParties {
             panic!("an initiation");
         };
         let half = consume_initiation(&self.b, &msg).expect("authentic initiation");
-        let received = half.finish(&self.a_at_b, &msg).expect("known peer");
+        let received = half
+            .finish(&self.b, &mut self.a_at_b, &msg)
+            .expect("known peer");
         assert_eq!(received.timestamp, timestamp);
         let mut resp = [0u8; RESPONSE_LEN];
         let keys_b =
@@ -318,7 +320,7 @@ fn transport(c: &mut Criterion) {
                     jobs.push(job);
                 }
                 for (job, buf) in jobs.drain(..).zip(bufs.chunks_exact_mut(STRIDE)) {
-                    black_box(job.seal(buf, size));
+                    black_box(job.seal(buf, size).expect("the batch buffer fits"));
                 }
             })
         });

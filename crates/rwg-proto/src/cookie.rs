@@ -5,8 +5,6 @@
 //! last mac1 it sent and the latest cookie received, and writes mac2 while that cookie is fresh.
 
 use core::net::{IpAddr, SocketAddr};
-use core::time::Duration;
-
 use rand_core::CryptoRngCore;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
@@ -14,11 +12,7 @@ use crate::crypto::{constant_time_eq, mac, xaead_open, xaead_seal, AuthError, MA
 use crate::messages::{field, write_type, CookieReply, COOKIE_REPLY_LEN, TYPE_COOKIE_REPLY};
 use crate::time::Instant;
 
-/// A cookie secret is renewed, and a received cookie expires, after this long.
-pub const COOKIE_SECRET_MAX_AGE: Duration = Duration::from_secs(120);
-/// Cookies are used for mac2 a little less long than they live, so that a cookie that is about
-/// to expire at the responder is not used (the kernel's margin).
-pub const COOKIE_USE_MAX_AGE: Duration = Duration::from_secs(120 - 5);
+pub use crate::constants::{COOKIE_SECRET_MAX_AGE, COOKIE_USE_MAX_AGE};
 
 /// Offset of mac1 in a handshake message: everything before it is covered by mac1. `None`
 /// for a buffer too short to hold both macs (never a parsed handshake message).
@@ -241,11 +235,8 @@ mod tests {
     fn cookie_round_trip_makes_mac2_valid() {
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
         let responder = StaticIdentity::new(PrivateKey::from_bytes([2; 32]));
-        let remote = RemoteStatic::new(
-            None,
-            *responder.public_key(),
-            crate::crypto::PresharedKey::none(),
-        );
+        let remote =
+            RemoteStatic::new(*responder.public_key(), crate::crypto::PresharedKey::none());
         let mut checker = CookieChecker::new(Some(&responder));
         let mut state = CookieState::default();
         let src: SocketAddr = "192.0.2.1:51820".parse().expect("addr");
@@ -254,7 +245,7 @@ mod tests {
         let mut msg = [0u8; INITIATION_LEN];
         write_type(&mut msg, TYPE_INITIATION);
         msg[4] = 7;
-        state.add_macs(now, &remote.mac1_key, &mut msg);
+        state.add_macs(now, &remote.mac1_key(), &mut msg);
         assert_eq!(
             checker.verify(now, &mut rng, &msg, src, false),
             MacVerdict::ValidMacAndCookie
@@ -277,10 +268,10 @@ mod tests {
         };
         assert_eq!(view.receiver_index(), 7);
         state
-            .consume_reply(now, &remote.cookie_key, &view)
+            .consume_reply(now, &remote.cookie_key(), &view)
             .expect("cookie decrypts");
 
-        state.add_macs(now, &remote.mac1_key, &mut msg);
+        state.add_macs(now, &remote.mac1_key(), &mut msg);
         assert_eq!(
             checker.verify(now, &mut rng, &msg, src, true),
             MacVerdict::ValidMacAndCookie
@@ -292,21 +283,21 @@ mod tests {
             MacVerdict::ValidMacNoCookie
         );
         // After the secret rotates, the old cookie no longer passes.
-        let later = now + COOKIE_SECRET_MAX_AGE + Duration::from_secs(1);
+        let later = now + COOKIE_SECRET_MAX_AGE + core::time::Duration::from_secs(1);
         assert_eq!(
             checker.verify(later, &mut rng, &msg, src, true),
             MacVerdict::ValidMacNoCookie
         );
         // And the initiator stops using a stale cookie.
-        state.add_macs(later, &remote.mac1_key, &mut msg);
+        state.add_macs(later, &remote.mac1_key(), &mut msg);
         assert_eq!(&msg[132..], &[0u8; 16]);
         // A reply whose AAD is not our last mac1 is refused.
         let mut other_state = CookieState::default();
         let mut m2 = msg;
         m2[30] ^= 1;
-        other_state.add_macs(now, &remote.mac1_key, &mut m2);
+        other_state.add_macs(now, &remote.mac1_key(), &mut m2);
         assert!(other_state
-            .consume_reply(now, &remote.cookie_key, &view)
+            .consume_reply(now, &remote.cookie_key(), &view)
             .is_err());
     }
 }

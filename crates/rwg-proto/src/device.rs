@@ -1,5 +1,8 @@
-//! The interface: peers, cryptokey routing, indices, cookies and the sans-IO API
-//! (`handle_*` inputs, `poll_*` outputs) described in the crate documentation.
+//! The interface: many peers behind one key and one port. A [`Device`] demultiplexes — receiver
+//! index → peer, allowed IPs → peer, the cookie checker and rate limiter at the door — holds the
+//! locks, keeps one deadline queue for all peers, and applies the effects its peers push. Every
+//! protocol rule is a method of [`Peer`](crate::peer::Peer) or lives in the module the crate
+//! documentation names for it; none is here.
 //!
 //! # Locks
 //! Data packets must not serialize on a device-wide lock, so state is split:
@@ -7,216 +10,65 @@
 //! | lock | holds | taken by |
 //! |---|---|---|
 //! | `shared` (RwLock) | identity, peers, allowed IPs, MTU, wall clock | read: everything; write: configuration |
-//! | `indices` (RwLock) | receiver index → handshake or keypair | read: the data path (once per batch); write: handshakes |
-//! | `control` (Mutex) | RNG, cookie checker, rate limiter, load | handshakes and timers only |
-//! | `Peer::state` (Mutex, per peer) | handshake, keypair slots, timers, staged packets | both paths, briefly |
-//! | `outbox`, `handshake_queue` (Mutex) | queued datagrams and events | leaves: nothing is locked inside them |
+//! | `indices` (RwLock) | receiver index → peer | read: the data path (once per batch); write: handshakes, timers |
+//! | `control` (Mutex) | RNG, cookie checker, rate limiter, load | handshakes, timers, configuration |
+//! | each peer's (Mutex) | the peer's protocol state | both paths, briefly |
+//! | `schedule` (Mutex) | the deadline queue | whoever changes a peer's earliest deadline to an earlier one |
+//! | `handshakes`, `outbox`, `retired` (Mutex) | queued messages, outputs, indices to forget | leaves: nothing is locked inside them |
 //!
 //! They are always taken in that order. A [`DataPath`] holds read guards of `shared` and
-//! `indices` for a batch; anything on the data path that needs the write side (sending an
-//! initiation, forgetting a keypair's index, answering a handshake) is deferred to
-//! [`Device::handle_timeout`], which [`Device::poll_timeout`] then reports as due at once.
+//! `indices` for a batch. The data path never needs the write side: handshake messages it meets
+//! are queued for [`Device::handle_queued_handshakes`], indices it retires (key confirmation)
+//! are forgotten by the next control-path call, and handshakes it wants are noted in the peer,
+//! whose deadline then becomes "now".
+//!
+//! # Timers
+//! Each peer's earliest deadline ([`Peer::poll_timeout`](crate::peer::Peer::poll_timeout)) has an
+//! entry in one ordered set keyed by (deadline, peer), so [`Device::poll_timeout`] is the first
+//! entry — O(log n) in the number of peers, with no side effects — and
+//! [`Device::handle_timeout`] visits only the peers that are due. An entry is replaced only when
+//! a peer's deadline moves *earlier*; when it moves later the entry stays and, when it comes
+//! due, the visit finds nothing to do and files the real deadline. So the data path touches the
+//! queue only when it arms a timer earlier than any the peer had, not per packet.
 
 use alloc::boxed::Box;
-use alloc::collections::{BTreeMap, VecDeque};
-use alloc::sync::{Arc, Weak};
-use alloc::vec;
+use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt;
-use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::net::{IpAddr, SocketAddr};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use core::time::Duration;
 
 use rand_core::CryptoRngCore;
 
 use crate::allowed_ips::AllowedIps;
+use crate::constants::{TIMER_BUDGET, UNDER_LOAD_AFTER};
 use crate::cookie::{CookieChecker, MacVerdict};
 use crate::crypto::{PresharedKey, PrivateKey, PublicKey, TAG_LEN};
 use crate::index::IndexTable;
-use crate::keypair::{padded_len, Keypair, PeerId};
 use crate::messages::{
-    self, Message, COOKIE_REPLY_LEN, INITIATION_LEN, RESPONSE_LEN, TRANSPORT_HEADER_LEN,
-    TRANSPORT_MIN_LEN,
+    self, CookieReply, Initiation, Message, Response, COOKIE_REPLY_LEN, INITIATION_LEN,
+    RESPONSE_LEN,
 };
-use crate::noise::{self, RemoteStatic, StaticIdentity, Tai64N};
-use crate::peer::{Peer, PeerState, INITIATION_FLOOD_INTERVAL};
+use crate::noise::{self, StaticIdentity};
+use crate::outbox::Outbox;
+use crate::peer::{Context, Delivery, Peer, Sink};
 use crate::ratelimiter::RateLimiter;
-use crate::replay::REJECT_AFTER_MESSAGES;
 use crate::sync::{Mutex, RwLock, RwLockReadGuard};
 use crate::time::Instant;
-use crate::timers::{
-    Timer, KEEPALIVE_TIMEOUT, MAX_TIMER_HANDSHAKES, REKEY_AFTER_TIME, REKEY_ON_RECEIVE_AGE,
-    ZERO_KEY_MATERIAL_AFTER,
+
+pub use crate::constants::{
+    DEFAULT_MTU, MAX_QUEUED_HANDSHAKES, REKEY_AFTER_MESSAGES, UNDER_LOAD_QUEUE_LEN,
 };
+pub use crate::outbox::Transmit;
+pub use crate::outcome::{DropReason, Event, Received, Sent};
+pub use crate::peer::{SendJob, HEADROOM, TAILROOM};
 
-/// Bytes in front of an IP packet that [`DataPath::encapsulate`] needs for the transport header.
-pub const HEADROOM: usize = TRANSPORT_HEADER_LEN;
-/// Bytes after an IP packet that encapsulation may need: up to 15 bytes of padding and the tag.
-pub const TAILROOM: usize = 15 + TAG_LEN;
-/// The default MTU of a WireGuard interface.
-pub const DEFAULT_MTU: usize = 1420;
-/// Handshake messages queued by the data path beyond this are dropped.
-pub const MAX_QUEUED_HANDSHAKES: usize = 4096;
-/// Queued (or reported) handshakes at or above this put the device under load (wireguard-go's figure).
-pub const UNDER_LOAD_QUEUE_LEN: usize = 128;
-/// The device stays under load this long after the queue was last that long.
-pub const UNDER_LOAD_AFTER: Duration = Duration::from_secs(1);
-/// Datagrams waiting in the outbox beyond this are dropped (counted).
-pub const MAX_OUTBOX: usize = 16_384;
-/// Events waiting beyond this: the oldest is dropped.
-pub const MAX_EVENTS: usize = 1024;
-/// REKEY_AFTER_MESSAGES (2^60): after this many messages the initiator rekeys.
-pub const REKEY_AFTER_MESSAGES: u64 = 1 << 60;
-
-/// Why a datagram or packet was dropped. Each reason has a counter ([`Device::drop_counts`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum DropReason {
-    /// Not a WireGuard message (unknown type, wrong length).
-    Malformed,
-    /// A transport message for an index we do not know (or no longer know).
-    UnknownIndex,
-    /// A transport message under a keypair older than REJECT_AFTER_TIME.
-    ExpiredKey,
-    /// A transport message that did not authenticate.
-    Decrypt,
-    /// A transport message whose counter was seen before or is too old.
-    Replay,
-    /// The decrypted inner packet is not a well-formed IPv4/IPv6 packet.
-    InvalidInnerPacket,
-    /// The inner source address is not in the sending peer's allowed IPs.
-    SourceNotAllowed,
-    /// A handshake message with a wrong mac1.
-    InvalidMac,
-    /// A handshake message that failed to decrypt, or from an unknown key.
-    HandshakeFailed,
-    /// An initiation whose timestamp is not newer than the last one.
-    StaleTimestamp,
-    /// A second initiation from a peer within 20 ms.
-    Flood,
-    /// Under load: the source sent too many handshakes.
-    RateLimited,
-    /// A response or cookie reply for an index we do not know.
-    UnexpectedMessage,
-    /// No private key is configured.
-    NoPrivateKey,
-    /// An outgoing packet matched no peer's allowed IPs.
-    NoRoute,
-    /// The peer has no endpoint.
-    NoEndpoint,
-    /// The caller's buffer was too small (a driver bug).
-    BufferTooSmall,
-    /// A queue (handshakes, outbox) was full.
-    QueueFull,
-    /// A staged packet was dropped to make room for a newer one.
-    StagedOverflow,
-}
-
-impl DropReason {
-    const COUNT: usize = 19;
-    fn index(self) -> usize {
-        self as usize
-    }
-    /// Every reason, in counter order.
-    pub const ALL: [DropReason; Self::COUNT] = [
-        DropReason::Malformed,
-        DropReason::UnknownIndex,
-        DropReason::ExpiredKey,
-        DropReason::Decrypt,
-        DropReason::Replay,
-        DropReason::InvalidInnerPacket,
-        DropReason::SourceNotAllowed,
-        DropReason::InvalidMac,
-        DropReason::HandshakeFailed,
-        DropReason::StaleTimestamp,
-        DropReason::Flood,
-        DropReason::RateLimited,
-        DropReason::UnexpectedMessage,
-        DropReason::NoPrivateKey,
-        DropReason::NoRoute,
-        DropReason::NoEndpoint,
-        DropReason::BufferTooSmall,
-        DropReason::QueueFull,
-        DropReason::StagedOverflow,
-    ];
-}
-
-impl fmt::Display for DropReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self, f)
-    }
-}
-
-/// What became of an IP packet from the host.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Sent {
-    /// `buf[..len]` is a transport message to send to `destination`.
-    Transmit {
-        /// The peer's endpoint.
-        destination: SocketAddr,
-        /// Length of the message at the start of the buffer.
-        len: usize,
-    },
-    /// Kept until a handshake completes; the datagrams it causes come from `poll_transmit`.
-    Staged,
-    /// Dropped and counted.
-    Dropped(DropReason),
-}
-
-/// What became of a datagram from the network.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Received {
-    /// `buf[HEADROOM..HEADROOM + len]` is an authentic IP packet from `peer` for the host.
-    Packet {
-        /// The sending peer.
-        peer: PublicKey,
-        /// Length of the IP packet.
-        len: usize,
-    },
-    /// An authentic keepalive: nothing to deliver.
-    Keepalive,
-    /// A handshake message or cookie reply was handled (or queued for [`Device::handle_timeout`]);
-    /// answers come from `poll_transmit`.
-    Handshake,
-    /// Dropped and counted.
-    Dropped(DropReason),
-}
-
-/// A datagram to send, produced by [`Device::poll_transmit`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Transmit {
-    /// Where to send it.
-    pub destination: SocketAddr,
-    /// Its length at the start of the caller's buffer.
-    pub len: usize,
-}
-
-/// Something the driver may want to know or log.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Event {
-    /// A handshake completed and a new session is in use.
-    HandshakeCompleted {
-        /// The peer.
-        peer: PublicKey,
-    },
-    /// The peer's endpoint moved (roaming), learned from an authenticated packet.
-    EndpointChanged {
-        /// The peer.
-        peer: PublicKey,
-        /// Its new address.
-        endpoint: SocketAddr,
-    },
-    /// Handshake retries were exhausted; staged packets were dropped.
-    HandshakeGaveUp {
-        /// The peer.
-        peer: PublicKey,
-    },
-    /// All keys of the peer were erased after a long time without a session.
-    KeysZeroed {
-        /// The peer.
-        peer: PublicKey,
-    },
-}
+/// Identifies a peer inside a device. Never reused while the device lives; peers are listed in
+/// the order of their ids, which is the order they were added.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct PeerId(u64);
 
 /// Sizes of a device's tables and queues ([`Device::stats`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -233,6 +85,8 @@ pub struct DeviceStats {
     pub outbox: usize,
     /// Events waiting for `poll_event`.
     pub events: usize,
+    /// Entries in the deadline queue.
+    pub scheduled: usize,
 }
 
 /// A configuration call named a peer that does not exist, or an invalid prefix.
@@ -276,17 +130,22 @@ pub struct PeerInfo {
     pub allowed_ips: Vec<(IpAddr, u8)>,
 }
 
-#[derive(Clone, Debug)]
-enum IndexEntry {
-    /// An initiation we sent and whose response we await.
-    Handshake(PeerId),
-    /// A session; weak so that keys are erased as soon as the peer's slots drop them.
-    Keypair(Weak<Keypair>),
+/// A peer and where its entry in the deadline queue is.
+struct PeerCell {
+    id: PeerId,
+    public_key: PublicKey,
+    state: Mutex<PeerState>,
+}
+
+struct PeerState {
+    peer: Peer,
+    /// The deadline of this peer's entry in the queue, if it has one.
+    scheduled: Option<Instant>,
 }
 
 struct Shared {
     identity: Option<StaticIdentity>,
-    peers: BTreeMap<PeerId, Arc<Peer>>,
+    peers: BTreeMap<PeerId, Arc<PeerCell>>,
     by_key: BTreeMap<PublicKey, PeerId>,
     allowed_ips: AllowedIps<PeerId>,
     next_peer_id: u64,
@@ -298,10 +157,15 @@ struct Shared {
 }
 
 impl Shared {
-    fn unix_time(&self, now: Instant) -> Duration {
-        self.wall_clock.1 + (now - self.wall_clock.0)
+    fn unix_time(&self, at: Instant) -> Duration {
+        let (base, unix) = self.wall_clock;
+        if at >= base {
+            unix + (at - base)
+        } else {
+            unix.saturating_sub(base - at)
+        }
     }
-    fn peer_by_key(&self, key: &PublicKey) -> Option<&Arc<Peer>> {
+    fn peer_by_key(&self, key: &PublicKey) -> Option<&Arc<PeerCell>> {
         self.by_key.get(key).and_then(|id| self.peers.get(id))
     }
 }
@@ -315,6 +179,8 @@ struct Control {
 }
 
 impl Control {
+    /// §4: under load while `queued` (or what the driver reported) is at the threshold, and
+    /// for a second after.
     fn under_load(&mut self, now: Instant, queued: usize) -> bool {
         if queued.max(self.reported_load) >= UNDER_LOAD_QUEUE_LEN {
             self.under_load_until = Some(now + UNDER_LOAD_AFTER);
@@ -323,33 +189,62 @@ impl Control {
     }
 }
 
-#[derive(Default)]
-struct Outbox {
-    transmits: VecDeque<(SocketAddr, Vec<u8>)>,
-    events: VecDeque<Event>,
+/// A handshake message the data path met, already parsed: its type is its variant.
+enum QueuedMessage {
+    Initiation([u8; INITIATION_LEN]),
+    Response([u8; RESPONSE_LEN]),
+    CookieReply([u8; COOKIE_REPLY_LEN]),
 }
 
-struct QueuedHandshake {
-    source: SocketAddr,
-    bytes: Vec<u8>,
+impl QueuedMessage {
+    fn of(msg: &Message<'_>) -> Option<QueuedMessage> {
+        Some(match msg {
+            Message::Initiation(m) => QueuedMessage::Initiation(*m.array()),
+            Message::Response(m) => QueuedMessage::Response(*m.array()),
+            Message::CookieReply(m) => QueuedMessage::CookieReply(*m.array()),
+            Message::Transport(_) => return None,
+        })
+    }
 }
+
+/// A handshake message, borrowed, of one of the three handshake types.
+#[derive(Clone, Copy)]
+enum HandshakeMessage<'a> {
+    Initiation(Initiation<'a>),
+    Response(Response<'a>),
+    CookieReply(CookieReply<'a>),
+}
+
+impl<'a> HandshakeMessage<'a> {
+    fn of_queued(q: &'a QueuedMessage) -> Self {
+        match q {
+            QueuedMessage::Initiation(a) => HandshakeMessage::Initiation(Initiation::from_array(a)),
+            QueuedMessage::Response(a) => HandshakeMessage::Response(Response::from_array(a)),
+            QueuedMessage::CookieReply(a) => {
+                HandshakeMessage::CookieReply(CookieReply::from_array(a))
+            }
+        }
+    }
+}
+
+/// Calls the driver back when the control path has new work: see [`Device::set_waker`].
+pub type Waker = Arc<dyn Fn() + Send + Sync>;
 
 /// A WireGuard interface without I/O. See the crate documentation for how to drive it.
 pub struct Device {
     shared: RwLock<Shared>,
-    indices: RwLock<IndexTable<IndexEntry>>,
+    indices: RwLock<IndexTable<PeerId>>,
     control: Mutex<Control>,
+    schedule: Mutex<BTreeSet<(Instant, PeerId)>>,
+    handshakes: Mutex<VecDeque<(SocketAddr, QueuedMessage)>>,
+    /// Length of `handshakes`, readable without its lock.
+    queued_handshakes: AtomicUsize,
     outbox: Mutex<Outbox>,
-    handshake_queue: Mutex<VecDeque<QueuedHandshake>>,
-    /// Set by the data path when it deferred work to `handle_timeout`.
-    work_pending: AtomicBool,
-    /// Set when a datagram or event was queued; cleared when `poll_transmit` finds none left.
+    /// Set when a datagram or event was queued; cleared when the outbox is drained.
     output_pending: AtomicBool,
-    /// The deadline `poll_timeout` last reported, in nanoseconds (`u64::MAX`: none, or being
-    /// computed). The data path arms timers; one earlier than this sets `deadline_moved`.
-    reported_deadline: AtomicU64,
-    /// A timer was armed before the deadline the driver sleeps until.
-    deadline_moved: AtomicBool,
+    /// Indices retired on the data path, forgotten by the next control-path call.
+    retired: Mutex<Vec<u32>>,
+    waker: Mutex<Option<Waker>>,
     drops: [AtomicU64; DropReason::COUNT],
 }
 
@@ -366,11 +261,62 @@ impl fmt::Debug for Device {
     }
 }
 
-/// Locks the device takes for one handshake or timer pass.
+/// The locks a handshake or timer pass holds.
 struct ControlCtx<'a> {
     shared: &'a Shared,
-    indices: &'a mut IndexTable<IndexEntry>,
+    indices: &'a mut IndexTable<PeerId>,
     control: &'a mut Control,
+}
+
+/// The effects of a peer on the control path: indices change at once.
+struct ControlSink<'a> {
+    device: &'a Device,
+    indices: &'a mut IndexTable<PeerId>,
+    peer: PeerId,
+}
+
+impl Sink for ControlSink<'_> {
+    fn allocate_index(&mut self, rng: &mut dyn CryptoRngCore) -> Option<u32> {
+        Some(self.indices.insert(rng, self.peer))
+    }
+    fn retire_index(&mut self, index: u32) {
+        if self.indices.get(index) == Some(&self.peer) {
+            self.indices.remove(index);
+        }
+    }
+    fn transmit(&mut self, destination: SocketAddr, datagram: &[u8]) {
+        self.device.push_transmit(destination, datagram);
+    }
+    fn event(&mut self, event: Event) {
+        self.device.push_event(event);
+    }
+    fn dropped(&mut self, reason: DropReason) {
+        self.device.count_drop(reason);
+    }
+}
+
+/// The effects of a peer on the data path: no index is allocated, retired ones wait for the
+/// control path.
+struct DataSink<'a> {
+    device: &'a Device,
+}
+
+impl Sink for DataSink<'_> {
+    fn allocate_index(&mut self, _rng: &mut dyn CryptoRngCore) -> Option<u32> {
+        None
+    }
+    fn retire_index(&mut self, index: u32) {
+        self.device.retired.lock().push(index);
+    }
+    fn transmit(&mut self, destination: SocketAddr, datagram: &[u8]) {
+        self.device.push_transmit(destination, datagram);
+    }
+    fn event(&mut self, event: Event) {
+        self.device.push_event(event);
+    }
+    fn dropped(&mut self, reason: DropReason) {
+        self.device.count_drop(reason);
+    }
 }
 
 impl Device {
@@ -396,13 +342,29 @@ impl Device {
                 reported_load: 0,
                 under_load_until: None,
             }),
+            schedule: Mutex::new(BTreeSet::new()),
+            handshakes: Mutex::new(VecDeque::new()),
+            queued_handshakes: AtomicUsize::new(0),
             outbox: Mutex::new(Outbox::default()),
-            handshake_queue: Mutex::new(VecDeque::new()),
-            work_pending: AtomicBool::new(false),
             output_pending: AtomicBool::new(false),
-            reported_deadline: AtomicU64::new(u64::MAX),
-            deadline_moved: AtomicBool::new(false),
+            retired: Mutex::new(Vec::new()),
+            waker: Mutex::new(None),
             drops: core::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+
+    /// Registers a function the device calls (from whichever thread) when the control path has
+    /// new work: a handshake message was queued, an output was queued, or a peer's deadline
+    /// moved earlier than any deadline before it. A driver that sleeps until
+    /// [`poll_timeout`](Self::poll_timeout) wakes up there. The call happens with no lock held.
+    pub fn set_waker(&self, waker: Option<Waker>) {
+        *self.waker.lock() = waker;
+    }
+
+    fn wake(&self) {
+        let waker = self.waker.lock().clone();
+        if let Some(w) = waker {
+            w();
         }
     }
 
@@ -417,6 +379,11 @@ impl Device {
     /// Sets the interface MTU used for padding.
     pub fn set_mtu(&self, mtu: usize) {
         self.shared.write().mtu = mtu;
+    }
+
+    /// The interface MTU.
+    pub fn mtu(&self) -> usize {
+        self.shared.read().mtu
     }
 
     /// Records the UDP port the driver listens on (the core itself binds nothing), so that a
@@ -449,9 +416,10 @@ impl Device {
     }
 
     /// Sets (or, with `None` or an all-zero key, clears) the private key. Setting the same key
-    /// again changes nothing. Otherwise every peer's static-static DH is recomputed, sending
-    /// with existing sessions stops, handshakes in flight are forgotten, and a peer whose public
-    /// key equals our new public key is removed.
+    /// again changes nothing. Otherwise a peer whose public key equals our new public key is
+    /// removed, and every peer forgets its static-static DH, its handshake in flight and may no
+    /// longer send with its sessions (PROTOCOL.md §6). Costs no X25519: the DH is recomputed
+    /// when a handshake next needs it.
     pub fn set_private_key(&self, key: Option<PrivateKey>) {
         let key = key.filter(|k| !k.is_zero());
         let mut shared = self.shared.write();
@@ -461,25 +429,20 @@ impl Device {
         let identity = key.map(StaticIdentity::new);
         let mut indices = self.indices.write();
         let mut control = self.control.lock();
+        self.forget_retired(&mut indices);
         if let Some(own) = identity.as_ref().map(|i| *i.public_key()) {
             if let Some(id) = shared.by_key.get(&own).copied() {
-                remove_peer_locked(&mut shared, &mut indices, id);
+                self.remove_peer_locked(&mut shared, &mut indices, id);
             }
         }
         control.cookie_checker = CookieChecker::new(identity.as_ref());
-        for peer in shared.peers.values() {
-            let mut ps = peer.state.lock();
-            ps.remote.set_local(identity.as_ref());
-            if let Some(h) = ps.handshake.take() {
-                indices.remove(h.local_index);
-            }
-            ps.last_sent_handshake = None;
-            for kp in [&ps.keypairs.current, &ps.keypairs.next]
-                .into_iter()
-                .flatten()
-            {
-                kp.invalidate_sending();
-            }
+        for cell in shared.peers.values() {
+            let mut st = cell.state.lock();
+            st.peer.identity_changed(&mut ControlSink {
+                device: self,
+                indices: &mut indices,
+                peer: cell.id,
+            });
         }
         shared.identity = identity;
     }
@@ -492,16 +455,16 @@ impl Device {
         }
         let id = PeerId(shared.next_peer_id);
         shared.next_peer_id += 1;
-        let remote = RemoteStatic::new(shared.identity.as_ref(), public_key, PresharedKey::none());
         let seed = self.control.lock().rng.next_u64();
-        let peer = Peer {
+        let cell = PeerCell {
             id,
             public_key,
-            state: Mutex::new(PeerState::new(remote, seed)),
-            tx_bytes: AtomicU64::new(0),
-            rx_bytes: AtomicU64::new(0),
+            state: Mutex::new(PeerState {
+                peer: Peer::new(public_key, seed),
+                scheduled: None,
+            }),
         };
-        shared.peers.insert(id, Arc::new(peer));
+        shared.peers.insert(id, Arc::new(cell));
         shared.by_key.insert(public_key, id);
         true
     }
@@ -511,14 +474,15 @@ impl Device {
         self.shared.read().by_key.contains_key(public_key)
     }
 
-    /// Removes a peer, its allowed IPs and sessions. Returns whether it existed.
+    /// Removes a peer, its allowed IPs and sessions. Returns whether it existed. Costs time in
+    /// proportion to that peer's allowed IPs, not to the size of the device.
     pub fn remove_peer(&self, public_key: &PublicKey) -> bool {
         let mut shared = self.shared.write();
         let Some(id) = shared.by_key.get(public_key).copied() else {
             return false;
         };
         let mut indices = self.indices.write();
-        remove_peer_locked(&mut shared, &mut indices, id);
+        self.remove_peer_locked(&mut shared, &mut indices, id);
         true
     }
 
@@ -528,21 +492,43 @@ impl Device {
         let mut indices = self.indices.write();
         let ids: Vec<PeerId> = shared.peers.keys().copied().collect();
         for id in ids {
-            remove_peer_locked(&mut shared, &mut indices, id);
+            self.remove_peer_locked(&mut shared, &mut indices, id);
+        }
+    }
+
+    fn remove_peer_locked(
+        &self,
+        shared: &mut Shared,
+        indices: &mut IndexTable<PeerId>,
+        id: PeerId,
+    ) {
+        let Some(cell) = shared.peers.remove(&id) else {
+            return;
+        };
+        shared.by_key.remove(&cell.public_key);
+        shared.allowed_ips.remove_value(id);
+        let mut st = cell.state.lock();
+        st.peer.remove(&mut ControlSink {
+            device: self,
+            indices,
+            peer: id,
+        });
+        if let Some(at) = st.scheduled.take() {
+            self.schedule.lock().remove(&(at, id));
         }
     }
 
     fn with_peer<R>(
         &self,
         public_key: &PublicKey,
-        f: impl FnOnce(&Peer, &mut PeerState) -> R,
+        f: impl FnOnce(&mut Peer) -> R,
     ) -> Result<R, ConfigError> {
         let shared = self.shared.read();
-        let peer = shared
+        let cell = shared
             .peer_by_key(public_key)
             .ok_or(ConfigError::UnknownPeer)?;
-        let mut ps = peer.state.lock();
-        Ok(f(peer, &mut ps))
+        let mut st = cell.state.lock();
+        Ok(f(&mut st.peer))
     }
 
     /// Sets a peer's preshared key (all zeros = none).
@@ -551,7 +537,7 @@ impl Device {
         public_key: &PublicKey,
         psk: PresharedKey,
     ) -> Result<(), ConfigError> {
-        self.with_peer(public_key, |_, ps| ps.remote.set_psk(psk))
+        self.with_peer(public_key, |p| p.set_preshared_key(psk))
     }
 
     /// Sets a peer's endpoint.
@@ -560,7 +546,7 @@ impl Device {
         public_key: &PublicKey,
         endpoint: SocketAddr,
     ) -> Result<(), ConfigError> {
-        self.with_peer(public_key, |_, ps| ps.endpoint = Some(endpoint))
+        self.with_peer(public_key, |p| p.set_endpoint(Some(endpoint)))
     }
 
     /// Sets a peer's persistent keepalive interval (0 = off). Turning it on sends a keepalive
@@ -571,21 +557,39 @@ impl Device {
         public_key: &PublicKey,
         seconds: u16,
     ) -> Result<(), ConfigError> {
+        let id = self
+            .shared
+            .read()
+            .by_key
+            .get(public_key)
+            .copied()
+            .ok_or(ConfigError::UnknownPeer)?;
         self.with_control(|ctx| {
-            let peer = ctx
-                .shared
-                .peer_by_key(public_key)
-                .ok_or(ConfigError::UnknownPeer)?;
-            let mut ps = peer.state.lock();
-            let was_off = ps.persistent_keepalive == 0;
-            ps.persistent_keepalive = seconds;
-            if seconds == 0 {
-                ps.timers.stop(Timer::PersistentKeepalive);
-            } else if was_off {
-                self.send_keepalive(ctx, peer, &mut ps, now);
-            }
-            Ok(())
+            self.on_peer(ctx, now, id, |peer, cx, sink| {
+                peer.set_persistent_keepalive(cx, seconds, sink)
+            })
         })
+        .ok_or(ConfigError::UnknownPeer)
+    }
+
+    /// Starts a handshake with a peer now (as `wg`'s users expect after a network change),
+    /// unless one went out in the last REKEY_TIMEOUT.
+    pub fn initiate_handshake(
+        &self,
+        now: Instant,
+        public_key: &PublicKey,
+    ) -> Result<(), ConfigError> {
+        let id = self
+            .shared
+            .read()
+            .by_key
+            .get(public_key)
+            .copied()
+            .ok_or(ConfigError::UnknownPeer)?;
+        self.with_control(|ctx| {
+            self.on_peer(ctx, now, id, |peer, cx, sink| peer.initiate(cx, sink))
+        })
+        .ok_or(ConfigError::UnknownPeer)
     }
 
     /// Runs `f` on the routing table with the id of the peer named by `public_key`.
@@ -630,52 +634,64 @@ impl Device {
         self.with_routes(public_key, |routes, id| routes.remove_value(id))
     }
 
-    /// Everything `wg show` needs, for every peer, in the order they were added.
+    fn info(&self, shared: &Shared, cell: &PeerCell) -> PeerInfo {
+        let st = cell.state.lock();
+        let p = &st.peer;
+        PeerInfo {
+            public_key: cell.public_key,
+            preshared_key: p.preshared_key().clone(),
+            endpoint: p.endpoint(),
+            last_handshake: p.last_handshake().map(|t| shared.unix_time(t)),
+            tx_bytes: p.tx_bytes(),
+            rx_bytes: p.rx_bytes(),
+            persistent_keepalive: p.persistent_keepalive(),
+            allowed_ips: shared.allowed_ips.prefixes_of(cell.id),
+        }
+    }
+
+    /// Everything `wg show` needs, for every peer, in the order they were added. Linear in
+    /// the number of peers and allowed IPs.
     pub fn peers(&self) -> Vec<PeerInfo> {
         let shared = self.shared.read();
         shared
             .peers
             .values()
-            .map(|peer| {
-                let ps = peer.state.lock();
-                PeerInfo {
-                    public_key: peer.public_key,
-                    preshared_key: ps.remote.psk().clone(),
-                    endpoint: ps.endpoint,
-                    last_handshake: ps.last_handshake_unix,
-                    tx_bytes: peer.tx_bytes.load(Ordering::Relaxed),
-                    rx_bytes: peer.rx_bytes.load(Ordering::Relaxed),
-                    persistent_keepalive: ps.persistent_keepalive,
-                    allowed_ips: shared.allowed_ips.prefixes_of(peer.id).collect(),
-                }
-            })
+            .map(|cell| self.info(&shared, cell))
             .collect()
     }
 
-    /// Reports how many handshake messages the driver has queued; at [`UNDER_LOAD_QUEUE_LEN`]
-    /// or more the device demands cookies (PROTOCOL.md §4).
+    /// What `wg show` needs of one peer.
+    pub fn peer(&self, public_key: &PublicKey) -> Option<PeerInfo> {
+        let shared = self.shared.read();
+        let cell = shared.peer_by_key(public_key)?;
+        Some(self.info(&shared, cell))
+    }
+
+    /// Reports how many handshake messages the driver has queued itself; at
+    /// [`UNDER_LOAD_QUEUE_LEN`](crate::constants::UNDER_LOAD_QUEUE_LEN) or more (added to
+    /// the device's own queue) the device demands cookies (PROTOCOL.md §4).
     pub fn report_handshake_load(&self, queued: usize) {
         self.control.lock().reported_load = queued;
     }
 
-    /// Sizes of the device's tables and queues, to watch memory.
+    /// Sizes of the device's tables and queues, to watch memory. Visits every peer.
     pub fn stats(&self) -> DeviceStats {
         let shared = self.shared.read();
         let staged = shared
             .peers
             .values()
-            .map(|p| p.state.lock().staged.len())
+            .map(|c| c.state.lock().peer.staged_len())
             .sum();
         let indices = self.indices.read().len();
-        let queued_handshakes = self.handshake_queue.lock().len();
         let outbox = self.outbox.lock();
         DeviceStats {
             peers: shared.peers.len(),
             indices,
             staged_packets: staged,
-            queued_handshakes,
-            outbox: outbox.transmits.len(),
-            events: outbox.events.len(),
+            queued_handshakes: self.queued_handshakes.load(Ordering::Relaxed),
+            outbox: outbox.datagrams(),
+            events: outbox.events(),
+            scheduled: self.schedule.lock().len(),
         }
     }
 
@@ -688,6 +704,11 @@ impl Device {
 
     fn count_drop(&self, reason: DropReason) {
         self.drops[reason.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn dropped(&self, reason: DropReason) -> Received {
+        self.count_drop(reason);
+        Received::Dropped(reason)
     }
 
     // ----- inputs -----
@@ -705,24 +726,91 @@ impl Device {
     /// Handles an IP packet from the host: `buf[HEADROOM..HEADROOM + packet_len]` holds it and
     /// `buf` must have [`TAILROOM`] more bytes after it. On [`Sent::Transmit`] the transport
     /// message is at the start of `buf`.
+    ///
+    /// The one-packet convenience form: it also runs whatever became due (a staged packet's
+    /// handshake), as [`handle_timeout`](Self::handle_timeout) would. Batching drivers use
+    /// [`data_path`](Self::data_path).
     pub fn handle_packet(&self, now: Instant, buf: &mut [u8], packet_len: usize) -> Sent {
         let sent = self.data_path().encapsulate(now, buf, packet_len);
-        self.run_deferred(now);
+        self.run_due(now);
         sent
     }
 
     /// Handles a datagram from `source`. On [`Received::Packet`] the IP packet is at
-    /// `buf[HEADROOM..HEADROOM + len]`.
+    /// `buf[HEADROOM..HEADROOM + len]`. A handshake message is handled at once (the one-packet
+    /// convenience form; batching drivers queue them with [`DataPath::decapsulate`]), and
+    /// whatever became due runs too.
     pub fn handle_datagram(&self, now: Instant, source: SocketAddr, buf: &mut [u8]) -> Received {
         let received = match messages::parse(buf) {
             Ok(Message::Transport(_)) => self.data_path().decapsulate(now, source, buf),
-            Ok(_) => {
-                self.with_control(|ctx| self.handle_handshake_message(ctx, now, source, buf, 0))
+            Ok(Message::Initiation(m)) => {
+                self.handle_handshake_now(now, source, HandshakeMessage::Initiation(m))
+            }
+            Ok(Message::Response(m)) => {
+                self.handle_handshake_now(now, source, HandshakeMessage::Response(m))
+            }
+            Ok(Message::CookieReply(m)) => {
+                self.handle_handshake_now(now, source, HandshakeMessage::CookieReply(m))
             }
             Err(_) => self.dropped(DropReason::Malformed),
         };
-        self.run_deferred(now);
+        self.run_due(now);
         received
+    }
+
+    fn handle_handshake_now(
+        &self,
+        now: Instant,
+        source: SocketAddr,
+        msg: HandshakeMessage<'_>,
+    ) -> Received {
+        let queued = self.queued_handshakes.load(Ordering::Relaxed);
+        self.with_control(|ctx| self.handle_handshake(ctx, now, source, msg, queued))
+    }
+
+    fn run_due(&self, now: Instant) {
+        if self.poll_timeout().is_some_and(|t| t <= now) {
+            self.handle_timeout(now);
+        }
+    }
+
+    /// Handles the handshake messages the data path queued ([`DataPath::decapsulate`] returned
+    /// [`Received::Handshake`] for them), at most as many as were queued when it started.
+    /// Returns how many it handled. Their number while they wait is the load signal that turns
+    /// cookies on (PROTOCOL.md §4).
+    pub fn handle_queued_handshakes(&self, now: Instant) -> usize {
+        let queued = self.queued_handshakes.load(Ordering::Acquire);
+        if queued == 0 {
+            return 0;
+        }
+        self.with_control(|ctx| {
+            let mut handled = 0;
+            while handled < queued {
+                let next = {
+                    let mut q = self.handshakes.lock();
+                    let item = q.pop_front();
+                    self.queued_handshakes.store(q.len(), Ordering::Release);
+                    item.map(|i| (i, q.len()))
+                };
+                let Some(((source, msg), remaining)) = next else {
+                    break;
+                };
+                self.handle_handshake(
+                    ctx,
+                    now,
+                    source,
+                    HandshakeMessage::of_queued(&msg),
+                    remaining,
+                );
+                handled += 1;
+            }
+            handled
+        })
+    }
+
+    /// Whether handshake messages wait for [`handle_queued_handshakes`](Self::handle_queued_handshakes).
+    pub fn has_queued_handshakes(&self) -> bool {
+        self.queued_handshakes.load(Ordering::Acquire) > 0
     }
 
     /// Takes the control path's locks in the documented order (shared, indices, control) and
@@ -731,6 +819,7 @@ impl Device {
         let shared = self.shared.read();
         let mut indices = self.indices.write();
         let mut control = self.control.lock();
+        self.forget_retired(&mut indices);
         f(&mut ControlCtx {
             shared: &shared,
             indices: &mut indices,
@@ -738,175 +827,200 @@ impl Device {
         })
     }
 
-    fn run_deferred(&self, now: Instant) {
-        if self.work_pending.load(Ordering::Acquire) {
-            self.handle_timeout(now);
+    fn forget_retired(&self, indices: &mut IndexTable<PeerId>) {
+        let retired = core::mem::take(&mut *self.retired.lock());
+        for index in retired {
+            indices.remove(index);
         }
     }
 
-    fn dropped(&self, reason: DropReason) -> Received {
-        self.count_drop(reason);
-        Received::Dropped(reason)
-    }
-
-    /// Runs expired timers and deferred work (queued handshakes, initiations the data path asked
-    /// for). Call it when `now` reaches [`poll_timeout`](Self::poll_timeout).
-    pub fn handle_timeout(&self, now: Instant) {
-        self.work_pending.store(false, Ordering::Release);
-        self.with_control(|ctx| self.run_control(ctx, now));
-    }
-
-    fn run_control(&self, ctx: &mut ControlCtx<'_>, now: Instant) {
+    /// Runs `f` on one peer on the control path with a context and a sink, then files its
+    /// next deadline. `None` if the peer is gone.
+    fn on_peer<R>(
+        &self,
+        ctx: &mut ControlCtx<'_>,
+        now: Instant,
+        id: PeerId,
+        f: impl FnOnce(&mut Peer, &mut Context<'_>, &mut ControlSink<'_>) -> R,
+    ) -> Option<R> {
         let shared = ctx.shared;
+        let cell = shared.peers.get(&id)?;
+        let mut st = cell.state.lock();
+        let mut cx = Context {
+            now,
+            unix_time: shared.unix_time(now),
+            identity: shared.identity.as_ref(),
+            rng: &mut *ctx.control.rng,
+            mtu: shared.mtu,
+        };
+        let mut sink = ControlSink {
+            device: self,
+            indices: ctx.indices,
+            peer: id,
+        };
+        let r = f(&mut st.peer, &mut cx, &mut sink);
+        self.reschedule(id, &mut st);
+        Some(r)
+    }
 
-        // Indices of keypairs the data path dropped.
-        ctx.indices.retain(|_, e| match e {
-            IndexEntry::Keypair(w) => w.strong_count() > 0,
-            IndexEntry::Handshake(_) => true,
+    /// Files the peer's earliest deadline in the queue if it is earlier than its entry there
+    /// (see "Timers" above). Called with the peer's lock held.
+    fn reschedule(&self, id: PeerId, st: &mut PeerState) {
+        let Some(want) = st.peer.poll_timeout() else {
+            return;
+        };
+        if st.scheduled.is_some_and(|s| s <= want) {
+            return;
+        }
+        let earliest = {
+            let mut schedule = self.schedule.lock();
+            if let Some(old) = st.scheduled {
+                schedule.remove(&(old, id));
+            }
+            let earliest = schedule.first().is_none_or(|&(first, _)| want < first);
+            schedule.insert((want, id));
+            earliest
+        };
+        st.scheduled = Some(want);
+        if earliest {
+            self.wake();
+        }
+    }
+
+    /// Runs the timers of the peers that are due at `now` (PROTOCOL.md §6), at most
+    /// [`TIMER_BUDGET`] peers per call: if more are due, [`poll_timeout`](Self::poll_timeout)
+    /// stays in the past and the driver calls again after sending what this call produced.
+    pub fn handle_timeout(&self, now: Instant) {
+        self.with_control(|ctx| {
+            for _ in 0..TIMER_BUDGET {
+                let due = {
+                    let mut schedule = self.schedule.lock();
+                    match schedule.first() {
+                        Some(&(at, id)) if at <= now => {
+                            schedule.pop_first();
+                            Some((at, id))
+                        }
+                        _ => None,
+                    }
+                };
+                let Some((at, id)) = due else { break };
+                let Some(cell) = ctx.shared.peers.get(&id) else {
+                    continue;
+                };
+                {
+                    let mut st = cell.state.lock();
+                    if st.scheduled == Some(at) {
+                        st.scheduled = None;
+                    }
+                }
+                self.on_peer(ctx, now, id, |peer, cx, sink| peer.handle_timeout(cx, sink));
+            }
         });
-
-        // Bounded: only what was queued when we started.
-        let queued = self.handshake_queue.lock().len();
-        for _ in 0..queued {
-            let Some(mut q) = self.handshake_queue.lock().pop_front() else {
-                break;
-            };
-            let remaining = self.handshake_queue.lock().len();
-            self.handle_handshake_message(ctx, now, q.source, &mut q.bytes, remaining);
-        }
-
-        for peer in shared.peers.values() {
-            let mut ps = peer.state.lock();
-            if core::mem::take(&mut ps.initiation_wanted) {
-                self.send_initiation(ctx, peer, &mut ps, now, false);
-            }
-            let expired: Vec<Timer> = ps.timers.take_expired(now).collect();
-            for timer in expired {
-                self.on_timer(ctx, peer, &mut ps, now, timer);
-            }
-        }
     }
 
-    /// The next moment `handle_timeout` must run, if any. A moment in the past (possibly
-    /// [`Instant::ZERO`]) means "now".
+    /// The next moment [`handle_timeout`](Self::handle_timeout) must run, if any: the first
+    /// entry of the deadline queue (a moment in the past means "now"). No side effects;
+    /// O(log n) in the number of peers. Queued handshake messages are not a timeout: see
+    /// [`has_queued_handshakes`](Self::has_queued_handshakes).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        // While this computes, any timer the data path arms counts as earlier (MAX), so a
-        // concurrent arming is never lost between reading a peer and publishing the result.
-        self.deadline_moved.store(false, Ordering::Release);
-        self.reported_deadline.store(u64::MAX, Ordering::Release);
-        if self.work_pending.load(Ordering::Acquire) || !self.handshake_queue.lock().is_empty() {
-            return Some(Instant::ZERO);
-        }
-        let shared = self.shared.read();
-        let next = shared
-            .peers
-            .values()
-            .filter_map(|p| p.state.lock().timers.next())
-            .min();
-        let nanos = next.map_or(u64::MAX, Instant::as_nanos);
-        self.reported_deadline.store(nanos, Ordering::Release);
-        next
-    }
-
-    /// Called by the data path after arming timers: flags a deadline earlier than the one the
-    /// driver was told, so that [`needs_attention`](Self::needs_attention) wakes it.
-    fn note_deadline(&self, deadline: Option<Instant>) {
-        if let Some(d) = deadline {
-            if d.as_nanos() < self.reported_deadline.load(Ordering::Acquire) {
-                self.deadline_moved.store(true, Ordering::Release);
-            }
-        }
+        self.schedule.lock().first().map(|&(at, _)| at)
     }
 
     /// The next datagram to send (handshakes, cookie replies, keepalives, staged packets),
     /// copied into `buf`. Datagrams longer than `buf` are dropped and counted.
     pub fn poll_transmit(&self, buf: &mut [u8]) -> Option<Transmit> {
-        let mut outbox = self.outbox.lock();
-        while let Some((destination, data)) = outbox.transmits.pop_front() {
-            if let Some(dst) = buf.get_mut(..data.len()) {
-                dst.copy_from_slice(&data);
-                return Some(Transmit {
-                    destination,
-                    len: data.len(),
-                });
-            }
-            self.count_drop(DropReason::BufferTooSmall);
-        }
-        if outbox.events.is_empty() {
-            self.output_pending.store(false, Ordering::Release);
-        }
-        None
+        self.poll_transmit_batch(buf, 1)
     }
 
-    /// Whether the control side has something to do: deferred work for `handle_timeout`, or
-    /// datagrams and events to poll. A cheap atomic load, meant to be checked by data-path
-    /// threads after each batch to decide whether to wake the thread that drives the timers.
-    pub fn needs_attention(&self) -> bool {
-        self.work_pending.load(Ordering::Acquire)
-            || self.output_pending.load(Ordering::Acquire)
-            || self.deadline_moved.load(Ordering::Acquire)
+    /// The next datagrams to one destination, copied back to back into `buf` for one GSO send:
+    /// up to `max_segments` of them, each [`Transmit::segment_size`] long except possibly the
+    /// last. Datagrams longer than `buf` are dropped and counted.
+    pub fn poll_transmit_batch(&self, buf: &mut [u8], max_segments: usize) -> Option<Transmit> {
+        let mut outbox = self.outbox.lock();
+        let (transmit, too_long) = outbox.pop_batch(buf, max_segments);
+        if outbox.is_empty() {
+            self.output_pending.store(false, Ordering::Release);
+        }
+        drop(outbox);
+        for _ in 0..too_long {
+            self.count_drop(DropReason::BufferTooSmall);
+        }
+        transmit
     }
 
     /// The next event, if any.
     pub fn poll_event(&self) -> Option<Event> {
         let mut outbox = self.outbox.lock();
-        let event = outbox.events.pop_front();
-        if outbox.events.is_empty() && outbox.transmits.is_empty() {
+        let event = outbox.pop_event();
+        if outbox.is_empty() {
             self.output_pending.store(false, Ordering::Release);
         }
         event
     }
 
-    fn push_transmit(&self, destination: SocketAddr, data: Vec<u8>) {
-        let mut outbox = self.outbox.lock();
-        if outbox.transmits.len() >= MAX_OUTBOX {
-            drop(outbox);
+    /// Whether datagrams or events wait to be polled. A cheap atomic load.
+    pub fn has_output(&self) -> bool {
+        self.output_pending.load(Ordering::Acquire)
+    }
+
+    fn push_transmit(&self, destination: SocketAddr, datagram: &[u8]) {
+        let queued = self.outbox.lock().push(destination, datagram);
+        if !queued {
             self.count_drop(DropReason::QueueFull);
             return;
         }
-        outbox.transmits.push_back((destination, data));
-        self.output_pending.store(true, Ordering::Release);
+        if !self.output_pending.swap(true, Ordering::AcqRel) {
+            self.wake();
+        }
     }
 
     fn push_event(&self, event: Event) {
-        let mut outbox = self.outbox.lock();
-        if outbox.events.len() >= MAX_EVENTS {
-            outbox.events.pop_front();
+        self.outbox.lock().push_event(event);
+        if !self.output_pending.swap(true, Ordering::AcqRel) {
+            self.wake();
         }
-        outbox.events.push_back(event);
-        self.output_pending.store(true, Ordering::Release);
     }
 
-    // ----- the control path: handshakes and timers -----
+    // ----- the control path: the door for handshake messages -----
 
-    /// Handles an initiation, response or cookie reply (PROTOCOL.md §3, §4).
-    fn handle_handshake_message(
+    /// An initiation, response or cookie reply (PROTOCOL.md §3, §4): mac1 always; under load
+    /// mac2 and the rate limiter; then the peer the message belongs to.
+    fn handle_handshake(
         &self,
         ctx: &mut ControlCtx<'_>,
         now: Instant,
         source: SocketAddr,
-        buf: &mut [u8],
+        msg: HandshakeMessage<'_>,
         queued: usize,
     ) -> Received {
         let Some(identity) = ctx.shared.identity.as_ref() else {
             return self.dropped(DropReason::NoPrivateKey);
         };
-        let msg = match messages::parse(buf) {
-            Ok(m) => m,
-            Err(_) => return self.dropped(DropReason::Malformed),
+        let (bytes, sender_index) = match msg {
+            HandshakeMessage::CookieReply(reply) => {
+                // §4: found among handshakes and keypairs by index; no macs on a cookie reply.
+                let Some(&id) = ctx.indices.get(reply.receiver_index()) else {
+                    return self.dropped(DropReason::UnexpectedMessage);
+                };
+                let result = ctx
+                    .shared
+                    .peers
+                    .get(&id)
+                    .map(|cell| cell.state.lock().peer.consume_cookie_reply(now, &reply));
+                return match result {
+                    Some(Ok(())) => Received::Handshake,
+                    Some(Err(r)) => self.dropped(r),
+                    None => self.dropped(DropReason::UnexpectedMessage),
+                };
+            }
+            HandshakeMessage::Initiation(m) => (m.bytes(), m.sender_index()),
+            HandshakeMessage::Response(m) => (m.bytes(), m.sender_index()),
         };
-        let sender_index = match msg {
-            Message::CookieReply(reply) => return self.handle_cookie_reply(ctx, now, &reply),
-            Message::Transport(_) => return self.dropped(DropReason::Malformed),
-            Message::Initiation(m) => m.sender_index(),
-            Message::Response(m) => m.sender_index(),
-        };
-        // mac1 always; mac2 and the rate limiter only under load.
         let control = &mut *ctx.control;
         let under_load = control.under_load(now, queued);
         match control
             .cookie_checker
-            .verify(now, &mut *control.rng, buf, source, under_load)
+            .verify(now, &mut *control.rng, bytes, source, under_load)
         {
             MacVerdict::InvalidMac => return self.dropped(DropReason::InvalidMac),
             MacVerdict::ValidMacNoCookie => {
@@ -914,12 +1028,12 @@ impl Device {
                 control.cookie_checker.create_reply(
                     now,
                     &mut *control.rng,
-                    buf,
+                    bytes,
                     sender_index,
                     source,
                     &mut reply,
                 );
-                self.push_transmit(source, reply.to_vec());
+                self.push_transmit(source, &reply);
                 return Received::Handshake;
             }
             MacVerdict::ValidMacAndCookie => {
@@ -928,398 +1042,32 @@ impl Device {
                 }
             }
         }
-        match msg {
-            Message::Initiation(m) => self.handle_initiation(ctx, identity, now, source, &m),
-            Message::Response(m) => self.handle_response(ctx, identity, now, source, &m),
-            Message::CookieReply(_) | Message::Transport(_) => Received::Handshake,
-        }
-    }
-
-    fn handle_initiation(
-        &self,
-        ctx: &mut ControlCtx<'_>,
-        identity: &StaticIdentity,
-        now: Instant,
-        source: SocketAddr,
-        msg: &messages::Initiation<'_>,
-    ) -> Received {
-        let Ok(part) = noise::consume_initiation(identity, msg) else {
-            return self.dropped(DropReason::HandshakeFailed);
-        };
-        let Some(peer) = ctx.shared.peer_by_key(part.remote_static()) else {
-            return self.dropped(DropReason::HandshakeFailed);
-        };
-        let mut ps = peer.state.lock();
-        let Ok(received) = part.finish(&ps.remote, msg) else {
-            return self.dropped(DropReason::HandshakeFailed);
-        };
-        // PROTOCOL.md §3: strictly newer timestamp, at most one per 20 ms; commit only after both.
-        if received.timestamp <= ps.latest_timestamp {
-            return self.dropped(DropReason::StaleTimestamp);
-        }
-        if ps
-            .last_initiation_consumed
-            .is_some_and(|t| now - t < INITIATION_FLOOD_INTERVAL)
-        {
-            return self.dropped(DropReason::Flood);
-        }
-        ps.latest_timestamp = received.timestamp;
-        ps.last_initiation_consumed = Some(now);
-        peer.rx_bytes
-            .fetch_add(INITIATION_LEN as u64, Ordering::Relaxed);
-        self.update_endpoint(peer, &mut ps, source);
-        ps.on_authenticated_packet_received();
-        ps.on_authenticated_packet_traversal(now);
-
-        // Answering forgets our own initiation in flight, like the kernel's single handshake slot.
-        if let Some(h) = ps.handshake.take() {
-            ctx.indices.remove(h.local_index);
-        }
-        let remote_index = received.sender_index;
-        let local_index = ctx
-            .indices
-            .insert(&mut *ctx.control.rng, IndexEntry::Handshake(peer.id));
-        let mut reply = [0u8; RESPONSE_LEN];
-        let keys = match noise::create_response(
-            received,
-            &ps.remote,
-            local_index,
-            &mut *ctx.control.rng,
-            &mut reply,
-        ) {
-            Ok(k) => k,
-            Err(_) => {
-                ctx.indices.remove(local_index);
-                return self.dropped(DropReason::HandshakeFailed);
-            }
-        };
-        let mac1_key = ps.remote.mac1_key;
-        ps.cookie.add_macs(now, &mac1_key, &mut reply);
-        let keypair = Arc::new(Keypair::new(
-            keys.send,
-            keys.recv,
-            now,
-            false,
-            local_index,
-            remote_index,
-            peer.id,
-        ));
-        if let Some(e) = ctx.indices.get_mut(local_index) {
-            *e = IndexEntry::Keypair(Arc::downgrade(&keypair));
-        }
-        // Responder: the new keypair waits in `next` until the initiator uses it (§7).
-        let slots = &mut ps.keypairs;
-        for old in [slots.next.replace(keypair), slots.previous.take()]
-            .into_iter()
-            .flatten()
-        {
-            ctx.indices.remove(old.local_index);
-        }
-        ps.last_sent_handshake = Some(now);
-        ps.on_session_derived(now);
-        ps.on_authenticated_packet_traversal(now);
-        ps.on_authenticated_packet_sent();
-        peer.tx_bytes
-            .fetch_add(RESPONSE_LEN as u64, Ordering::Relaxed);
-        self.push_transmit(source, reply.to_vec());
-        Received::Handshake
-    }
-
-    fn handle_response(
-        &self,
-        ctx: &mut ControlCtx<'_>,
-        identity: &StaticIdentity,
-        now: Instant,
-        source: SocketAddr,
-        msg: &messages::Response<'_>,
-    ) -> Received {
-        let local_index = msg.receiver_index();
-        let Some(IndexEntry::Handshake(peer_id)) = ctx.indices.get(local_index).cloned() else {
-            return self.dropped(DropReason::UnexpectedMessage);
-        };
-        let Some(peer) = ctx.shared.peers.get(&peer_id) else {
-            return self.dropped(DropReason::UnexpectedMessage);
-        };
-        let mut ps = peer.state.lock();
-        let keys = match ps.handshake.as_ref() {
-            Some(state) if state.local_index == local_index => {
-                match noise::consume_response(identity, &ps.remote, state, msg) {
-                    Ok(keys) => keys,
-                    Err(_) => return self.dropped(DropReason::HandshakeFailed),
-                }
-            }
-            _ => return self.dropped(DropReason::UnexpectedMessage),
-        };
-        ps.handshake = None;
-        let keypair = Arc::new(Keypair::new(
-            keys.send,
-            keys.recv,
-            now,
-            true,
-            local_index,
-            msg.sender_index(),
-            peer.id,
-        ));
-        if let Some(e) = ctx.indices.get_mut(local_index) {
-            *e = IndexEntry::Keypair(Arc::downgrade(&keypair));
-        }
-        // Initiator (§7): previous = next if present else current; current = new.
-        let slots = &mut ps.keypairs;
-        let old_current = slots.current.replace(keypair);
-        let (new_previous, dropped) = match slots.next.take() {
-            Some(next) => (Some(next), old_current),
-            None => (old_current, None),
-        };
-        let old_previous = core::mem::replace(&mut slots.previous, new_previous);
-        for old in [dropped, old_previous].into_iter().flatten() {
-            ctx.indices.remove(old.local_index);
-        }
-        peer.rx_bytes
-            .fetch_add(RESPONSE_LEN as u64, Ordering::Relaxed);
-        self.update_endpoint(peer, &mut ps, source);
-        ps.on_session_derived(now);
-        ps.on_handshake_complete(ctx.shared.unix_time(now));
-        ps.on_authenticated_packet_received();
-        ps.on_authenticated_packet_traversal(now);
-        self.push_event(Event::HandshakeCompleted {
-            peer: peer.public_key,
-        });
-        // Key confirmation: send what waited, or a keepalive.
-        if ps.staged.is_empty() {
-            ps.staged.push_back(Vec::new());
-        }
-        self.flush_staged(ctx.shared, peer, &mut ps, now);
-        Received::Handshake
-    }
-
-    fn handle_cookie_reply(
-        &self,
-        ctx: &mut ControlCtx<'_>,
-        now: Instant,
-        reply: &messages::CookieReply<'_>,
-    ) -> Received {
-        let peer_id = match ctx.indices.get(reply.receiver_index()) {
-            Some(IndexEntry::Handshake(id)) => *id,
-            Some(IndexEntry::Keypair(w)) => match w.upgrade() {
-                Some(kp) => kp.peer,
-                None => return self.dropped(DropReason::UnexpectedMessage),
+        let result = match msg {
+            HandshakeMessage::Initiation(m) => match noise::consume_initiation(identity, &m) {
+                Err(_) => Err(DropReason::HandshakeFailed),
+                Ok(part) => match ctx.shared.by_key.get(part.remote_static()).copied() {
+                    None => Err(DropReason::HandshakeFailed),
+                    Some(id) => self
+                        .on_peer(ctx, now, id, |peer, cx, sink| {
+                            peer.consume_initiation(cx, part, &m, source, sink)
+                        })
+                        .unwrap_or(Err(DropReason::HandshakeFailed)),
+                },
             },
-            None => return self.dropped(DropReason::UnexpectedMessage),
+            HandshakeMessage::Response(m) => match ctx.indices.get(m.receiver_index()).copied() {
+                None => Err(DropReason::UnexpectedMessage),
+                Some(id) => self
+                    .on_peer(ctx, now, id, |peer, cx, sink| {
+                        peer.consume_response(cx, &m, source, sink)
+                    })
+                    .unwrap_or(Err(DropReason::UnexpectedMessage)),
+            },
+            HandshakeMessage::CookieReply(_) => Ok(()),
         };
-        let Some(peer) = ctx.shared.peers.get(&peer_id) else {
-            return self.dropped(DropReason::UnexpectedMessage);
-        };
-        let mut ps = peer.state.lock();
-        let cookie_key = ps.remote.cookie_key;
-        match ps.cookie.consume_reply(now, &cookie_key, reply) {
+        match result {
             Ok(()) => Received::Handshake,
-            Err(_) => self.dropped(DropReason::HandshakeFailed),
+            Err(r) => self.dropped(r),
         }
-    }
-
-    /// Sends an initiation unless one went out less than REKEY_TIMEOUT ago (§6).
-    fn send_initiation(
-        &self,
-        ctx: &mut ControlCtx<'_>,
-        peer: &Peer,
-        ps: &mut PeerState,
-        now: Instant,
-        is_retry: bool,
-    ) {
-        if !is_retry {
-            ps.handshake_attempts = 0;
-        }
-        if !ps.initiation_allowed(now) {
-            return;
-        }
-        let (Some(identity), Some(endpoint)) = (ctx.shared.identity.as_ref(), ps.endpoint) else {
-            return;
-        };
-        if !ps.remote.can_handshake() {
-            return;
-        }
-        if let Some(old) = ps.handshake.take() {
-            ctx.indices.remove(old.local_index);
-        }
-        let local_index = ctx
-            .indices
-            .insert(&mut *ctx.control.rng, IndexEntry::Handshake(peer.id));
-        let timestamp = Tai64N::from_unix(ctx.shared.unix_time(now));
-        let mut msg = [0u8; INITIATION_LEN];
-        match noise::create_initiation(
-            identity,
-            &ps.remote,
-            local_index,
-            timestamp,
-            &mut *ctx.control.rng,
-            &mut msg,
-        ) {
-            Ok(state) => ps.handshake = Some(state),
-            Err(_) => {
-                ctx.indices.remove(local_index);
-                return;
-            }
-        }
-        let mac1_key = ps.remote.mac1_key;
-        ps.cookie.add_macs(now, &mac1_key, &mut msg);
-        ps.last_sent_handshake = Some(now);
-        ps.on_authenticated_packet_traversal(now);
-        ps.on_authenticated_packet_sent();
-        ps.on_handshake_initiated(now);
-        peer.tx_bytes
-            .fetch_add(INITIATION_LEN as u64, Ordering::Relaxed);
-        self.push_transmit(endpoint, msg.to_vec());
-    }
-
-    /// Sends a keepalive, staging it (and starting a handshake) if no session can send.
-    fn send_keepalive(
-        &self,
-        ctx: &mut ControlCtx<'_>,
-        peer: &Peer,
-        ps: &mut PeerState,
-        now: Instant,
-    ) {
-        if ps.staged.is_empty() {
-            ps.staged.push_back(Vec::new());
-        }
-        if !self.flush_staged(ctx.shared, peer, ps, now) {
-            self.send_initiation(ctx, peer, ps, now, false);
-        }
-    }
-
-    /// Encrypts staged packets with the current keypair into the outbox. Returns false (and
-    /// leaves them staged) if no keypair can send.
-    fn flush_staged(&self, shared: &Shared, peer: &Peer, ps: &mut PeerState, now: Instant) -> bool {
-        let Some(endpoint) = ps.endpoint else {
-            return false;
-        };
-        while let Some(packet) = ps.staged.pop_front() {
-            let Some(keypair) = ps.keypairs.current.clone().filter(|k| k.can_send(now)) else {
-                ps.staged.push_front(packet);
-                ps.initiation_wanted = true;
-                self.work_pending.store(true, Ordering::Release);
-                return false;
-            };
-            let Some(counter) = keypair.next_counter() else {
-                ps.staged.push_front(packet);
-                continue;
-            };
-            let padded = padded_len(packet.len(), shared.mtu);
-            let mut out = vec![0u8; HEADROOM + padded + TAG_LEN];
-            out[HEADROOM..HEADROOM + packet.len()].copy_from_slice(&packet);
-            let len = keypair.seal(counter, &mut out, packet.len(), padded);
-            peer.tx_bytes.fetch_add(len as u64, Ordering::Relaxed);
-            self.after_send(ps, &keypair, counter, !packet.is_empty(), now);
-            self.push_transmit(endpoint, out);
-        }
-        true
-    }
-
-    /// Timer hooks and the send-side rekey check after a transport message went out (§5, §6).
-    fn after_send(
-        &self,
-        ps: &mut PeerState,
-        keypair: &Keypair,
-        counter: u64,
-        is_data: bool,
-        now: Instant,
-    ) {
-        ps.on_authenticated_packet_traversal(now);
-        ps.on_authenticated_packet_sent();
-        if is_data {
-            ps.on_data_sent(now);
-        }
-        if counter >= REKEY_AFTER_MESSAGES
-            || (keypair.is_initiator && keypair.age(now) >= REKEY_AFTER_TIME)
-        {
-            self.want_initiation(ps, now);
-        }
-    }
-
-    fn want_initiation(&self, ps: &mut PeerState, now: Instant) {
-        if ps.initiation_allowed(now) && !ps.initiation_wanted {
-            ps.initiation_wanted = true;
-            self.work_pending.store(true, Ordering::Release);
-        }
-    }
-
-    fn update_endpoint(&self, peer: &Peer, ps: &mut PeerState, source: SocketAddr) {
-        if ps.endpoint != Some(source) {
-            ps.endpoint = Some(source);
-            self.push_event(Event::EndpointChanged {
-                peer: peer.public_key,
-                endpoint: source,
-            });
-        }
-    }
-
-    fn on_timer(
-        &self,
-        ctx: &mut ControlCtx<'_>,
-        peer: &Peer,
-        ps: &mut PeerState,
-        now: Instant,
-        timer: Timer,
-    ) {
-        match timer {
-            Timer::RetransmitHandshake => {
-                if ps.handshake_attempts > MAX_TIMER_HANDSHAKES {
-                    ps.timers.stop(Timer::SendKeepalive);
-                    ps.staged.clear();
-                    if !ps.timers.is_set(Timer::ZeroKeyMaterial) {
-                        ps.timers
-                            .set(Timer::ZeroKeyMaterial, now + ZERO_KEY_MATERIAL_AFTER);
-                    }
-                    self.push_event(Event::HandshakeGaveUp {
-                        peer: peer.public_key,
-                    });
-                } else {
-                    ps.handshake_attempts += 1;
-                    self.send_initiation(ctx, peer, ps, now, true);
-                }
-            }
-            Timer::SendKeepalive => {
-                self.send_keepalive(ctx, peer, ps, now);
-                if core::mem::take(&mut ps.need_another_keepalive) {
-                    ps.timers.set(Timer::SendKeepalive, now + KEEPALIVE_TIMEOUT);
-                }
-            }
-            Timer::NewHandshake => self.send_initiation(ctx, peer, ps, now, false),
-            Timer::ZeroKeyMaterial => {
-                let slots = core::mem::take(&mut ps.keypairs);
-                for kp in slots.iter() {
-                    ctx.indices.remove(kp.local_index);
-                }
-                if let Some(h) = ps.handshake.take() {
-                    ctx.indices.remove(h.local_index);
-                }
-                self.push_event(Event::KeysZeroed {
-                    peer: peer.public_key,
-                });
-            }
-            Timer::PersistentKeepalive => {
-                if ps.persistent_keepalive > 0 {
-                    self.send_keepalive(ctx, peer, ps, now);
-                }
-            }
-        }
-    }
-}
-
-fn remove_peer_locked(shared: &mut Shared, indices: &mut IndexTable<IndexEntry>, id: PeerId) {
-    if let Some(peer) = shared.peers.remove(&id) {
-        shared.by_key.remove(&peer.public_key);
-        shared.allowed_ips.remove_value(id);
-        let mut ps = peer.state.lock();
-        if let Some(h) = ps.handshake.take() {
-            indices.remove(h.local_index);
-        }
-        let slots = core::mem::take(&mut ps.keypairs);
-        for kp in slots.iter() {
-            indices.remove(kp.local_index);
-        }
-        ps.staged.clear();
-        ps.timers.clear();
     }
 }
 
@@ -1330,11 +1078,11 @@ fn remove_peer_locked(shared: &mut Shared, indices: &mut IndexTable<IndexEntry>,
 /// a driver that encrypts on several threads and must keep packets in order uses the split
 /// forms: [`prepare_send`](Self::prepare_send) (in order) then [`SendJob::seal`] (anywhere);
 /// [`prepare_receive`](Self::prepare_receive), [`ReceiveJob::open`] (anywhere), then
-/// [`finish_receive`](Self::finish_receive).
+/// [`finish_receive`](Self::finish_receive) (in order, per peer).
 pub struct DataPath<'a> {
     device: &'a Device,
     shared: RwLockReadGuard<'a, Shared>,
-    indices: RwLockReadGuard<'a, IndexTable<IndexEntry>>,
+    indices: RwLockReadGuard<'a, IndexTable<PeerId>>,
 }
 
 impl fmt::Debug for DataPath<'_> {
@@ -1343,87 +1091,54 @@ impl fmt::Debug for DataPath<'_> {
     }
 }
 
-/// A transport message ready to be sealed: keypair and counter are reserved.
-pub struct SendJob {
-    keypair: Arc<Keypair>,
-    counter: u64,
-    padded_len: usize,
-    /// The peer's endpoint.
-    pub destination: SocketAddr,
-}
-
-impl fmt::Debug for SendJob {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SendJob")
-            .field("counter", &self.counter)
-            .field("destination", &self.destination)
-            .finish()
-    }
-}
-
-impl SendJob {
-    /// Bytes the whole message occupies in the buffer.
-    pub fn message_len(&self) -> usize {
-        HEADROOM + self.padded_len + TAG_LEN
-    }
-
-    /// Encrypts in place: `buf[HEADROOM..HEADROOM + packet_len]` holds the packet given to
-    /// `prepare_send`. Returns the message length (at the start of `buf`).
-    pub fn seal(&self, buf: &mut [u8], packet_len: usize) -> usize {
-        self.keypair
-            .seal(self.counter, buf, packet_len, self.padded_len)
-    }
-}
-
 /// A transport message whose keypair was found; decrypt it with [`open`](Self::open).
+#[derive(Debug)]
 pub struct ReceiveJob {
-    keypair: Arc<Keypair>,
-    counter: u64,
-    source: SocketAddr,
-}
-
-impl fmt::Debug for ReceiveJob {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ReceiveJob")
-            .field("counter", &self.counter)
-            .finish()
-    }
+    inner: crate::peer::ReceiveJob,
+    peer: PeerId,
 }
 
 impl ReceiveJob {
     /// Decrypts `buf` (the whole datagram) in place. No state changes: a forged message costs
     /// only the AEAD.
     pub fn open(&self, buf: &mut [u8]) -> Result<(), DropReason> {
-        let body = buf
-            .get_mut(TRANSPORT_HEADER_LEN..)
-            .ok_or(DropReason::Malformed)?;
-        self.keypair
-            .open(self.counter, body)
-            .map_err(|_| DropReason::Decrypt)
+        self.inner.open(buf)
+    }
+
+    /// The peer the message claims to come from (proven only once `open` succeeds).
+    pub fn peer(&self) -> PeerId {
+        self.peer
     }
 }
 
 impl DataPath<'_> {
-    /// [`Device::handle_packet`] within this batch (deferred work waits for `handle_timeout`).
+    /// [`Device::handle_packet`] within this batch (a handshake it needs waits for
+    /// `handle_timeout`).
     pub fn encapsulate(&self, now: Instant, buf: &mut [u8], packet_len: usize) -> Sent {
-        let Some(packet) = buf.get(HEADROOM..HEADROOM + packet_len) else {
+        let Some(packet) = buf.get(crate::peer::HEADROOM..crate::peer::HEADROOM + packet_len)
+        else {
             self.device.count_drop(DropReason::BufferTooSmall);
             return Sent::Dropped(DropReason::BufferTooSmall);
         };
-        match self.prepare_send(now, packet, buf.len()) {
-            Ok(job) => {
-                let len = job.seal(buf, packet_len);
-                Sent::Transmit {
-                    destination: job.destination,
-                    len,
-                }
+        let job = match self.prepare_send(now, packet, buf.len()) {
+            Ok(job) => job,
+            Err(sent) => return sent,
+        };
+        match job.seal(buf, packet_len) {
+            Ok(len) => Sent::Transmit {
+                destination: job.destination,
+                len,
+            },
+            Err(_) => {
+                self.device.count_drop(DropReason::BufferTooSmall);
+                Sent::Dropped(DropReason::BufferTooSmall)
             }
-            Err(sent) => sent,
         }
     }
 
-    /// Routes `packet` and reserves a counter of the peer's current keypair, in the order
-    /// packets must leave. `capacity` is the length of the buffer the packet will be sealed in.
+    /// Routes `packet` by its destination and reserves a counter of the peer's current keypair,
+    /// in the order packets must leave. `capacity` is the length of the buffer the packet will
+    /// be sealed in.
     pub fn prepare_send(
         &self,
         now: Instant,
@@ -1435,52 +1150,34 @@ impl DataPath<'_> {
             device.count_drop(reason);
             Err(Sent::Dropped(reason))
         };
-        let Some(destination) = ip_destination(packet) else {
+        let Some(destination) = crate::ip::destination(packet) else {
             return drop(DropReason::InvalidInnerPacket);
         };
-        let Some(peer) = self
+        let Some((id, cell)) = self
             .shared
             .allowed_ips
             .lookup(destination)
-            .and_then(|id| self.shared.peers.get(&id))
+            .and_then(|id| self.shared.peers.get(&id).map(|c| (id, c)))
         else {
             return drop(DropReason::NoRoute);
         };
-        let padded = padded_len(packet.len(), self.shared.mtu);
-        if capacity < HEADROOM + padded + TAG_LEN {
-            return drop(DropReason::BufferTooSmall);
+        let mut st = cell.state.lock();
+        let result = st.peer.prepare_send(
+            now,
+            packet,
+            capacity,
+            self.shared.mtu,
+            &mut DataSink { device },
+        );
+        device.reschedule(id, &mut st);
+        if let Err(Sent::Dropped(reason)) = result {
+            device.count_drop(reason);
         }
-        let mut ps = peer.state.lock();
-        let Some(endpoint) = ps.endpoint else {
-            return drop(DropReason::NoEndpoint);
-        };
-        let job = ps
-            .keypairs
-            .current
-            .clone()
-            .filter(|k| ps.staged.is_empty() && k.can_send(now))
-            .and_then(|keypair| keypair.next_counter().map(|counter| (keypair, counter)));
-        let Some((keypair, counter)) = job else {
-            if ps.stage(packet) {
-                device.count_drop(DropReason::StagedOverflow);
-            }
-            device.want_initiation(&mut ps, now);
-            return Err(Sent::Staged);
-        };
-        let len = HEADROOM + padded + TAG_LEN;
-        peer.tx_bytes.fetch_add(len as u64, Ordering::Relaxed);
-        device.after_send(&mut ps, &keypair, counter, !packet.is_empty(), now);
-        device.note_deadline(ps.timers.next());
-        Ok(SendJob {
-            keypair,
-            counter,
-            padded_len: padded,
-            destination: endpoint,
-        })
+        result
     }
 
     /// [`Device::handle_datagram`] within this batch. Handshake messages are queued for
-    /// `handle_timeout` (the queue length is the device's load signal).
+    /// [`Device::handle_queued_handshakes`] (their number is the device's load signal).
     pub fn decapsulate(&self, now: Instant, source: SocketAddr, buf: &mut [u8]) -> Received {
         let job = match self.prepare_receive(now, source, buf) {
             Ok(job) => job,
@@ -1503,142 +1200,90 @@ impl DataPath<'_> {
         let device = self.device;
         let t = match messages::parse(buf) {
             Ok(Message::Transport(t)) => t,
-            Ok(_) => {
-                let mut queue = device.handshake_queue.lock();
-                if queue.len() >= MAX_QUEUED_HANDSHAKES {
-                    drop(queue);
-                    return Err(device.dropped(DropReason::QueueFull));
-                }
-                queue.push_back(QueuedHandshake {
-                    source,
-                    bytes: buf.to_vec(),
-                });
-                device.work_pending.store(true, Ordering::Release);
-                return Err(Received::Handshake);
-            }
+            Ok(other) => return Err(device.queue_handshake(source, &other)),
             Err(_) => return Err(device.dropped(DropReason::Malformed)),
         };
-        let keypair = match self.indices.get(t.receiver_index()) {
-            Some(IndexEntry::Keypair(w)) => w.upgrade(),
-            _ => None,
-        };
-        let Some(keypair) = keypair else {
+        let found = self
+            .indices
+            .get(t.receiver_index())
+            .and_then(|id| self.shared.peers.get(id).map(|c| (*id, c)));
+        let Some((id, cell)) = found else {
             return Err(device.dropped(DropReason::UnknownIndex));
         };
-        if !keypair.can_receive(now) {
-            return Err(device.dropped(DropReason::ExpiredKey));
+        let prepared =
+            cell.state
+                .lock()
+                .peer
+                .prepare_receive(now, t.receiver_index(), t.counter(), source);
+        match prepared {
+            Ok(inner) => Ok(ReceiveJob { inner, peer: id }),
+            Err(reason) => Err(device.dropped(reason)),
         }
-        Ok(ReceiveJob {
-            keypair,
-            counter: t.counter(),
-            source,
-        })
     }
 
-    /// After [`ReceiveJob::open`] succeeded: the replay window, roaming, key confirmation,
-    /// timers and the inner packet checks (PROTOCOL.md §5).
+    /// After [`ReceiveJob::open`] succeeded on `buf` (the whole datagram): the replay window,
+    /// roaming, key confirmation, timers (in the peer), then the inner packet's checks and the
+    /// source check against the sender's allowed IPs (PROTOCOL.md §5).
     pub fn finish_receive(&self, now: Instant, job: ReceiveJob, buf: &mut [u8]) -> Received {
         let device = self.device;
-        let source = job.source;
-        let counter = job.counter;
-        if counter >= REJECT_AFTER_MESSAGES || !job.keypair.accept_counter(counter) {
-            return device.dropped(DropReason::Replay);
+        if buf.len() < crate::messages::TRANSPORT_MIN_LEN {
+            return device.dropped(DropReason::BufferTooSmall);
         }
-        let Some(peer) = self.shared.peers.get(&job.keypair.peer) else {
+        let Some(cell) = self.shared.peers.get(&job.peer) else {
             return device.dropped(DropReason::UnknownIndex);
         };
-        peer.rx_bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
-        let mut ps = peer.state.lock();
-        device.update_endpoint(peer, &mut ps, source);
-
-        // Key confirmation (§7): the first packet under `next` promotes it.
-        if ps
-            .keypairs
-            .next
-            .as_ref()
-            .is_some_and(|n| Arc::ptr_eq(n, &job.keypair))
-        {
-            let slots = &mut ps.keypairs;
-            slots.previous = slots.current.take();
-            slots.current = slots.next.take();
-            ps.on_handshake_complete(self.shared.unix_time(now));
-            device.push_event(Event::HandshakeCompleted {
-                peer: peer.public_key,
-            });
-            device.work_pending.store(true, Ordering::Release); // forget the old previous's index
-            device.flush_staged(&self.shared, peer, &mut ps, now);
-        }
-        // Rekey on receive (§5): we initiated the current keypair and it is about to expire.
-        let current_is_old = ps.keypairs.current.as_ref().is_some_and(|c| {
-            Arc::ptr_eq(c, &job.keypair) && c.is_initiator && c.age(now) >= REKEY_ON_RECEIVE_AGE
-        });
-        if current_is_old && !ps.sent_lastminute_handshake {
-            ps.sent_lastminute_handshake = true;
-            device.want_initiation(&mut ps, now);
-        }
-        ps.on_authenticated_packet_received();
-        ps.on_authenticated_packet_traversal(now);
-        let plain_len = buf.len() - TRANSPORT_MIN_LEN;
-        if plain_len == 0 {
-            device.note_deadline(ps.timers.next());
-            return Received::Keepalive;
-        }
-        ps.on_data_received(now);
-        device.note_deadline(ps.timers.next());
-        drop(ps);
-
-        let inner = &buf[HEADROOM..HEADROOM + plain_len];
-        let Some((src, len)) = ip_source_and_len(inner) else {
-            return device.dropped(DropReason::InvalidInnerPacket);
+        let delivery = {
+            let mut st = cell.state.lock();
+            let d = st.peer.finish_receive(
+                now,
+                &job.inner,
+                buf.len(),
+                self.shared.mtu,
+                &mut DataSink { device },
+            );
+            device.reschedule(job.peer, &mut st);
+            d
         };
-        if self.shared.allowed_ips.lookup(src) != Some(peer.id) {
-            return device.dropped(DropReason::SourceNotAllowed);
-        }
-        Received::Packet {
-            peer: peer.public_key,
-            len,
+        match delivery {
+            Err(reason) => device.dropped(reason),
+            Ok(Delivery::Keepalive) => Received::Keepalive,
+            Ok(Delivery::Data) => {
+                let inner = &buf[crate::peer::HEADROOM..buf.len() - TAG_LEN];
+                let Some((src, len)) = crate::ip::source_and_len(inner) else {
+                    return device.dropped(DropReason::InvalidInnerPacket);
+                };
+                if self.shared.allowed_ips.lookup(src) != Some(job.peer) {
+                    return device.dropped(DropReason::SourceNotAllowed);
+                }
+                Received::Packet {
+                    peer: cell.public_key,
+                    len,
+                }
+            }
         }
     }
 }
 
-/// The destination address of an IPv4 or IPv6 packet.
-fn ip_destination(packet: &[u8]) -> Option<IpAddr> {
-    match packet.first()? >> 4 {
-        4 if packet.len() >= 20 => Some(IpAddr::V4(Ipv4Addr::from(
-            <[u8; 4]>::try_from(&packet[16..20]).ok()?,
-        ))),
-        6 if packet.len() >= 40 => Some(IpAddr::V6(Ipv6Addr::from(
-            <[u8; 16]>::try_from(&packet[24..40]).ok()?,
-        ))),
-        _ => None,
-    }
-}
-
-/// The source address and real length of a decrypted inner packet, checking its header
-/// lengths (PROTOCOL.md §5).
-fn ip_source_and_len(packet: &[u8]) -> Option<(IpAddr, usize)> {
-    match packet.first()? >> 4 {
-        4 if packet.len() >= 20 => {
-            let total = usize::from(u16::from_be_bytes([packet[2], packet[3]]));
-            if total < 20 || total > packet.len() {
-                return None;
+impl Device {
+    /// The data path met a handshake message: queue it (parsed) for the control path.
+    fn queue_handshake(&self, source: SocketAddr, msg: &Message<'_>) -> Received {
+        let Some(queued) = QueuedMessage::of(msg) else {
+            return self.dropped(DropReason::Malformed);
+        };
+        let first = {
+            let mut q = self.handshakes.lock();
+            if q.len() >= MAX_QUEUED_HANDSHAKES {
+                drop(q);
+                return self.dropped(DropReason::QueueFull);
             }
-            Some((
-                IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(&packet[12..16]).ok()?)),
-                total,
-            ))
+            q.push_back((source, queued));
+            self.queued_handshakes.store(q.len(), Ordering::Release);
+            q.len() == 1
+        };
+        if first {
+            self.wake();
         }
-        6 if packet.len() >= 40 => {
-            let total = usize::from(u16::from_be_bytes([packet[4], packet[5]])) + 40;
-            if total > packet.len() {
-                return None;
-            }
-            Some((
-                IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(&packet[8..24]).ok()?)),
-                total,
-            ))
-        }
-        _ => None,
+        Received::Handshake
     }
 }
 
@@ -1646,6 +1291,7 @@ fn ip_source_and_len(packet: &[u8]) -> Option<(IpAddr, usize)> {
 mod tests {
     use super::*;
     use alloc::vec;
+    use core::sync::atomic::AtomicUsize;
     use rand_chacha::rand_core::SeedableRng;
 
     const A_ADDR: &str = "10.0.0.1:51820";
@@ -1699,11 +1345,20 @@ mod tests {
         }
     }
 
-    fn current_keypair(d: &Device, peer: &PublicKey) -> Arc<Keypair> {
+    fn with_current<R>(
+        d: &Device,
+        peer: &PublicKey,
+        f: impl FnOnce(&mut crate::keypair::Keypair) -> R,
+    ) -> R {
         let shared = d.shared.read();
-        let p = shared.peer_by_key(peer).expect("peer");
-        let kp = p.state.lock().keypairs.current.clone().expect("session");
-        kp
+        let cell = shared.peer_by_key(peer).expect("peer");
+        let mut st = cell.state.lock();
+        let kp = st
+            .peer
+            .keypairs_mut()
+            .get_mut(crate::keypair::SlotName::Current)
+            .expect("session");
+        f(kp)
     }
 
     fn initiations_queued(d: &Device) -> usize {
@@ -1713,6 +1368,15 @@ mod tests {
             n += usize::from(buf[0] == 1 && t.len == INITIATION_LEN);
         }
         n
+    }
+
+    fn counting_waker(d: &Device) -> Arc<AtomicUsize> {
+        let count = Arc::new(AtomicUsize::new(0));
+        let c = count.clone();
+        d.set_waker(Some(Arc::new(move || {
+            c.fetch_add(1, Ordering::Relaxed);
+        })));
+        count
     }
 
     #[test]
@@ -1735,8 +1399,10 @@ mod tests {
             }
             b.handle_timeout(quiet);
         };
-        assert!(!b.needs_attention());
         assert!(told > quiet + Duration::from_secs(60), "{told:?}");
+        // poll_timeout is a pure getter: asking again changes nothing.
+        assert_eq!(b.poll_timeout(), Some(told));
+        let wakes = counting_waker(&b);
         // Data received on the data path arms B's keepalive 10 s out, earlier than `told`:
         // the driver must be woken to sleep less.
         let later = quiet + Duration::from_millis(5);
@@ -1748,22 +1414,29 @@ mod tests {
             .data_path()
             .decapsulate(later, A_ADDR.parse().expect("addr"), &mut buf[..n]);
         assert!(matches!(r, Received::Packet { .. }), "{r:?}");
-        assert!(b.needs_attention());
+        assert_eq!(wakes.load(Ordering::Relaxed), 1);
         let told = b.poll_timeout().expect("keepalive");
-        assert!(told <= later + crate::timers::KEEPALIVE_TIMEOUT);
-        assert!(!b.needs_attention());
+        assert!(told <= later + crate::constants::KEEPALIVE_TIMEOUT);
+        // More data later than that changes no deadline that matters: no wake-up.
+        let (mut buf, len) = packet_buf();
+        let Sent::Transmit { len: n, .. } = a.handle_packet(later, &mut buf, len) else {
+            panic!("session")
+        };
+        b.data_path()
+            .decapsulate(later, A_ADDR.parse().expect("addr"), &mut buf[..n]);
+        assert_eq!(wakes.load(Ordering::Relaxed), 1);
     }
 
     #[test]
     fn rekey_and_reject_after_messages() {
         // PROTOCOL.md §5: rekey once the counter passes REKEY_AFTER_MESSAGES; never send at or
         // beyond REJECT_AFTER_MESSAGES.
+        use crate::constants::REJECT_AFTER_MESSAGES;
         let (a, b, pk_b) = pair();
         let now = Instant::from_nanos(1);
         let (mut buf, len) = packet_buf();
         assert_eq!(a.handle_packet(now, &mut buf, len), Sent::Staged);
         shuttle(&a, &b, now);
-        let kp = current_keypair(&a, &pk_b);
 
         // Far from the limits: sending does not ask for a handshake.
         let later = now + Duration::from_secs(6); // past the REKEY_TIMEOUT gap
@@ -1775,7 +1448,7 @@ mod tests {
         assert_eq!(initiations_queued(&a), 0);
 
         // At REKEY_AFTER_MESSAGES the same send starts a new handshake.
-        kp.set_send_counter(REKEY_AFTER_MESSAGES);
+        with_current(&a, &pk_b, |k| k.set_send_counter(REKEY_AFTER_MESSAGES));
         let (mut buf, len) = packet_buf();
         assert!(matches!(
             a.handle_packet(later, &mut buf, len),
@@ -1784,7 +1457,7 @@ mod tests {
         assert_eq!(initiations_queued(&a), 1);
 
         // The last allowed counter is still used; after it, packets wait for a new session.
-        kp.set_send_counter(REJECT_AFTER_MESSAGES - 1);
+        with_current(&a, &pk_b, |k| k.set_send_counter(REJECT_AFTER_MESSAGES - 1));
         let (mut buf, len) = packet_buf();
         assert!(matches!(
             a.handle_packet(later, &mut buf, len),
@@ -1796,12 +1469,85 @@ mod tests {
         );
         let (mut buf, len) = packet_buf();
         assert_eq!(a.handle_packet(later, &mut buf, len), Sent::Staged);
-        assert!(!kp.can_send(later));
+        assert!(!with_current(&a, &pk_b, |k| k.can_send(later)));
 
         // The receiver refuses a correctly sealed message at the limit, after decrypting it.
         let (mut buf, len) = packet_buf();
-        let sealed = kp.seal(REJECT_AFTER_MESSAGES, &mut buf, len, 32);
+        let sealed = with_current(&a, &pk_b, |k| k.sealer())
+            .seal(REJECT_AFTER_MESSAGES, &mut buf, len, 32)
+            .expect("fits");
         let r = b.handle_datagram(later, A_ADDR.parse().expect("addr"), &mut buf[..sealed]);
         assert_eq!(r, Received::Dropped(DropReason::Replay));
+    }
+
+    #[test]
+    fn split_forms_refuse_short_buffers_instead_of_panicking() {
+        let (a, b, _) = pair();
+        let now = Instant::from_nanos(1);
+        let (mut buf, len) = packet_buf();
+        a.handle_packet(now, &mut buf, len);
+        shuttle(&a, &b, now);
+        let (mut buf, len) = packet_buf();
+        let job = a
+            .data_path()
+            .prepare_send(now, &buf[HEADROOM..HEADROOM + len], buf.len())
+            .expect("session");
+        // Sealing into less than the message needs is a caller error, reported.
+        assert!(job.seal(&mut buf[..job.message_len() - 1], len).is_err());
+        let n = job.seal(&mut buf, len).expect("fits");
+        let dp = b.data_path();
+        let job = dp
+            .prepare_receive(now, A_ADDR.parse().expect("addr"), &buf[..n])
+            .expect("keypair");
+        assert_eq!(job.open(&mut buf[..n]), Ok(()));
+        // finish_receive with a truncated buffer: an error, not a panic.
+        assert_eq!(
+            dp.finish_receive(now, job, &mut buf[..8]),
+            Received::Dropped(DropReason::BufferTooSmall)
+        );
+    }
+
+    #[test]
+    fn only_peers_with_timers_are_in_the_deadline_queue() {
+        // Idle peers cost the queue nothing; each peer with a timer has one entry, and
+        // poll_timeout is the first of them.
+        let d = Device::new(Box::new(rand_chacha::ChaCha20Rng::seed_from_u64(3)));
+        d.set_private_key(Some(PrivateKey::from_bytes([9; 32])));
+        let now = Instant::from_nanos(1);
+        let mut keys = vec::Vec::new();
+        for i in 0..1001u32 {
+            let mut k = [0u8; 32];
+            k[4..8].copy_from_slice(&i.to_le_bytes()); // clamping clears bits of k[0]
+            k[31] = 0x40; // not low order
+            let pk = PrivateKey::from_bytes(k).public_key();
+            d.add_peer(pk);
+            d.set_endpoint(&pk, SocketAddr::from(([10, 0, 0, 2], 1000 + i as u16)))
+                .expect("peer");
+            keys.push(pk);
+        }
+        assert_eq!(d.stats().scheduled, 0, "idle peers are not in the queue");
+        assert_eq!(d.poll_timeout(), None);
+        for pk in &keys[..1000] {
+            d.set_persistent_keepalive(now, pk, 25).expect("peer");
+        }
+        d.set_persistent_keepalive(now, &keys[1000], 1)
+            .expect("peer");
+        // Turning keepalives on started handshakes (sending an initiation re-arms the
+        // persistent keepalive): the 1 s peer's keepalive is the first deadline.
+        let mut out = [0u8; 256];
+        let mut sent = 0;
+        while d.poll_transmit(&mut out).is_some() {
+            sent += 1;
+        }
+        assert_eq!(
+            sent,
+            1001,
+            "{:?}",
+            d.drop_counts()
+                .filter(|(_, n)| *n > 0)
+                .collect::<vec::Vec<_>>()
+        );
+        assert_eq!(d.stats().scheduled, 1001);
+        assert_eq!(d.poll_timeout(), Some(now + Duration::from_secs(1)));
     }
 }

@@ -139,26 +139,42 @@
 //! [`messages`] (§2), [`noise`] (§3), [`cookie`] (§4), [`keypair`] and [`replay`] (§5),
 //! [`timers`] (§6), [`peer`] and [`index`] (§7), [`allowed_ips`] (§8), [`device`] (all of it).
 
+#[cfg(any(feature = "alloc", test))]
 extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
-pub mod allowed_ips;
+pub mod constants;
 pub mod cookie;
 pub mod crypto;
-pub mod device;
-pub mod index;
+pub mod ip;
 pub mod keypair;
 pub mod messages;
 pub mod noise;
+pub mod outcome;
 pub mod peer;
-pub mod ratelimiter;
 pub mod replay;
-mod sync;
+pub mod single;
+mod slot;
 pub mod time;
 pub mod timers;
 
+#[cfg(feature = "alloc")]
+pub mod allowed_ips;
+#[cfg(feature = "alloc")]
+pub mod device;
+#[cfg(feature = "alloc")]
+pub mod index;
+#[cfg(feature = "alloc")]
+mod outbox;
+#[cfg(feature = "alloc")]
+pub mod ratelimiter;
+#[cfg(feature = "alloc")]
+mod sync;
+
+#[cfg(feature = "alloc")]
 pub use device::Device;
+pub use outcome::{DropReason, Event, Received, Sent};
 pub use time::Instant;
 
 #[cfg(test)]
@@ -169,5 +185,6 @@ mod tests {
         assert_send_sync::<crate::Device>();
         assert_send_sync::<crate::device::SendJob>();
         assert_send_sync::<crate::device::ReceiveJob>();
+        assert_send_sync::<crate::peer::Peer>();
     }
 }

@@ -137,6 +137,14 @@ fn u32_at(buf: &[u8], r: core::ops::Range<usize>) -> u32 {
 pub struct Initiation<'a>(&'a [u8]);
 
 impl<'a> Initiation<'a> {
+    /// The view of a message already known to be one of these (its type is its length).
+    pub fn from_array(bytes: &'a [u8; INITIATION_LEN]) -> Self {
+        Initiation(bytes)
+    }
+    /// The whole message.
+    pub fn array(&self) -> &'a [u8; INITIATION_LEN] {
+        array(self.0, 0..INITIATION_LEN)
+    }
     /// The initiator's index.
     pub fn sender_index(&self) -> u32 {
         u32_at(self.0, field::initiation::SENDER)
@@ -172,6 +180,14 @@ impl<'a> Initiation<'a> {
 pub struct Response<'a>(&'a [u8]);
 
 impl<'a> Response<'a> {
+    /// The view of a message already known to be one of these (its type is its length).
+    pub fn from_array(bytes: &'a [u8; RESPONSE_LEN]) -> Self {
+        Response(bytes)
+    }
+    /// The whole message.
+    pub fn array(&self) -> &'a [u8; RESPONSE_LEN] {
+        array(self.0, 0..RESPONSE_LEN)
+    }
     /// The responder's index.
     pub fn sender_index(&self) -> u32 {
         u32_at(self.0, field::response::SENDER)
@@ -207,6 +223,14 @@ impl<'a> Response<'a> {
 pub struct CookieReply<'a>(&'a [u8]);
 
 impl<'a> CookieReply<'a> {
+    /// The view of a message already known to be one of these (its type is its length).
+    pub fn from_array(bytes: &'a [u8; COOKIE_REPLY_LEN]) -> Self {
+        CookieReply(bytes)
+    }
+    /// The whole message.
+    pub fn array(&self) -> &'a [u8; COOKIE_REPLY_LEN] {
+        array(self.0, 0..COOKIE_REPLY_LEN)
+    }
     /// The index of the handshake message this answers.
     pub fn receiver_index(&self) -> u32 {
         u32_at(self.0, field::cookie_reply::RECEIVER)

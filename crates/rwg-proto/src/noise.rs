@@ -126,33 +126,56 @@ impl fmt::Debug for StaticIdentity {
     }
 }
 
-/// What we know of a peer's static key, precomputed once per (our key, their key) pair.
+/// The static-static DH of a peer, computed on first use and cached.
+#[derive(Clone)]
+enum StaticStatic {
+    /// Not computed since our key or theirs last changed.
+    Unknown,
+    /// DH(our static, their static).
+    Known(SymmetricKey),
+    /// All zeros (a low-order public key) or no private key: no handshake is possible.
+    Impossible,
+}
+
+/// What we know of a peer's static key.
+///
+/// The static-static DH is computed the first time a handshake needs it, not when the peer is
+/// configured: a `wg setconf` of 100 000 peers then costs no X25519 at all, and a private key
+/// change only forgets the cached values (PROTOCOL.md §1 asks for it to be computed once per
+/// key pair, which this still does).
 #[derive(Clone)]
 pub struct RemoteStatic {
     public: PublicKey,
-    /// DH(our static, their static); `None` when it is all zeros: that peer can never handshake.
-    static_static: Option<SymmetricKey>,
+    static_static: StaticStatic,
     psk: PresharedKey,
-    /// HASH(LABEL_MAC1 ‖ their public key): mac1 of messages we send them.
-    pub(crate) mac1_key: [u8; 32],
-    /// HASH(LABEL_COOKIE ‖ their public key): decrypts cookie replies they send us.
-    pub(crate) cookie_key: [u8; 32],
 }
 
 impl RemoteStatic {
-    /// Precomputes the static-static DH and the peer's mac1/cookie keys.
-    pub fn new(local: Option<&StaticIdentity>, public: PublicKey, psk: PresharedKey) -> Self {
+    /// A peer's static key and preshared key.
+    pub fn new(public: PublicKey, psk: PresharedKey) -> Self {
         RemoteStatic {
-            static_static: local.and_then(|l| l.private.diffie_hellman(&public).ok()),
-            mac1_key: hash(&[LABEL_MAC1, public.as_bytes()]),
-            cookie_key: hash(&[LABEL_COOKIE, public.as_bytes()]),
             public,
+            static_static: StaticStatic::Unknown,
             psk,
         }
     }
-    /// Recomputes the static-static DH after our private key changed.
-    pub fn set_local(&mut self, local: Option<&StaticIdentity>) {
-        self.static_static = local.and_then(|l| l.private.diffie_hellman(&self.public).ok());
+    /// Forgets the static-static DH after our private key changed.
+    pub fn forget_static_static(&mut self) {
+        self.static_static = StaticStatic::Unknown;
+    }
+    /// DH(our static, their static), computing it on first use. `None` if it is all zeros (a
+    /// low-order public key: that peer can never handshake).
+    pub fn static_static(&mut self, local: &StaticIdentity) -> Option<&SymmetricKey> {
+        if let StaticStatic::Unknown = self.static_static {
+            self.static_static = match local.private.diffie_hellman(&self.public) {
+                Ok(k) => StaticStatic::Known(k),
+                Err(_) => StaticStatic::Impossible,
+            };
+        }
+        match &self.static_static {
+            StaticStatic::Known(k) => Some(k),
+            StaticStatic::Unknown | StaticStatic::Impossible => None,
+        }
     }
     /// Replaces the preshared key.
     pub fn set_psk(&mut self, psk: PresharedKey) {
@@ -166,9 +189,13 @@ impl RemoteStatic {
     pub fn public_key(&self) -> &PublicKey {
         &self.public
     }
-    /// Whether a handshake with this peer is possible at all (we have a key, theirs is not low-order).
-    pub fn can_handshake(&self) -> bool {
-        self.static_static.is_some()
+    /// HASH(LABEL_MAC1 ‖ their public key): the key of mac1 on messages we send them.
+    pub fn mac1_key(&self) -> [u8; 32] {
+        hash(&[LABEL_MAC1, self.public.as_bytes()])
+    }
+    /// HASH(LABEL_COOKIE ‖ their public key): decrypts the cookie replies they send us.
+    pub fn cookie_key(&self) -> [u8; 32] {
+        hash(&[LABEL_COOKIE, self.public.as_bytes()])
     }
 }
 
@@ -281,16 +308,16 @@ impl fmt::Debug for InitiationState {
 /// Initiator, message 1 (PROTOCOL.md §3). Writes everything but mac1/mac2 into `out`.
 pub fn create_initiation(
     local: &StaticIdentity,
-    remote: &RemoteStatic,
+    remote: &mut RemoteStatic,
     local_index: u32,
     timestamp: Tai64N,
     rng: &mut dyn CryptoRngCore,
     out: &mut [u8; INITIATION_LEN],
 ) -> Result<InitiationState, HandshakeError> {
     let static_static = remote
-        .static_static
-        .as_ref()
-        .ok_or(HandshakeError::LowOrder)?;
+        .static_static(local)
+        .ok_or(HandshakeError::LowOrder)?
+        .clone();
     let mut sym = SymmetricState::start(&remote.public);
     let ephemeral = PrivateKey::generate(rng);
     let ephemeral_public = ephemeral.public_key();
@@ -304,7 +331,7 @@ pub fn create_initiation(
     encrypted_static[..KEY_LEN].copy_from_slice(local.public.as_bytes());
     sym.encrypt_and_hash(&k, encrypted_static);
 
-    let k = sym.mix_key_and_get(static_static);
+    let k = sym.mix_key_and_get(&static_static);
     let encrypted_timestamp = &mut out[field::initiation::TIMESTAMP];
     encrypted_timestamp[..12].copy_from_slice(&timestamp.0);
     sym.encrypt_and_hash(&k, encrypted_timestamp);
@@ -382,15 +409,15 @@ impl InitiationStatic {
     /// Responder, message 1, step 4: with the peer found, decrypt and return the timestamp.
     pub fn finish(
         mut self,
-        remote: &RemoteStatic,
+        local: &StaticIdentity,
+        remote: &mut RemoteStatic,
         msg: &Initiation<'_>,
     ) -> Result<ReceivedInitiation, HandshakeError> {
         if remote.public != self.remote_static {
             return Err(HandshakeError::UnknownPeer);
         }
         let static_static = remote
-            .static_static
-            .as_ref()
+            .static_static(local)
             .ok_or(HandshakeError::LowOrder)?;
         let k = self.symmetric.mix_key_and_get(static_static);
         let mut ts_buf = *msg.encrypted_timestamp();
@@ -519,21 +546,21 @@ mod tests {
             &unhex::<32>("31e0303fd6418d2f8c0e78b91f22e8caed0fbe48656dcf4767e4834f701b8f62")
         );
         let psk = PresharedKey::from_bytes(unhex(PSK));
-        let init_view_of_resp = RemoteStatic::new(Some(&init), *resp.public_key(), psk.clone());
-        let resp_view_of_init = RemoteStatic::new(Some(&resp), *init.public_key(), psk);
+        let mut init_view_of_resp = RemoteStatic::new(*resp.public_key(), psk.clone());
+        let mut resp_view_of_init = RemoteStatic::new(*init.public_key(), psk);
 
         let mut msg1 = [0u8; INITIATION_LEN];
         let ts = Tai64N(unhex("400000006553f10a00000000"));
         let state = create_initiation(
             &init,
-            &init_view_of_resp,
+            &mut init_view_of_resp,
             0x0102_0304,
             ts,
             &mut FixedKey(unhex(INIT_EPHEMERAL)),
             &mut msg1,
         )
         .expect("initiation");
-        crate::cookie::write_mac1(&init_view_of_resp.mac1_key, &mut msg1);
+        crate::cookie::write_mac1(&init_view_of_resp.mac1_key(), &mut msg1);
         let expected1 = hex::decode("0100000004030201ca35def5ae56cec33dc2036731ab14896bc4c75dbb07a61f879f8e3afa4c7944001e21de9f98ddd8e2ad57527207feb56253c9c94a9e496782ecfcb2a75fbcaf752d6cf9956f6a4cc1a138d6de1e87238cbd2c462d6bf53d84c83619a6663feb6f8d477c30b0c2f2ef2b3aed03dd0fe4467aa370925b913471f05a6c00000000000000000000000000000000").expect("hex");
         assert_eq!(hex::encode(msg1), hex::encode(&expected1));
 
@@ -543,7 +570,7 @@ mod tests {
         let part = consume_initiation(&resp, &view).expect("static decrypts");
         assert_eq!(part.remote_static(), init.public_key());
         let received = part
-            .finish(&resp_view_of_init, &view)
+            .finish(&resp, &mut resp_view_of_init, &view)
             .expect("timestamp decrypts");
         assert_eq!(received.timestamp, ts);
         assert_eq!(received.sender_index, 0x0102_0304);
@@ -557,7 +584,7 @@ mod tests {
             &mut msg2,
         )
         .expect("response");
-        crate::cookie::write_mac1(&resp_view_of_init.mac1_key, &mut msg2);
+        crate::cookie::write_mac1(&resp_view_of_init.mac1_key(), &mut msg2);
         let expected2 = hex::decode("02000000080706050403020195ebc60d2b1fa672c1f46a8aa265ef51bfe38e7ccb39ec5be34069f1448088434f9895bc1259c89ff7a7c7f869b4cb1cdff13dc4eb8537d521ba34982a77269f00000000000000000000000000000000").expect("hex");
         assert_eq!(hex::encode(msg2), hex::encode(&expected2));
 
@@ -592,10 +619,10 @@ mod tests {
         let mut rng = FixedKey([3; 32]);
         let init = StaticIdentity::new(PrivateKey::from_bytes([1; 32]));
         let resp = StaticIdentity::new(PrivateKey::from_bytes([2; 32]));
-        let i2r = RemoteStatic::new(Some(&init), *resp.public_key(), PresharedKey::none());
-        let r2i = RemoteStatic::new(Some(&resp), *init.public_key(), PresharedKey::none());
+        let mut i2r = RemoteStatic::new(*resp.public_key(), PresharedKey::none());
+        let mut r2i = RemoteStatic::new(*init.public_key(), PresharedKey::none());
         let mut msg1 = [0u8; INITIATION_LEN];
-        let state = create_initiation(&init, &i2r, 1, Tai64N::default(), &mut rng, &mut msg1)
+        let state = create_initiation(&init, &mut i2r, 1, Tai64N::default(), &mut rng, &mut msg1)
             .expect("init");
         for byte in [8, 40, 87, 88, 115] {
             let mut bad = msg1;
@@ -603,7 +630,7 @@ mod tests {
             let Ok(Message::Initiation(v)) = parse(&bad) else {
                 panic!()
             };
-            let outcome = consume_initiation(&resp, &v).and_then(|p| p.finish(&r2i, &v));
+            let outcome = consume_initiation(&resp, &v).and_then(|p| p.finish(&resp, &mut r2i, &v));
             assert!(
                 outcome.is_err(),
                 "flipping byte {byte} must break authentication"
@@ -614,7 +641,7 @@ mod tests {
             panic!()
         };
         let received = consume_initiation(&resp, &v)
-            .and_then(|p| p.finish(&r2i, &v))
+            .and_then(|p| p.finish(&resp, &mut r2i, &v))
             .expect("ok");
         let mut r2i_psk = r2i.clone();
         r2i_psk.set_psk(PresharedKey::from_bytes([9; 32]));
@@ -628,14 +655,10 @@ mod tests {
             Some(HandshakeError::Decrypt)
         );
         // A low-order peer key cannot start a handshake.
-        let low = RemoteStatic::new(
-            Some(&init),
-            PublicKey::from_bytes([0; 32]),
-            PresharedKey::none(),
-        );
-        assert!(!low.can_handshake());
+        let mut low = RemoteStatic::new(PublicKey::from_bytes([0; 32]), PresharedKey::none());
+        assert!(low.static_static(&init).is_none());
         assert_eq!(
-            create_initiation(&init, &low, 1, Tai64N::default(), &mut rng, &mut msg1).err(),
+            create_initiation(&init, &mut low, 1, Tai64N::default(), &mut rng, &mut msg1).err(),
             Some(HandshakeError::LowOrder)
         );
     }

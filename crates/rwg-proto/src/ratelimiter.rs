@@ -17,10 +17,10 @@ use core::time::Duration;
 
 use crate::time::Instant;
 
-/// Messages per second a source may send once its burst is spent.
-const PACKETS_PER_SECOND: u64 = 20;
-/// Messages a source may send at once.
-const PACKETS_BURSTABLE: u64 = 5;
+use crate::constants::{
+    RATE_LIMIT_BURST as PACKETS_BURSTABLE, RATE_LIMIT_PER_SECOND as PACKETS_PER_SECOND,
+};
+
 /// Nanoseconds of credit one message costs.
 const PACKET_COST: u64 = 1_000_000_000 / PACKETS_PER_SECOND;
 /// Nanoseconds of credit a bucket can hold.
