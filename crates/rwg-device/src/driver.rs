@@ -526,3 +526,6 @@ impl UapiDevice for DriverConfig {
         self.0.waker.wake();
     }
 }
+
+#[cfg(test)]
+mod tests;
