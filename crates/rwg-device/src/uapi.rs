@@ -1313,6 +1313,15 @@ pub(crate) mod tests {
         }
     }
 
+    /// Held by tests that bind a listener: binding swaps the process-wide umask, so two
+    /// binds on parallel test threads can restore each other's umask at the wrong moment
+    /// (seen: a socket created 0755).
+    static BINDING: Mutex<()> = Mutex::new(());
+
+    fn binding() -> std::sync::MutexGuard<'static, ()> {
+        BINDING.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn temp_dir(tag: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("rwg-uapi-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -1322,6 +1331,7 @@ pub(crate) mod tests {
     #[test]
     fn socket_server_end_to_end() {
         use std::io::{Read, Write};
+        let _binding = binding();
         let dir = temp_dir("e2e");
         let listener = UapiListener::bind_in(&dir, "wgt0").expect("bind");
         let path = listener.path().to_path_buf();
@@ -1365,6 +1375,7 @@ pub(crate) mod tests {
 
     #[test]
     fn stale_socket_is_replaced() {
+        let _binding = binding();
         let dir = temp_dir("stale");
         {
             let first = UapiListener::bind_in(&dir, "wgt1").expect("bind");
