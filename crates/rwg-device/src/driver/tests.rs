@@ -196,7 +196,11 @@ fn fwmark_is_set_on_the_sockets() {
             .map(|s| crate::sys::udp::mark(s).expect("SO_MARK"))
             .collect()
     };
-    assert_eq!(set(&dev, "fwmark=66\n"), "errno=0\n\n");
+    assert_eq!(
+        set(&dev, "fwmark=66\n"),
+        "errno=0\n\n",
+        "setting SO_MARK needs CAP_NET_ADMIN"
+    );
     assert!(!marks(&d).is_empty());
     assert!(marks(&d).iter().all(|&m| m == 66), "{:?}", marks(&d));
     let get = talk(&dev, "get=1\n\n");
