@@ -425,3 +425,6 @@ impl UapiDevice for DriverConfig {
         self.0.waker.wake();
     }
 }
+
+#[cfg(test)]
+mod tests;

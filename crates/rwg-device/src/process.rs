@@ -59,9 +59,13 @@ mod tests {
         assert!(adopt_inherited(-1).is_err());
         assert!(adopt_inherited(1).is_err());
         let (mut r, w) = pipe().expect("pipe");
+        // As the parent hands it over: inheritable.
+        inherit_across_exec(&w).expect("clear cloexec");
         let raw = OwnedFd::from(w).into_raw_fd();
         let adopted = adopt_inherited(raw).expect("adopt");
         assert_eq!(adopted.as_raw_fd(), raw);
+        // The child does not pass it on to its own children.
+        assert!(sys::fd::cloexec(&adopted).expect("F_GETFD"));
         // Not twice.
         assert!(adopt_inherited(raw).is_err());
         let mut w = File::from(adopted);
@@ -76,7 +80,18 @@ mod tests {
 
     #[test]
     fn inheritance_flag() {
-        let (r, _w) = pipe().expect("pipe");
+        let (r, w) = pipe().expect("pipe");
+        assert!(
+            sys::fd::cloexec(&r).expect("F_GETFD"),
+            "pipe ends start close-on-exec"
+        );
+        assert!(sys::fd::cloexec(&w).expect("F_GETFD"));
         inherit_across_exec(&r).expect("clear cloexec");
+        assert!(
+            !sys::fd::cloexec(&r).expect("F_GETFD"),
+            "FD_CLOEXEC still set"
+        );
+        // Only the descriptor asked for.
+        assert!(sys::fd::cloexec(&w).expect("F_GETFD"));
     }
 }

@@ -835,28 +835,29 @@ fn serve_lines<D: UapiDevice>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::memory::MemoryDevice;
     use std::net::{Ipv4Addr, Ipv6Addr};
 
-    const K1: &str = "1111111111111111111111111111111111111111111111111111111111111111";
-    const K2: &str = "2222222222222222222222222222222222222222222222222222222222222222";
-    const K3: &str = "3333333333333333333333333333333333333333333333333333333333333333";
-    const ZERO: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+    pub(crate) const K1: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+    pub(crate) const K2: &str = "2222222222222222222222222222222222222222222222222222222222222222";
+    pub(crate) const K3: &str = "3333333333333333333333333333333333333333333333333333333333333333";
+    pub(crate) const ZERO: &str =
+        "0000000000000000000000000000000000000000000000000000000000000000";
 
-    fn key(s: &str) -> [u8; 32] {
+    pub(crate) fn key(s: &str) -> [u8; 32] {
         parse_key(s).expect("test key")
     }
 
     /// Runs `input` through a session against `dev`, returning everything written back.
-    fn talk(dev: &Mutex<MemoryDevice>, input: &str) -> String {
+    pub(crate) fn talk<D: UapiDevice>(dev: &Mutex<D>, input: &str) -> String {
         let mut out = Vec::new();
         let _ = serve_lines(io::Cursor::new(input.as_bytes().to_vec()), &mut out, dev);
         String::from_utf8(out).expect("utf8 reply")
     }
 
-    fn set(dev: &Mutex<MemoryDevice>, body: &str) -> String {
+    pub(crate) fn set<D: UapiDevice>(dev: &Mutex<D>, body: &str) -> String {
         talk(dev, &format!("set=1\n{body}\n"))
     }
 
@@ -864,7 +865,7 @@ mod tests {
         Mutex::new(MemoryDevice::new(false))
     }
 
-    fn snap(dev: &Mutex<MemoryDevice>) -> DeviceSnapshot {
+    pub(crate) fn snap<D: UapiDevice>(dev: &Mutex<D>) -> DeviceSnapshot {
         dev.lock().expect("lock").snapshot()
     }
 
@@ -1046,73 +1047,22 @@ mod tests {
 
     #[test]
     fn replace_peers() {
-        let dev = device();
-        set(&dev, &format!("public_key={K1}\npublic_key={K2}\n"));
-        assert_eq!(snap(&dev).peers.len(), 2);
-        assert_eq!(
-            set(&dev, &format!("replace_peers=true\npublic_key={K3}\n")),
-            "errno=0\n\n"
-        );
-        let peers = snap(&dev).peers;
-        assert_eq!(peers.len(), 1);
-        assert_eq!(peers[0].public_key, key(K3));
+        shared::replace_peers(&device());
     }
 
     #[test]
     fn peer_keys() {
-        let dev = device();
-        let body = format!(
-            "public_key={K1}\npreshared_key={K2}\nendpoint=192.0.2.1:51820\n\
-             persistent_keepalive_interval=25\nprotocol_version=1\nallowed_ip=10.0.0.1/24\n\
-             allowed_ip=fd00::1/64\nallowed_ip=0.0.0.0/0\n"
-        );
-        assert_eq!(set(&dev, &body), "errno=0\n\n");
-        let p = &snap(&dev).peers[0];
-        assert_eq!(p.public_key, key(K1));
-        assert_eq!(p.preshared_key, key(K2));
-        assert_eq!(p.endpoint, Some("192.0.2.1:51820".parse().expect("addr")));
-        assert_eq!(p.persistent_keepalive, 25);
-        assert_eq!(
-            p.allowed_ips,
-            vec![
-                ("10.0.0.0".parse().expect("a"), 24),
-                ("fd00::".parse().expect("a"), 64),
-                ("0.0.0.0".parse().expect("a"), 0),
-            ]
-        );
-        // IPv6 endpoint, removal of one prefix, replacement, psk cleared.
-        let body = format!(
-            "public_key={K1}\nendpoint=[2001:db8::2]:1\nallowed_ip=-fd00::/64\npreshared_key={ZERO}\n"
-        );
-        assert_eq!(set(&dev, &body), "errno=0\n\n");
-        let p = &snap(&dev).peers[0];
-        assert_eq!(p.endpoint, Some("[2001:db8::2]:1".parse().expect("addr")));
-        assert_eq!(p.allowed_ips.len(), 2);
-        assert_eq!(p.preshared_key, [0; 32]);
-        let body =
-            format!("public_key={K1}\nreplace_allowed_ips=true\nallowed_ip=192.168.0.0/16\n");
-        assert_eq!(set(&dev, &body), "errno=0\n\n");
-        assert_eq!(
-            snap(&dev).peers[0].allowed_ips,
-            vec![("192.168.0.0".parse().expect("a"), 16)]
-        );
+        shared::peer_keys(&device());
     }
 
     #[test]
     fn allowed_ip_moves_between_peers() {
-        let dev = device();
-        set(
-            &dev,
-            &format!(
-                "public_key={K1}\nallowed_ip=10.0.0.0/8\npublic_key={K2}\nallowed_ip=10.1.2.3/8\n"
-            ),
-        );
-        let peers = snap(&dev).peers;
-        assert!(peers[0].allowed_ips.is_empty());
-        assert_eq!(
-            peers[1].allowed_ips,
-            vec![("10.0.0.0".parse().expect("a"), 8)]
-        );
+        shared::allowed_ip_moves_between_peers(&device());
+    }
+
+    #[test]
+    fn persistent_keepalive_on_and_off() {
+        shared::persistent_keepalive_on_and_off(&device());
     }
 
     #[test]
@@ -1184,94 +1134,17 @@ mod tests {
 
     #[test]
     fn update_only() {
-        let dev = device();
-        // A new peer with update_only is not created.
-        assert_eq!(
-            set(
-                &dev,
-                &format!("public_key={K1}\nupdate_only=true\nallowed_ip=10.0.0.0/8\n")
-            ),
-            "errno=0\n\n"
-        );
-        assert!(snap(&dev).peers.is_empty());
-        // Even when update_only comes after other lines of the section.
-        assert_eq!(
-            set(
-                &dev,
-                &format!("public_key={K1}\nendpoint=1.2.3.4:5\nupdate_only=true\n")
-            ),
-            "errno=0\n\n"
-        );
-        assert!(snap(&dev).peers.is_empty());
-        // An existing peer is updated.
-        set(&dev, &format!("public_key={K1}\n"));
-        assert_eq!(
-            set(
-                &dev,
-                &format!("public_key={K1}\nupdate_only=true\nendpoint=1.2.3.4:5\n")
-            ),
-            "errno=0\n\n"
-        );
-        let s = snap(&dev);
-        assert_eq!(s.peers.len(), 1);
-        assert_eq!(
-            s.peers[0].endpoint,
-            Some("1.2.3.4:5".parse().expect("addr"))
-        );
+        shared::update_only(&device());
     }
 
     #[test]
     fn remove() {
-        let dev = device();
-        set(&dev, &format!("public_key={K1}\npublic_key={K2}\n"));
-        assert_eq!(
-            set(
-                &dev,
-                &format!("public_key={K1}\nremove=true\nallowed_ip=10.0.0.0/8\n")
-            ),
-            "errno=0\n\n"
-        );
-        let peers = snap(&dev).peers;
-        assert_eq!(peers.len(), 1);
-        assert_eq!(peers[0].public_key, key(K2));
-        // Removing a peer that does not exist creates nothing.
-        assert_eq!(
-            set(&dev, &format!("public_key={K3}\nremove=true\n")),
-            "errno=0\n\n"
-        );
-        assert_eq!(snap(&dev).peers.len(), 1);
-        // Values in a removed section are still validated.
-        assert_eq!(
-            set(
-                &dev,
-                &format!("public_key={K2}\nremove=true\nallowed_ip=bad\n")
-            ),
-            "errno=-22\n\n"
-        );
-        assert!(snap(&dev).peers.is_empty());
+        shared::remove(&device());
     }
 
     #[test]
     fn own_public_key_section_is_ignored() {
-        let dev = device();
-        set(&dev, &format!("private_key={K1}\n"));
-        let own = dev.lock().expect("lock").own_public_key().expect("own key");
-        let own_hex: String = own.iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(
-            set(
-                &dev,
-                &format!("public_key={own_hex}\nallowed_ip=10.0.0.0/8\npublic_key={K2}\n")
-            ),
-            "errno=0\n\n"
-        );
-        let peers = snap(&dev).peers;
-        assert_eq!(peers.len(), 1);
-        assert_eq!(peers[0].public_key, key(K2));
-        // Setting a private key whose public key is a peer's removes that peer.
-        set(&dev, &format!("private_key={ZERO}\npublic_key={own_hex}\n"));
-        assert_eq!(snap(&dev).peers.len(), 2);
-        set(&dev, &format!("private_key={K1}\n"));
-        assert_eq!(snap(&dev).peers.len(), 1);
+        shared::own_public_key_section_is_ignored(&device());
     }
 
     #[test]
@@ -1440,6 +1313,15 @@ mod tests {
         }
     }
 
+    /// Held by tests that bind a listener: binding swaps the process-wide umask, so two
+    /// binds on parallel test threads can restore each other's umask at the wrong moment
+    /// (seen: a socket created 0755).
+    static BINDING: Mutex<()> = Mutex::new(());
+
+    fn binding() -> std::sync::MutexGuard<'static, ()> {
+        BINDING.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn temp_dir(tag: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("rwg-uapi-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -1449,6 +1331,7 @@ mod tests {
     #[test]
     fn socket_server_end_to_end() {
         use std::io::{Read, Write};
+        let _binding = binding();
         let dir = temp_dir("e2e");
         let listener = UapiListener::bind_in(&dir, "wgt0").expect("bind");
         let path = listener.path().to_path_buf();
@@ -1480,8 +1363,9 @@ mod tests {
 
         // Deleting the socket file is noticed.
         let watch = listener.watch().expect("watch");
+        // The inotify watch exists from here on, so the waiter cannot miss the deletion
+        // whenever it starts waiting.
         let waiter = std::thread::spawn(move || watch.wait_deleted());
-        std::thread::sleep(Duration::from_millis(50));
         assert!(listener.socket_file_is_ours());
         std::fs::remove_file(&path).expect("rm");
         waiter.join().expect("join").expect("wait");
@@ -1491,6 +1375,7 @@ mod tests {
 
     #[test]
     fn stale_socket_is_replaced() {
+        let _binding = binding();
         let dir = temp_dir("stale");
         {
             let first = UapiListener::bind_in(&dir, "wgt1").expect("bind");
@@ -1502,5 +1387,236 @@ mod tests {
         second.remove_socket_file();
         assert!(!second.path().exists());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Request-level behaviour every [`UapiDevice`] must show: run above against
+    /// [`MemoryDevice`] and in `driver::tests` against the daemon's real `DriverConfig`.
+    pub(crate) mod shared {
+        use super::*;
+
+        pub(crate) fn replace_peers<D: UapiDevice>(dev: &Mutex<D>) {
+            set(dev, &format!("public_key={K1}\npublic_key={K2}\n"));
+            assert_eq!(snap(dev).peers.len(), 2);
+            assert_eq!(
+                set(dev, &format!("replace_peers=true\npublic_key={K3}\n")),
+                "errno=0\n\n"
+            );
+            let peers = snap(dev).peers;
+            assert_eq!(peers.len(), 1);
+            assert_eq!(peers[0].public_key, key(K3));
+        }
+
+        pub(crate) fn peer_keys<D: UapiDevice>(dev: &Mutex<D>) {
+            let body = format!(
+                "public_key={K1}\npreshared_key={K2}\nendpoint=192.0.2.1:51820\n\
+                 persistent_keepalive_interval=25\nprotocol_version=1\nallowed_ip=10.0.0.1/24\n\
+                 allowed_ip=fd00::1/64\nallowed_ip=0.0.0.0/0\n"
+            );
+            assert_eq!(set(dev, &body), "errno=0\n\n");
+            let p = &snap(dev).peers[0];
+            assert_eq!(p.public_key, key(K1));
+            assert_eq!(p.preshared_key, key(K2));
+            assert_eq!(p.endpoint, Some("192.0.2.1:51820".parse().expect("addr")));
+            assert_eq!(p.persistent_keepalive, 25);
+            // Masked; the order is the device's own (MemoryDevice: as added).
+            let mut ips = p.allowed_ips.clone();
+            ips.sort();
+            assert_eq!(
+                ips,
+                vec![
+                    ("0.0.0.0".parse().expect("a"), 0),
+                    ("10.0.0.0".parse().expect("a"), 24),
+                    ("fd00::".parse().expect("a"), 64),
+                ]
+            );
+            // IPv6 endpoint, removal of one prefix, replacement, psk cleared.
+            let body = format!(
+                "public_key={K1}\nendpoint=[2001:db8::2]:1\nallowed_ip=-fd00::/64\npreshared_key={ZERO}\n"
+            );
+            assert_eq!(set(dev, &body), "errno=0\n\n");
+            let p = &snap(dev).peers[0];
+            assert_eq!(p.endpoint, Some("[2001:db8::2]:1".parse().expect("addr")));
+            assert_eq!(p.allowed_ips.len(), 2);
+            assert_eq!(p.preshared_key, [0; 32]);
+            let body =
+                format!("public_key={K1}\nreplace_allowed_ips=true\nallowed_ip=192.168.0.0/16\n");
+            assert_eq!(set(dev, &body), "errno=0\n\n");
+            assert_eq!(
+                snap(dev).peers[0].allowed_ips,
+                vec![("192.168.0.0".parse().expect("a"), 16)]
+            );
+        }
+
+        pub(crate) fn allowed_ip_moves_between_peers<D: UapiDevice>(dev: &Mutex<D>) {
+            set(
+                dev,
+                &format!(
+                    "public_key={K1}\nallowed_ip=10.0.0.0/8\npublic_key={K2}\nallowed_ip=10.1.2.3/8\n"
+                ),
+            );
+            let peers = snap(dev).peers;
+            assert!(peers[0].allowed_ips.is_empty());
+            assert_eq!(
+                peers[1].allowed_ips,
+                vec![("10.0.0.0".parse().expect("a"), 8)]
+            );
+            // A prefix of another length inside it is a different prefix: nothing moves.
+            set(
+                dev,
+                &format!(
+                    "public_key={K1}
+allowed_ip=10.0.0.0/16
+"
+                ),
+            );
+            let peers = snap(dev).peers;
+            assert_eq!(
+                peers[0].allowed_ips,
+                vec![("10.0.0.0".parse().expect("a"), 16)]
+            );
+            assert_eq!(
+                peers[1].allowed_ips,
+                vec![("10.0.0.0".parse().expect("a"), 8)]
+            );
+            // And back again; removing it from a peer that no longer has it changes nothing.
+            assert_eq!(
+                set(
+                    dev,
+                    &format!(
+                        "public_key={K1}\nallowed_ip=10.0.0.0/8\n\
+                         public_key={K2}\nallowed_ip=-10.0.0.0/8\n"
+                    )
+                ),
+                "errno=0\n\n"
+            );
+            let peers = snap(dev).peers;
+            let mut ips = peers[0].allowed_ips.clone();
+            ips.sort();
+            assert_eq!(
+                ips,
+                vec![
+                    ("10.0.0.0".parse().expect("a"), 8),
+                    ("10.0.0.0".parse().expect("a"), 16),
+                ]
+            );
+            assert!(peers[1].allowed_ips.is_empty());
+        }
+
+        pub(crate) fn persistent_keepalive_on_and_off<D: UapiDevice>(dev: &Mutex<D>) {
+            let keepalive = |dev: &Mutex<D>| snap(dev).peers[0].persistent_keepalive;
+            assert_eq!(
+                set(
+                    dev,
+                    &format!("public_key={K1}\npersistent_keepalive_interval=25\n")
+                ),
+                "errno=0\n\n"
+            );
+            assert_eq!(keepalive(dev), 25);
+            let get = talk(dev, "get=1\n\n");
+            assert!(get.contains("persistent_keepalive_interval=25\n"), "{get}");
+            assert_eq!(
+                set(
+                    dev,
+                    &format!("public_key={K1}\npersistent_keepalive_interval=0\n")
+                ),
+                "errno=0\n\n"
+            );
+            assert_eq!(keepalive(dev), 0);
+            let get = talk(dev, "get=1\n\n");
+            assert!(get.contains("persistent_keepalive_interval=0\n"), "{get}");
+            // The largest value the protocol allows, and a section without the key keeps it.
+            set(
+                dev,
+                &format!("public_key={K1}\npersistent_keepalive_interval=65535\n"),
+            );
+            set(dev, &format!("public_key={K1}\nendpoint=192.0.2.1:1\n"));
+            assert_eq!(keepalive(dev), 65535);
+        }
+
+        pub(crate) fn update_only<D: UapiDevice>(dev: &Mutex<D>) {
+            // A new peer with update_only is not created.
+            assert_eq!(
+                set(
+                    dev,
+                    &format!("public_key={K1}\nupdate_only=true\nallowed_ip=10.0.0.0/8\n")
+                ),
+                "errno=0\n\n"
+            );
+            assert!(snap(dev).peers.is_empty());
+            // Even when update_only comes after other lines of the section.
+            assert_eq!(
+                set(
+                    dev,
+                    &format!("public_key={K1}\nendpoint=1.2.3.4:5\nupdate_only=true\n")
+                ),
+                "errno=0\n\n"
+            );
+            assert!(snap(dev).peers.is_empty());
+            // An existing peer is updated.
+            set(dev, &format!("public_key={K1}\n"));
+            assert_eq!(
+                set(
+                    dev,
+                    &format!("public_key={K1}\nupdate_only=true\nendpoint=1.2.3.4:5\n")
+                ),
+                "errno=0\n\n"
+            );
+            let s = snap(dev);
+            assert_eq!(s.peers.len(), 1);
+            assert_eq!(
+                s.peers[0].endpoint,
+                Some("1.2.3.4:5".parse().expect("addr"))
+            );
+        }
+
+        pub(crate) fn remove<D: UapiDevice>(dev: &Mutex<D>) {
+            set(dev, &format!("public_key={K1}\npublic_key={K2}\n"));
+            assert_eq!(
+                set(
+                    dev,
+                    &format!("public_key={K1}\nremove=true\nallowed_ip=10.0.0.0/8\n")
+                ),
+                "errno=0\n\n"
+            );
+            let peers = snap(dev).peers;
+            assert_eq!(peers.len(), 1);
+            assert_eq!(peers[0].public_key, key(K2));
+            // Removing a peer that does not exist creates nothing.
+            assert_eq!(
+                set(dev, &format!("public_key={K3}\nremove=true\n")),
+                "errno=0\n\n"
+            );
+            assert_eq!(snap(dev).peers.len(), 1);
+            // Values in a removed section are still validated.
+            assert_eq!(
+                set(
+                    dev,
+                    &format!("public_key={K2}\nremove=true\nallowed_ip=bad\n")
+                ),
+                "errno=-22\n\n"
+            );
+            assert!(snap(dev).peers.is_empty());
+        }
+
+        pub(crate) fn own_public_key_section_is_ignored<D: UapiDevice>(dev: &Mutex<D>) {
+            set(dev, &format!("private_key={K1}\n"));
+            let own = dev.lock().expect("lock").own_public_key().expect("own key");
+            let own_hex: String = own.iter().map(|b| format!("{b:02x}")).collect();
+            assert_eq!(
+                set(
+                    dev,
+                    &format!("public_key={own_hex}\nallowed_ip=10.0.0.0/8\npublic_key={K2}\n")
+                ),
+                "errno=0\n\n"
+            );
+            let peers = snap(dev).peers;
+            assert_eq!(peers.len(), 1);
+            assert_eq!(peers[0].public_key, key(K2));
+            // Setting a private key whose public key is a peer's removes that peer.
+            set(dev, &format!("private_key={ZERO}\npublic_key={own_hex}\n"));
+            assert_eq!(snap(dev).peers.len(), 2);
+            set(dev, &format!("private_key={K1}\n"));
+            assert_eq!(snap(dev).peers.len(), 1);
+        }
     }
 }

@@ -27,7 +27,7 @@
 //!
 //! So the glue can be a single task that owns the UDP socket and the `rwg_proto` device:
 //!
-//! ```ignore
+//! ```text
 //! let (tunnel, mut outgoing) = ChannelTunnel::new(1024);
 //! let (stack, driver) = NetStack::new(StackConfig::new(addresses, mtu), tunnel)?;
 //! tokio::spawn(driver);

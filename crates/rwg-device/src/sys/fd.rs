@@ -49,6 +49,14 @@ pub(crate) fn set_cloexec(fd: &impl AsRawFd, on: bool) -> io::Result<()> {
     Ok(())
 }
 
+/// Whether `FD_CLOEXEC` is set on a descriptor (tests check what [`set_cloexec`] did).
+#[cfg(test)]
+pub(crate) fn cloexec(fd: &impl AsRawFd) -> io::Result<bool> {
+    // SAFETY: `fd` belongs to a live owned descriptor (borrowed); F_GETFD touches no memory.
+    let flags = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) })?;
+    Ok(flags & libc::FD_CLOEXEC != 0)
+}
+
 /// A pipe, both ends close-on-exec: (read end, write end).
 pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as libc::c_int; 2];
