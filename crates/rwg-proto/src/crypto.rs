@@ -2,7 +2,10 @@
 //!
 //! - `HASH` = BLAKE2s-256, `MAC` = keyed BLAKE2s with a 16-byte digest, `HMAC` = RFC 2104 over
 //!   BLAKE2s, `KDF1..3` as in the whitepaper §5.4.
-//! - `AEAD` = ChaCha20-Poly1305 (ring), `XAEAD` = XChaCha20-Poly1305 (RustCrypto; cookies only).
+//! - `AEAD` = ChaCha20-Poly1305: ring with the `ring` feature (the default; its assembly is
+//!   several times faster), RustCrypto's `chacha20poly1305` without it. ring always links
+//!   `alloc` and builds for few embedded targets, so a core without an allocator uses RustCrypto.
+//! - `XAEAD` = XChaCha20-Poly1305 (RustCrypto; cookies only).
 //! - `DH` = X25519 (x25519-dalek), all-zero results rejected.
 //!
 //! The AEAD and X25519 crates were chosen by measurement (see BENCHMARKS.md). Every type that
@@ -14,7 +17,6 @@ use blake2s_simd::Params;
 use chacha20poly1305::aead::AeadInPlace;
 use chacha20poly1305::{KeyInit, XChaCha20Poly1305, XNonce};
 use rand_core::CryptoRngCore;
-use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, CHACHA20_POLY1305};
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
 /// Length of keys, hashes and DH outputs.
@@ -257,16 +259,89 @@ pub fn kdf<const N: usize>(chaining_key: &[u8; KEY_LEN], input: &[u8]) -> [Symme
     out
 }
 
-fn nonce(counter: u64) -> Nonce {
+/// The 96-bit AEAD nonce: 4 zero bytes, then the counter little-endian (§1).
+fn nonce_bytes(counter: u64) -> [u8; 12] {
     let mut n = [0u8; 12];
     n[4..].copy_from_slice(&counter.to_le_bytes());
-    Nonce::assume_unique_for_key(n)
+    n
 }
 
-fn aead_key(key: &SymmetricKey) -> LessSafeKey {
-    // The key schedule of ChaCha20 is a copy of the 32 bytes, so building the ring key per
-    // call costs nanoseconds; in exchange ring never holds a copy that outlives our zeroizing one.
-    LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, &key.0).expect("32-byte ChaCha20 key"))
+#[cfg(feature = "ring")]
+mod aead_backend {
+    use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, CHACHA20_POLY1305};
+
+    use super::{nonce_bytes, AuthError, SymmetricKey, TAG_LEN};
+
+    fn key(key: &SymmetricKey) -> LessSafeKey {
+        // The key schedule of ChaCha20 is a copy of the 32 bytes, so building the ring key per
+        // call costs nanoseconds; in exchange ring never holds a copy that outlives our
+        // zeroizing one.
+        LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, &key.0).expect("32-byte ChaCha20 key"))
+    }
+
+    pub(super) fn seal(k: &SymmetricKey, counter: u64, plain: &mut [u8], ad: &[u8]) -> [u8; TAG_LEN] {
+        let tag = key(k)
+            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce_bytes(counter)), Aad::from(ad), plain)
+            .expect("ChaCha20-Poly1305 seals any length below 256 GiB");
+        let mut out = [0u8; TAG_LEN];
+        out.copy_from_slice(tag.as_ref());
+        out
+    }
+
+    pub(super) fn open(
+        k: &SymmetricKey,
+        counter: u64,
+        cipher: &mut [u8],
+        tag: [u8; TAG_LEN],
+        ad: &[u8],
+    ) -> Result<(), AuthError> {
+        key(k)
+            .open_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce_bytes(counter)),
+                Aad::from(ad),
+                Tag::from(tag),
+                cipher,
+                0..,
+            )
+            .map(|_| ())
+            .map_err(|_| AuthError)
+    }
+}
+
+#[cfg(not(feature = "ring"))]
+mod aead_backend {
+    use chacha20poly1305::aead::AeadInPlace;
+    use chacha20poly1305::{ChaCha20Poly1305, KeyInit, Nonce};
+
+    use super::{nonce_bytes, AuthError, SymmetricKey, TAG_LEN};
+
+    pub(super) fn seal(k: &SymmetricKey, counter: u64, plain: &mut [u8], ad: &[u8]) -> [u8; TAG_LEN] {
+        let cipher = ChaCha20Poly1305::new((&k.0).into());
+        let tag = cipher
+            .encrypt_in_place_detached(Nonce::from_slice(&nonce_bytes(counter)), ad, plain)
+            .expect("ChaCha20-Poly1305 seals any length below 256 GiB");
+        let mut out = [0u8; TAG_LEN];
+        out.copy_from_slice(&tag);
+        out
+    }
+
+    pub(super) fn open(
+        k: &SymmetricKey,
+        counter: u64,
+        cipher_text: &mut [u8],
+        tag: [u8; TAG_LEN],
+        ad: &[u8],
+    ) -> Result<(), AuthError> {
+        let cipher = ChaCha20Poly1305::new((&k.0).into());
+        cipher
+            .decrypt_in_place_detached(
+                Nonce::from_slice(&nonce_bytes(counter)),
+                ad,
+                cipher_text,
+                (&tag).into(),
+            )
+            .map_err(|_| AuthError)
+    }
 }
 
 /// AEAD seal in place: encrypts `buf[..len - 16]` and writes the tag into the last 16 bytes.
@@ -279,10 +354,7 @@ pub fn aead_seal(key: &SymmetricKey, counter: u64, buf: &mut [u8], ad: &[u8]) {
         .checked_sub(TAG_LEN)
         .expect("buffer holds the tag");
     let (plain, tag_out) = buf.split_at_mut(split);
-    let tag = aead_key(key)
-        .seal_in_place_separate_tag(nonce(counter), Aad::from(ad), plain)
-        .expect("ChaCha20-Poly1305 seals any length below 256 GiB");
-    tag_out.copy_from_slice(tag.as_ref());
+    tag_out.copy_from_slice(&aead_backend::seal(key, counter, plain, ad));
 }
 
 /// AEAD open in place: `buf` is ciphertext ‖ tag; on success `buf[..len - 16]` holds the plaintext.
@@ -295,10 +367,7 @@ pub fn aead_open(
     let split = buf.len().checked_sub(TAG_LEN).ok_or(AuthError)?;
     let (cipher, tag) = buf.split_at_mut(split);
     let tag: [u8; TAG_LEN] = (&*tag).try_into().map_err(|_| AuthError)?;
-    aead_key(key)
-        .open_in_place_separate_tag(nonce(counter), Aad::from(ad), Tag::from(tag), cipher, 0..)
-        .map(|_| ())
-        .map_err(|_| AuthError)
+    aead_backend::open(key, counter, cipher, tag, ad)
 }
 
 /// XAEAD seal in place (cookie replies): `buf[..len - 16]` is encrypted, tag in the last 16 bytes.
