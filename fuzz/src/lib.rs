@@ -26,17 +26,15 @@ use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use core::time::Duration;
 
 use rand_chacha::{rand_core::SeedableRng, ChaCha20Rng};
+use rwg_proto::constants::{MAX_EVENTS, MAX_QUEUED_HANDSHAKES, MAX_STAGED_PACKETS};
 use rwg_proto::cookie::CookieState;
 use rwg_proto::crypto::{hash, PrivateKey, PublicKey, TAG_LEN};
-use rwg_proto::device::{
-    DropReason, Received, Sent, Transmit, HEADROOM, MAX_EVENTS, MAX_QUEUED_HANDSHAKES, TAILROOM,
-};
+use rwg_proto::device::{DropReason, Received, Sent, Transmit, HEADROOM, TAILROOM};
 use rwg_proto::messages::{
     self, Message, COOKIE_REPLY_LEN, INITIATION_LEN, RESPONSE_LEN, TRANSPORT_MIN_LEN,
     TYPE_COOKIE_REPLY, TYPE_INITIATION, TYPE_RESPONSE, TYPE_TRANSPORT,
 };
 use rwg_proto::noise::{LABEL_COOKIE, LABEL_MAC1};
-use rwg_proto::peer::MAX_STAGED_PACKETS;
 use rwg_proto::{Device, Instant};
 
 /// Private key of the device under test (the responder, or side A).
@@ -376,7 +374,10 @@ impl Harness {
     /// Takes every datagram and event out of the device, checking each datagram.
     pub fn drain(&mut self) {
         let mut buf = vec![0u8; 4096];
-        while let Some(Transmit { destination, len }) = self.dev.poll_transmit(&mut buf) {
+        while let Some(Transmit {
+            destination, len, ..
+        }) = self.dev.poll_transmit(&mut buf)
+        {
             let msg = &buf[..len];
             assert!(
                 destination == self.peer_addr || destination == addr_stranger(),
