@@ -5,68 +5,13 @@
 //! Packets are moved by the [`Driver`] (threads around the protocol core); configuration
 //! requests are applied to it through [`DriverConfig`].
 
-use std::fmt;
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
 use crate::driver::{Driver, DriverConfig};
+use crate::lifecycle::{Shutdown, ShutdownHandle, StartError};
 use crate::process::TerminationSignals;
 use crate::tun::Tun;
 use crate::uapi::{UapiDevice, UapiListener};
-
-/// Why the daemon stopped serving.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Shutdown {
-    /// SIGINT or SIGTERM (the number).
-    Signal(i32),
-    /// The TUN interface was deleted.
-    InterfaceDeleted,
-    /// The configuration socket file was deleted or replaced.
-    SocketDeleted,
-    /// A helper thread failed for good.
-    Failed(String),
-}
-
-impl fmt::Display for Shutdown {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Shutdown::Signal(n) => write!(f, "received signal {n}"),
-            Shutdown::InterfaceDeleted => write!(f, "the interface was deleted"),
-            Shutdown::SocketDeleted => write!(f, "the configuration socket was deleted"),
-            Shutdown::Failed(why) => write!(f, "{why}"),
-        }
-    }
-}
-
-impl Shutdown {
-    /// Whether this is an orderly stop (exit status 0) rather than a failure.
-    pub fn is_clean(&self) -> bool {
-        !matches!(self, Shutdown::Failed(_))
-    }
-}
-
-/// The daemon could not start serving.
-#[derive(Debug)]
-pub struct StartError(pub String);
-
-impl fmt::Display for StartError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for StartError {}
-
-/// A handle that asks a running daemon to stop.
-#[derive(Debug, Clone)]
-pub struct ShutdownHandle(mpsc::Sender<Shutdown>);
-
-impl ShutdownHandle {
-    /// Requests shutdown; ignored if the daemon already stopped.
-    pub fn shutdown(&self, why: Shutdown) {
-        let _ = self.0.send(why);
-    }
-}
 
 /// A TUN device and a configuration socket, ready to serve.
 #[derive(Debug)]
@@ -108,17 +53,19 @@ impl Daemon {
         let config = DriverConfig(Arc::clone(&driver));
         self.run_with(
             config,
-            move |tun, _config, shutdown| driver.start(tun, shutdown),
+            move |tun, shutdown| driver.start(tun, shutdown),
             signals,
             on_serving,
         )
     }
 
-    /// Like [`Daemon::run`] with the configuration object and the packet path given.
+    /// Like [`Daemon::run`] with the configuration object and the packet path given: `device`
+    /// answers the configuration socket, `packet_path` starts whatever moves packets for the
+    /// TUN device (it gets a handle to request shutdown with).
     pub fn run_with<D: UapiDevice + Send + 'static>(
         self,
         device: D,
-        packet_path: impl FnOnce(Arc<Tun>, Arc<Mutex<D>>, ShutdownHandle) -> Result<(), StartError>,
+        packet_path: impl FnOnce(Arc<Tun>, ShutdownHandle) -> Result<(), StartError>,
         signals: Option<TerminationSignals>,
         on_serving: impl FnOnce(),
     ) -> Result<Shutdown, StartError> {
@@ -130,12 +77,11 @@ impl Daemon {
     fn serve<D: UapiDevice + Send + 'static>(
         &self,
         device: D,
-        packet_path: impl FnOnce(Arc<Tun>, Arc<Mutex<D>>, ShutdownHandle) -> Result<(), StartError>,
+        packet_path: impl FnOnce(Arc<Tun>, ShutdownHandle) -> Result<(), StartError>,
         signals: Option<TerminationSignals>,
         on_serving: impl FnOnce(),
     ) -> Result<Shutdown, StartError> {
-        let (tx, rx) = mpsc::channel();
-        let handle = ShutdownHandle(tx);
+        let (handle, rx) = ShutdownHandle::channel();
         let spawn_err = |what: &str, e: std::io::Error| StartError(format!("{what}: {e}"));
         let device = Arc::new(Mutex::new(device));
 
@@ -166,7 +112,7 @@ impl Daemon {
         }
 
         let tun = Arc::new(self.tun.try_clone().map_err(|e| spawn_err("TUN", e))?);
-        packet_path(tun, Arc::clone(&device), handle.clone())?;
+        packet_path(tun, handle.clone())?;
 
         self.uapi
             .serve(device)

@@ -24,7 +24,7 @@ use rwg_driver::{Clock, Transmitter, Wakeup};
 use rwg_proto::crypto::{PresharedKey, PrivateKey, PublicKey};
 use rwg_proto::device::{Device, Received, Sent, Transmit, HEADROOM, TAILROOM};
 
-use crate::daemon::{Shutdown, ShutdownHandle, StartError};
+use crate::lifecycle::{Shutdown, ShutdownHandle, StartError};
 use crate::tun::{Tun, TunError};
 use crate::uapi::{DeviceSnapshot, Errno, PeerSnapshot, UapiDevice};
 use crate::udp::{self, UdpSockets};

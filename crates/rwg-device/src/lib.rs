@@ -5,7 +5,9 @@
 
 pub mod daemon;
 pub mod driver;
-pub mod memory;
+pub mod lifecycle;
+#[cfg(test)]
+mod memory;
 pub mod process;
 pub mod tun;
 pub mod uapi;
@@ -13,4 +15,5 @@ pub mod udp;
 
 mod sys;
 
-pub use daemon::{Daemon, Shutdown, ShutdownHandle, StartError};
+pub use daemon::Daemon;
+pub use lifecycle::{Shutdown, ShutdownHandle, StartError};

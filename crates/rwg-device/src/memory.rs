@@ -1,15 +1,14 @@
-//! A configuration-only device: stores what `set` says and reports it in `get`, binds the UDP
-//! sockets for real (so `listen_port` and `fwmark` behave as they will), moves no packets.
+//! A configuration-only device: stores what `set` says and reports it in `get`, binds nothing,
+//! moves no packets.
 //!
-//! This is the daemon's stand-in until the protocol core drives the device, and the fake that
-//! the UAPI tests apply requests to.
+//! Test-only: the request-level UAPI tests run against it and, in `driver::tests`, against the
+//! daemon's real `DriverConfig`, so that the two agree.
 
 use std::net::{IpAddr, SocketAddr};
 
 use rwg_proto::crypto::PrivateKey;
 
 use crate::uapi::{DeviceSnapshot, Errno, PeerSnapshot, UapiDevice};
-use crate::udp::UdpSockets;
 
 /// Stored configuration of one peer.
 #[derive(Debug)]
@@ -19,20 +18,17 @@ struct MemoryPeer {
 
 /// The configuration store. Peers are kept in creation order.
 #[derive(Debug, Default)]
-pub struct MemoryDevice {
+pub(crate) struct MemoryDevice {
     private_key: Option<PrivateKey>,
     own_public: Option<[u8; 32]>,
     listen_port: u16,
     fwmark: u32,
     peers: Vec<MemoryPeer>,
-    /// `None`: do not bind anything (tests); the port is stored as given.
-    sockets: Option<UdpSockets>,
-    bind_sockets: bool,
 }
 
 /// Zeroes the host bits of `addr` beyond `cidr` (the kernel and wireguard-go store prefixes
 /// masked, and `wg show` prints them that way).
-pub fn mask_prefix(addr: IpAddr, cidr: u8) -> IpAddr {
+pub(crate) fn mask_prefix(addr: IpAddr, cidr: u8) -> IpAddr {
     match addr {
         IpAddr::V4(a) => {
             let bits = u32::from(a);
@@ -52,23 +48,9 @@ pub fn mask_prefix(addr: IpAddr, cidr: u8) -> IpAddr {
 }
 
 impl MemoryDevice {
-    /// A store that binds real UDP sockets when `listen_port` is set (the daemon), or one that
-    /// only records numbers (tests).
-    pub fn new(bind_sockets: bool) -> MemoryDevice {
-        MemoryDevice {
-            bind_sockets,
-            ..MemoryDevice::default()
-        }
-    }
-
-    /// Binds the sockets at start (port 0 = any), as the daemon does when it comes up.
-    pub fn bind_now(&mut self) -> Result<(), Errno> {
-        if self.bind_sockets && self.sockets.is_none() {
-            let s = UdpSockets::bind(self.listen_port).map_err(|_| Errno::EADDRINUSE)?;
-            self.listen_port = s.port();
-            self.sockets = Some(s);
-        }
-        Ok(())
+    /// An empty store; ports and marks are recorded, nothing is bound.
+    pub(crate) fn new() -> MemoryDevice {
+        MemoryDevice::default()
     }
 
     fn peer_mut(&mut self, pk: &[u8; 32]) -> Result<&mut PeerSnapshot, Errno> {
@@ -115,19 +97,11 @@ impl UapiDevice for MemoryDevice {
     }
 
     fn set_listen_port(&mut self, port: u16) -> Result<(), Errno> {
-        if let Some(sockets) = &mut self.sockets {
-            sockets.rebind(port).map_err(|_| Errno::EADDRINUSE)?;
-            self.listen_port = sockets.port();
-        } else {
-            self.listen_port = port;
-        }
+        self.listen_port = port;
         Ok(())
     }
 
     fn set_fwmark(&mut self, mark: u32) -> Result<(), Errno> {
-        if let Some(sockets) = &mut self.sockets {
-            sockets.set_fwmark(mark).map_err(|_| Errno::EADDRINUSE)?;
-        }
         self.fwmark = mark;
         Ok(())
     }

@@ -862,7 +862,7 @@ pub(crate) mod tests {
     }
 
     fn device() -> Mutex<MemoryDevice> {
-        Mutex::new(MemoryDevice::new(false))
+        Mutex::new(MemoryDevice::new())
     }
 
     pub(crate) fn snap<D: UapiDevice>(dev: &Mutex<D>) -> DeviceSnapshot {
@@ -1292,7 +1292,7 @@ pub(crate) mod tests {
             seed
         };
         for _ in 0..2000 {
-            let mut dev = MemoryDevice::new(false);
+            let mut dev = MemoryDevice::new();
             let mut session = UapiSession::new();
             for _ in 0..(next() % 30) {
                 let t = tokens[(next() % tokens.len() as u64) as usize];
@@ -1345,7 +1345,7 @@ pub(crate) mod tests {
             UapiListener::bind_in(&dir, "wgt0"),
             Err(UapiError::InUse(_))
         ));
-        let dev = Arc::new(Mutex::new(MemoryDevice::new(false)));
+        let dev = Arc::new(Mutex::new(MemoryDevice::new()));
         listener.serve(Arc::clone(&dev)).expect("serve");
 
         // A client that sends garbage and one that hangs do not affect a well-behaved one.

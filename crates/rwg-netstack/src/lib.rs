@@ -25,25 +25,68 @@
 //!   packet. It copies the packet into a bounded queue, wakes the driver and returns at once
 //!   (`false` when dropped).
 //!
-//! So the glue can be a single task that owns the UDP socket and the `rwg_proto` device:
+//! So the glue can be a single task that owns the UDP socket and the `rwg_proto` device, with
+//! `rwg_driver` running its control path (handshakes, timers). [`Tunnel::start`] is such a
+//! glue, ready made; written out, the shape is:
 //!
-//! ```text
-//! let (tunnel, mut outgoing) = ChannelTunnel::new(1024);
-//! let (stack, driver) = NetStack::new(StackConfig::new(addresses, mtu), tunnel)?;
-//! tokio::spawn(driver);
-//! loop {
-//!     tokio::select! {
-//!         Some(packet) = outgoing.recv() => {
-//!             for datagram in device.handle_packet(now(), &packet) { udp.send_to(..).await; }
+//! ```no_run
+//! use std::sync::Arc;
+//!
+//! use rwg_driver::{Clock, Driver, Transmitter};
+//! use rwg_netstack::{ChannelTunnel, NetStack, StackConfig};
+//! use rwg_proto::device::{Device, Received, Sent, Transmit, HEADROOM};
+//!
+//! /// The control path's datagrams go out of the UDP socket.
+//! struct Udp<'a>(&'a std::net::UdpSocket);
+//! impl Transmitter for Udp<'_> {
+//!     fn transmit(&mut self, t: &Transmit, datagrams: &[u8]) {
+//!         for d in t.datagrams(datagrams) {
+//!             let _ = self.0.send_to(d, t.destination);
 //!         }
-//!         Ok((n, src)) = udp.recv_from(&mut buf) => {
-//!             if let Some(ip) = device.handle_datagram(now(), src, &mut buf[..n]) {
-//!                 stack.receive(ip);
-//!             }
-//!         }
-//!         () = sleep_until(device.poll_timeout()) => device.handle_timeout(now()),
 //!     }
 //! }
+//!
+//! # async fn glue() -> Result<(), Box<dyn std::error::Error>> {
+//! let socket = std::net::UdpSocket::bind("0.0.0.0:51820")?;
+//! socket.set_nonblocking(true)?;
+//! let udp = tokio::net::UdpSocket::from_std(socket.try_clone()?)?;
+//! let device = Arc::new(Device::new(Box::new(rand_core::OsRng)));
+//! // ... set_private_key, add_peer, set_endpoint, add_allowed_ip ...
+//! let woken = Arc::new(tokio::sync::Notify::new());
+//! let w = woken.clone();
+//! device.set_waker(Some(Arc::new(move || w.notify_one())));
+//!
+//! let (tunnel, mut outgoing) = ChannelTunnel::new(1024);
+//! let config = StackConfig::new(vec![("10.0.0.2".parse()?, 32)], 1420);
+//! let (stack, stack_driver) = NetStack::new(config, tunnel)?;
+//! tokio::spawn(stack_driver);
+//!
+//! let mut control = Driver::new(device.clone(), Clock::new());
+//! let clock = control.clock();
+//! let mut buf = vec![0u8; 65536];
+//! loop {
+//!     // Queued handshakes, due timers, and what they produced, sent; then the next deadline.
+//!     let deadline = control.turn(&mut Udp(&socket));
+//!     let far = std::time::Instant::now() + std::time::Duration::from_secs(3600);
+//!     tokio::select! {
+//!         Some(packet) = outgoing.recv() => {
+//!             buf[HEADROOM..HEADROOM + packet.len()].copy_from_slice(&packet);
+//!             let sent = device.data_path().encapsulate(clock.now(), &mut buf, packet.len());
+//!             if let Sent::Transmit { destination, len } = sent {
+//!                 socket.send_to(&buf[..len], destination)?;
+//!             }
+//!         }
+//!         Ok((n, source)) = udp.recv_from(&mut buf) => {
+//!             let received = device.data_path().decapsulate(clock.now(), source, &mut buf[..n]);
+//!             if let Received::Packet { len, .. } = received {
+//!                 stack.receive(&buf[HEADROOM..HEADROOM + len]);
+//!             }
+//!         }
+//!         () = woken.notified() => {}
+//!         () = tokio::time::sleep_until(deadline.unwrap_or(far).into()) => {}
+//!     }
+//! }
+//! # }
 //! ```
 //!
 //! # Example

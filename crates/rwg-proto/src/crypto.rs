@@ -279,9 +279,18 @@ mod aead_backend {
         LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, &key.0).expect("32-byte ChaCha20 key"))
     }
 
-    pub(super) fn seal(k: &SymmetricKey, counter: u64, plain: &mut [u8], ad: &[u8]) -> [u8; TAG_LEN] {
+    pub(super) fn seal(
+        k: &SymmetricKey,
+        counter: u64,
+        plain: &mut [u8],
+        ad: &[u8],
+    ) -> [u8; TAG_LEN] {
         let tag = key(k)
-            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce_bytes(counter)), Aad::from(ad), plain)
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce_bytes(counter)),
+                Aad::from(ad),
+                plain,
+            )
             .expect("ChaCha20-Poly1305 seals any length below 256 GiB");
         let mut out = [0u8; TAG_LEN];
         out.copy_from_slice(tag.as_ref());
@@ -315,7 +324,12 @@ mod aead_backend {
 
     use super::{nonce_bytes, AuthError, SymmetricKey, TAG_LEN};
 
-    pub(super) fn seal(k: &SymmetricKey, counter: u64, plain: &mut [u8], ad: &[u8]) -> [u8; TAG_LEN] {
+    pub(super) fn seal(
+        k: &SymmetricKey,
+        counter: u64,
+        plain: &mut [u8],
+        ad: &[u8],
+    ) -> [u8; TAG_LEN] {
         let cipher = ChaCha20Poly1305::new((&k.0).into());
         let tag = cipher
             .encrypt_in_place_detached(Nonce::from_slice(&nonce_bytes(counter)), ad, plain)

@@ -60,8 +60,14 @@ fn ipv4(src: [u8; 4], dst: [u8; 4], payload: &[u8]) -> Vec<u8> {
 
 impl Pair {
     fn new() -> Pair {
-        let (ka, kb) = (PrivateKey::from_bytes([1; 32]), PrivateKey::from_bytes([2; 32]));
-        let addrs: [SocketAddr; 2] = ["10.0.0.1:51820".parse().unwrap(), "10.0.0.2:51820".parse().unwrap()];
+        let (ka, kb) = (
+            PrivateKey::from_bytes([1; 32]),
+            PrivateKey::from_bytes([2; 32]),
+        );
+        let addrs: [SocketAddr; 2] = [
+            "10.0.0.1:51820".parse().unwrap(),
+            "10.0.0.2:51820".parse().unwrap(),
+        ];
         let mut a = SinglePeer::new(ka.clone(), kb.public_key(), 11);
         let mut b = SinglePeer::new(kb, ka.public_key(), 12);
         a.peer_mut().set_endpoint(Some(addrs[B]));
@@ -85,7 +91,8 @@ impl Pair {
         let packet = ipv4(ips[from], ips[1 - from], payload);
         let mut buf = vec![0u8; HEADROOM + packet.len() + TAILROOM];
         buf[HEADROOM..HEADROOM + packet.len()].copy_from_slice(&packet);
-        let sent = self.nodes[from].handle_packet(self.now, &mut buf, packet.len(), &mut self.wires[from]);
+        let sent =
+            self.nodes[from].handle_packet(self.now, &mut buf, packet.len(), &mut self.wires[from]);
         if let Sent::Transmit { destination, len } = sent {
             self.wires[from].transmit(destination, &buf[..len]);
         }
@@ -127,7 +134,11 @@ impl Pair {
                     self.now = self.now.max(t);
                     for i in [A, B] {
                         if self.nodes[i].poll_timeout().is_some_and(|t| t <= self.now) {
-                            self.nodes[i].handle_timeout(self.now, &mut self.rngs[i], &mut self.wires[i]);
+                            self.nodes[i].handle_timeout(
+                                self.now,
+                                &mut self.rngs[i],
+                                &mut self.wires[i],
+                            );
                         }
                     }
                 }
@@ -185,14 +196,23 @@ fn rekeys_after_120s_and_keys_expire_and_are_erased() {
     // Traffic every second for 130 s: the initiator rekeys once at 120 s, nothing is lost.
     for i in 0..130u32 {
         p.run_for(Duration::from_secs(1));
-        assert!(matches!(p.send(A, &i.to_be_bytes()), Sent::Transmit { .. }), "second {i}");
-        assert!(matches!(p.send(B, &i.to_be_bytes()), Sent::Transmit { .. }), "second {i}");
+        assert!(
+            matches!(p.send(A, &i.to_be_bytes()), Sent::Transmit { .. }),
+            "second {i}"
+        );
+        assert!(
+            matches!(p.send(B, &i.to_be_bytes()), Sent::Transmit { .. }),
+            "second {i}"
+        );
     }
     p.run_for(Duration::from_millis(10));
     let inits = p.sent_of_type(A, 1);
     assert_eq!(inits.len(), 2, "{inits:?}");
     let gap = inits[1] - inits[0];
-    assert!(gap >= REKEY_AFTER_TIME && gap < REKEY_AFTER_TIME + Duration::from_secs(2), "{gap:?}");
+    assert!(
+        gap >= REKEY_AFTER_TIME && gap < REKEY_AFTER_TIME + Duration::from_secs(2),
+        "{gap:?}"
+    );
     assert_eq!(p.delivered[B].len(), 130);
     assert_eq!(p.delivered[A].len(), 130);
     assert_eq!(p.completed(A), 2);
@@ -229,17 +249,39 @@ fn replayed_and_forged_datagrams_change_nothing() {
     p.run_for(Duration::from_millis(10));
     assert_eq!(p.delivered[B], vec![b"once".to_vec()]);
     let mut replay = datagram.clone();
-    let r = p.nodes[B].handle_datagram(p.now, p.addrs[A], &mut replay, &mut p.rngs[B], &mut p.wires[B]);
+    let r = p.nodes[B].handle_datagram(
+        p.now,
+        p.addrs[A],
+        &mut replay,
+        &mut p.rngs[B],
+        &mut p.wires[B],
+    );
     assert_eq!(r, Received::Dropped(DropReason::Replay));
     let mut forged = datagram;
     let last = forged.len() - 1;
     forged[last] ^= 1;
-    let r = p.nodes[B].handle_datagram(p.now, "203.0.113.1:9".parse().unwrap(), &mut forged, &mut p.rngs[B], &mut p.wires[B]);
+    let r = p.nodes[B].handle_datagram(
+        p.now,
+        "203.0.113.1:9".parse().unwrap(),
+        &mut forged,
+        &mut p.rngs[B],
+        &mut p.wires[B],
+    );
     assert_eq!(r, Received::Dropped(DropReason::Decrypt));
-    assert_eq!(p.nodes[B].peer().endpoint(), Some(p.addrs[A]), "no roaming on forgeries");
+    assert_eq!(
+        p.nodes[B].peer().endpoint(),
+        Some(p.addrs[A]),
+        "no roaming on forgeries"
+    );
     for len in [0, 3, 4, 31, 147, 149] {
         let mut junk = vec![1u8; len];
-        let r = p.nodes[B].handle_datagram(p.now, p.addrs[A], &mut junk, &mut p.rngs[B], &mut p.wires[B]);
+        let r = p.nodes[B].handle_datagram(
+            p.now,
+            p.addrs[A],
+            &mut junk,
+            &mut p.rngs[B],
+            &mut p.wires[B],
+        );
         assert!(matches!(r, Received::Dropped(_)), "{len}: {r:?}");
     }
     assert_eq!(p.delivered[B].len(), 1);
