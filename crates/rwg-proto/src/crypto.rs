@@ -190,7 +190,7 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     core::hint::black_box(diff) == 0
 }
 
-/// HASH(parts[0] ‖ parts[1] ‖ …): unkeyed BLAKE2s-256.
+/// HASH(parts\[0\] ‖ parts\[1\] ‖ …): unkeyed BLAKE2s-256.
 pub fn hash(parts: &[&[u8]]) -> [u8; KEY_LEN] {
     let mut state = Params::new().hash_length(KEY_LEN).to_state();
     for p in parts {

@@ -1,7 +1,7 @@
 //! The interface: many peers behind one key and one port. A [`Device`] demultiplexes — receiver
 //! index → peer, allowed IPs → peer, the cookie checker and rate limiter at the door — holds the
 //! locks, keeps one deadline queue for all peers, and applies the effects its peers push. Every
-//! protocol rule is a method of [`Peer`](crate::peer::Peer) or lives in the module the crate
+//! protocol rule is a method of [`Peer`] or lives in the module the crate
 //! documentation names for it; none is here.
 //!
 //! # Locks
@@ -668,7 +668,7 @@ impl Device {
     }
 
     /// Reports how many handshake messages the driver has queued itself; at
-    /// [`UNDER_LOAD_QUEUE_LEN`](crate::constants::UNDER_LOAD_QUEUE_LEN) or more (added to
+    /// [`UNDER_LOAD_QUEUE_LEN`] or more (added to
     /// the device's own queue) the device demands cookies (PROTOCOL.md §4).
     pub fn report_handshake_load(&self, queued: usize) {
         self.control.lock().reported_load = queued;

@@ -11,61 +11,112 @@
 //! `rwg` daemon, in the userspace network stack, behind a C ABI and on small devices.
 //!
 //! ## Vocabulary
-//! A [`Device`](device::Device) is one WireGuard interface: a private key, peers, allowed IPs.
+//! - A [`Peer`](peer::Peer) is one remote party as a state machine: its handshake, keypairs,
+//!   timers, cookie and staged packets, and every per-peer rule of the protocol as a method
+//!   that takes `&mut self`, the time (and, where it may start a handshake, a
+//!   [`Context`](peer::Context) with our identity and an RNG) and pushes effects — datagrams,
+//!   events, indices taken and given back — into a [`Sink`](peer::Sink).
+//! - A [`Device`] is one WireGuard interface: a private key, many peers, allowed
+//!   IPs. It only demultiplexes (receiver index → peer, allowed IPs → peer, mac1/cookies and the
+//!   rate limiter at the door), holds the locks, keeps one deadline queue for all peers and
+//!   applies the effects its peers push. It needs the `alloc` feature.
+//! - A [`SinglePeer`](single::SinglePeer) is the same door for exactly one peer with no heap:
+//!   a small device talking to one server, with the `alloc` feature off.
 //!
 //! | direction | call | result |
 //! |---|---|---|
-//! | host → network | [`handle_packet`](device::Device::handle_packet)`(now, buf, len)` | [`Sent`](device::Sent): a transport message in `buf`, or staged, or dropped |
-//! | network → host | [`handle_datagram`](device::Device::handle_datagram)`(now, source, buf)` | [`Received`](device::Received): an IP packet in `buf`, a keepalive, a handshake, or dropped |
-//! | time | [`handle_timeout`](device::Device::handle_timeout)`(now)` | timers fire: retransmits, keepalives, rekeys |
-//! | outputs | [`poll_transmit`](device::Device::poll_transmit)`(buf)` | handshake messages, cookie replies, keepalives, flushed staged packets |
-//! | | [`poll_timeout`](device::Device::poll_timeout)`()` | when `handle_timeout` must run next |
+//! | host → network | [`DataPath::encapsulate`](device::DataPath::encapsulate)`(now, buf, len)` (or [`prepare_send`](device::DataPath::prepare_send) + [`SendJob::seal`](device::SendJob::seal)) | [`Sent`]: a transport message in `buf`, or staged, or dropped |
+//! | network → host | [`DataPath::decapsulate`](device::DataPath::decapsulate)`(now, source, buf)` (or `prepare_receive` + `open` + `finish_receive`) | [`Received`]: an IP packet in `buf`, a keepalive, a handshake message queued, or dropped |
+//! | handshakes | [`handle_queued_handshakes`](device::Device::handle_queued_handshakes)`(now)` | the queued initiations, responses and cookie replies answered |
+//! | time | [`handle_timeout`](device::Device::handle_timeout)`(now)` | due timers fire: retransmits, keepalives, rekeys, key erasure |
+//! | outputs | [`poll_transmit_batch`](device::Device::poll_transmit_batch)`(buf, n)` | datagrams to one destination, back to back for one GSO send ([`Transmit`](device::Transmit)) |
+//! | | [`poll_timeout`](device::Device::poll_timeout)`()` | when `handle_timeout` must run next (a pure getter) |
 //! | | [`poll_event`](device::Device::poll_event)`()` | handshakes completed, endpoints changed, … |
 //! | configuration | `set_private_key`, `add_peer`, `set_endpoint`, `add_allowed_ip`, … | mirrors the configuration socket of `wg(8)` |
 //!
+//! [`Device::handle_packet`](device::Device::handle_packet) and
+//! [`Device::handle_datagram`](device::Device::handle_datagram) are one-packet conveniences that
+//! do the above for a single input (a handshake message is answered at once, and whatever
+//! became due runs). Batching drivers use a [`DataPath`](device::DataPath) per batch.
+//!
 //! Buffers belong to the caller and are worked on in place. An IP packet to send sits at
-//! `buf[HEADROOM..HEADROOM + len]` with [`TAILROOM`](device::TAILROOM) free bytes after it;
+//! `buf[HEADROOM..HEADROOM + len]` with [`TAILROOM`](peer::TAILROOM) free bytes after it;
 //! the transport message is written to the start of the same buffer. A decrypted packet is
 //! left at `buf[HEADROOM..HEADROOM + len]` of the datagram's buffer. No allocation happens per
-//! data packet; only handshakes, keepalives and packets staged while a handshake is pending use
-//! the device's own (bounded) queues.
+//! data packet; only packets staged while a handshake is pending are copied.
 //!
 //! Time is an [`Instant`]: nanoseconds on the caller's monotonic clock. The wall clock, which
 //! the protocol needs for TAI64N timestamps and `wg show`'s "latest handshake", is derived
 //! from it after [`set_unix_time`](device::Device::set_unix_time).
 //!
-//! ## Polling order
-//! After any `handle_*` call or configuration change:
-//! 1. send every datagram [`poll_transmit`](device::Device::poll_transmit) returns, until `None`;
-//! 2. drain [`poll_event`](device::Device::poll_event) if you care about events;
-//! 3. wait for I/O or until [`poll_timeout`](device::Device::poll_timeout), then call
-//!    [`handle_timeout`](device::Device::handle_timeout) if that moment has come. A deadline in
-//!    the past means "now" (the data path deferred work to it).
+//! ## Where each rule lives
+//! One rule, one module, each with its tests, in the order of PROTOCOL.md:
 //!
-//! There is no fixed tick: when nothing is due, `poll_timeout` returns `None` or a moment
-//! seconds away.
+//! | rule | module |
+//! |---|---|
+//! | every protocol constant (timers, limits, load) | [`constants`] |
+//! | primitives: HASH, MAC, HMAC, KDF, AEAD, XAEAD, DH; secret key types (§1) | [`crypto`] |
+//! | wire format: message types, lengths, views parsed once (§2) | [`messages`] |
+//! | the Noise_IKpsk2 handshake (§3) | [`noise`] |
+//! | mac1, mac2, cookie replies, the cookie checker (§4) | [`cookie`] |
+//! | rate limiting under load (§4) | [`ratelimiter`] |
+//! | the replay window (§5) | [`replay`] |
+//! | keypairs and their rotation: install as initiator/responder, confirm next, clear (§5, §7) | [`keypair`] |
+//! | the timers: which events arm them and what each does when it fires (§6) | [`timers`] |
+//! | everything one peer does: consuming handshakes, sending, receiving, staging (§3–§7) | [`peer`] |
+//! | the inner packet's addresses and length (§5, §8) | [`ip`] |
+//! | cryptokey routing (§8) | [`allowed_ips`] |
+//! | receiver indices (§7) | [`index`] |
+//! | demultiplexing, locks, the deadline queue, outputs | [`device`] |
+//!
+//! Names follow DESIGN.md; what it does not name: `constants`, `outcome` (verdicts and events
+//! shared by peer and device), `ip`, `single` (the heapless one-peer owner) and the private
+//! `outbox` and `slot`. The driver loop DESIGN.md asks for is the `rwg-driver` crate (it
+//! needs `std` and logs with `tracing`, which this crate must not).
+//!
+//! ## Polling order
+//! After any input (`decapsulate`/`encapsulate` batches, configuration changes):
+//! 1. if [`has_queued_handshakes`](device::Device::has_queued_handshakes), call
+//!    [`handle_queued_handshakes`](device::Device::handle_queued_handshakes);
+//! 2. if [`poll_timeout`](device::Device::poll_timeout) is at or before now, call
+//!    [`handle_timeout`](device::Device::handle_timeout) (it handles at most
+//!    [`TIMER_BUDGET`](constants::TIMER_BUDGET) peers, so call again while still due);
+//! 3. send everything [`poll_transmit_batch`](device::Device::poll_transmit_batch) returns, and
+//!    drain [`poll_event`](device::Device::poll_event);
+//! 4. sleep until `poll_timeout` or until the device's waker
+//!    ([`set_waker`](device::Device::set_waker)) is called: it is, from whichever thread, when
+//!    a handshake message is queued, an output is queued, or a peer's deadline moved earlier
+//!    than every other. There is no fixed tick.
+//!
+//! `rwg_driver::Driver::turn` is exactly steps 1–3.
 //!
 //! ## Threads
 //! A `Device` is `Send + Sync` and every method takes `&self`. Encryption and decryption of
 //! transport messages — everything per packet — run concurrently, for the same peer too:
 //!
 //! - [`Device::data_path`](device::Device::data_path) takes the read side of the routing and
-//!   index tables **once per batch**; within the batch, each packet takes only its peer's short
-//!   lock (counters, timers) and, on receive, its keypair's replay-window lock.
+//!   index tables **once per batch**; within the batch, each packet takes only its peer's lock,
+//!   briefly (counters, timers, the replay window) — never a device-wide one.
 //! - For ordered parallel crypto, split each packet in two: [`DataPath::prepare_send`](device::DataPath::prepare_send)
-//!   runs in the order packets must leave and reserves the nonce counter, then
-//!   [`SendJob::seal`](device::SendJob::seal) can run on any thread; send the results in the
-//!   order of `prepare_send`. On receive, [`prepare_receive`](device::DataPath::prepare_receive)
+//!   runs in the order packets must leave and reserves the nonce counter (copying the send
+//!   key into the job), then [`SendJob::seal`](device::SendJob::seal) can run on any thread;
+//!   send the results in the order of `prepare_send`. On receive, [`prepare_receive`](device::DataPath::prepare_receive)
 //!   finds the keypair, [`ReceiveJob::open`](device::ReceiveJob::open) decrypts anywhere, and
 //!   [`finish_receive`](device::DataPath::finish_receive) applies the replay window, roaming and
 //!   timers.
 //! - Handshakes, timers and configuration are serialized on a control lock. Handshake messages
-//!   met on the data path are queued (their number is the load signal that turns on cookies)
-//!   and handled by the next `handle_timeout`, which `poll_timeout` reports as due at once.
+//!   met on the data path are queued (their number is the load signal that turns on cookies).
 //! - Drop a [`DataPath`](device::DataPath) before calling any other method of the device from
 //!   the same thread (they may need the write side of the tables).
 //!
 //! With the `std` feature the locks are the operating system's; without it they spin.
+//!
+//! ## Features
+//! - `alloc` (default): the multi-peer [`Device`]. Without it: [`peer`] and [`single`] only,
+//!   no heap at all (`noalloc-check/` proves it links with no global allocator).
+//! - `ring` (default): ring's ChaCha20-Poly1305 for transport data; RustCrypto's without it.
+//! - `precomputed-tables` (default): basepoint tables for faster ephemeral keys (~30 KiB).
+//! - `std`: the operating system's locks.
 //!
 //! ## Example: two devices through an in-memory network
 //! ```
@@ -135,9 +186,6 @@
 //! limiter ([`cookie`], [`ratelimiter`]). Secrets — static, ephemeral and preshared keys, chaining
 //! keys, session keys — are zeroized on drop and print as `<redacted>` ([`crypto`]).
 //!
-//! Module by module, the protocol is laid out as in PROTOCOL.md: [`crypto`] (§1),
-//! [`messages`] (§2), [`noise`] (§3), [`cookie`] (§4), [`keypair`] and [`replay`] (§5),
-//! [`timers`] (§6), [`peer`] and [`index`] (§7), [`allowed_ips`] (§8), [`device`] (all of it).
 
 #[cfg(any(feature = "alloc", test))]
 extern crate alloc;

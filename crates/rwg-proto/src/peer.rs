@@ -909,3 +909,254 @@ mod staged_none {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The peer alone, with a sink that keeps the books on indices: every index the peer
+    //! retires must be one it holds, and what it holds must be exactly what it has not retired.
+
+    use alloc::collections::BTreeSet;
+    use alloc::vec::Vec;
+
+    use rand_chacha::rand_core::SeedableRng;
+    use rand_chacha::ChaCha20Rng;
+
+    use super::*;
+    use crate::crypto::PrivateKey;
+    use crate::messages::{self, Message};
+
+    #[derive(Default)]
+    struct Books {
+        next: u32,
+        live: BTreeSet<u32>,
+        out: Vec<(SocketAddr, Vec<u8>)>,
+        events: Vec<Event>,
+    }
+
+    impl Sink for Books {
+        fn allocate_index(&mut self, _rng: &mut dyn CryptoRngCore) -> Option<u32> {
+            self.next += 1;
+            assert!(self.live.insert(self.next));
+            Some(self.next)
+        }
+        fn retire_index(&mut self, index: u32) {
+            assert!(
+                self.live.remove(&index),
+                "retired {index}, which was not held"
+            );
+        }
+        fn transmit(&mut self, destination: SocketAddr, datagram: &[u8]) {
+            self.out.push((destination, datagram.to_vec()));
+        }
+        fn event(&mut self, event: Event) {
+            self.events.push(event);
+        }
+        fn dropped(&mut self, _reason: DropReason) {}
+    }
+
+    struct Side {
+        id: StaticIdentity,
+        peer: Peer,
+        books: Books,
+        addr: SocketAddr,
+    }
+
+    impl Side {
+        fn held(&self) -> BTreeSet<u32> {
+            self.peer
+                .handshake_index()
+                .into_iter()
+                .chain(self.peer.keypairs().indices())
+                .collect()
+        }
+        fn check_books(&self) {
+            assert_eq!(self.held(), self.books.live);
+        }
+    }
+
+    fn pair() -> (Side, Side) {
+        let (ka, kb) = (
+            PrivateKey::from_bytes([1; 32]),
+            PrivateKey::from_bytes([2; 32]),
+        );
+        let (pa, pb) = (ka.public_key(), kb.public_key());
+        let mut a = Side {
+            id: StaticIdentity::new(ka),
+            peer: Peer::new(pb, 1),
+            books: Books::default(),
+            addr: "10.0.0.1:1".parse().expect("addr"),
+        };
+        let mut b = Side {
+            id: StaticIdentity::new(kb),
+            peer: Peer::new(pa, 2),
+            books: Books::default(),
+            addr: "10.0.0.2:2".parse().expect("addr"),
+        };
+        a.peer.set_endpoint(Some(b.addr));
+        b.books.next = 1000; // disjoint numbering, so a mix-up shows
+        (a, b)
+    }
+
+    /// A initiates at `now`; B answers; A completes and confirms; B receives the confirmation
+    /// (a keepalive, or the first staged packet), which is returned.
+    fn handshake(a: &mut Side, b: &mut Side, now: Instant, rng: &mut ChaCha20Rng) -> Delivery {
+        let mut cx = Context {
+            now,
+            unix_time: Duration::from_secs(1_700_000_000) + (now - Instant::ZERO),
+            identity: Some(&a.id),
+            rng,
+            mtu: 1420,
+        };
+        a.peer.initiate(&mut cx, &mut a.books);
+        let (_, init) = a.books.out.pop().expect("an initiation");
+        let Ok(Message::Initiation(m)) = messages::parse(&init) else {
+            panic!("initiation")
+        };
+        let part = noise::consume_initiation(&b.id, &m).expect("authentic");
+        cx.identity = Some(&b.id);
+        b.peer
+            .consume_initiation(&mut cx, part, &m, a.addr, &mut b.books)
+            .expect("accepted");
+        let (_, resp) = b.books.out.pop().expect("a response");
+        let Ok(Message::Response(m)) = messages::parse(&resp) else {
+            panic!("response")
+        };
+        cx.identity = Some(&a.id);
+        a.peer
+            .consume_response(&mut cx, &m, b.addr, &mut a.books)
+            .expect("accepted");
+        let (_, mut confirm) = a.books.out.remove(0);
+        let Ok(Message::Transport(t)) = messages::parse(&confirm) else {
+            panic!("transport")
+        };
+        let job = b
+            .peer
+            .prepare_receive(now, t.receiver_index(), t.counter(), a.addr)
+            .expect("keypair");
+        job.open(&mut confirm).expect("authentic");
+        b.peer
+            .finish_receive(now, &job, confirm.len(), 1420, &mut b.books)
+            .expect("fresh")
+    }
+
+    #[test]
+    fn indices_are_retired_exactly_once_across_rotations_and_removal() {
+        let (mut a, mut b) = pair();
+        let mut rng = ChaCha20Rng::seed_from_u64(9);
+        let mut now = Instant::from_nanos(1);
+        for round in 0..6 {
+            assert_eq!(
+                handshake(&mut a, &mut b, now, &mut rng),
+                Delivery::Keepalive
+            );
+            a.check_books();
+            b.check_books();
+            // Never more than the three slots (no handshake in flight after completion).
+            assert!(
+                a.books.live.len() <= 3 && b.books.live.len() <= 3,
+                "round {round}"
+            );
+            now += REKEY_TIMEOUT + Duration::from_millis(1);
+        }
+        // After several rotations: current and previous on both sides.
+        assert_eq!(a.books.live.len(), 2);
+        assert_eq!(b.books.live.len(), 2);
+        assert_eq!(
+            b.books
+                .events
+                .iter()
+                .filter(|e| matches!(e, Event::HandshakeCompleted { .. }))
+                .count(),
+            6
+        );
+        // Our key changed: the handshake in flight goes, the sessions stay for receiving.
+        let mut cx = Context {
+            now,
+            unix_time: Duration::from_secs(1_700_000_000),
+            identity: Some(&a.id),
+            rng: &mut rng,
+            mtu: 1420,
+        };
+        a.peer.initiate(&mut cx, &mut a.books);
+        a.check_books();
+        assert!(a.peer.handshake_index().is_some());
+        a.peer.identity_changed(&mut a.books);
+        a.check_books();
+        assert!(a.peer.handshake_index().is_none());
+        assert!(
+            a.peer.keypairs.sendable(now).is_none(),
+            "no sending after a key change"
+        );
+        // Removal retires everything.
+        a.peer.remove(&mut a.books);
+        b.peer.remove(&mut b.books);
+        assert!(a.books.live.is_empty() && b.books.live.is_empty());
+        assert_eq!(a.peer.poll_timeout(), None);
+    }
+
+    #[test]
+    fn the_data_path_defers_handshakes_to_handle_timeout() {
+        let (mut a, mut b) = pair();
+        let mut rng = ChaCha20Rng::seed_from_u64(10);
+        let now = Instant::from_nanos(1);
+        // No session: the packet is staged and a handshake is *noted*, not sent: the data path
+        // has no RNG and allocates no index.
+        let packet = [0x45u8; 40];
+        let r = a.peer.prepare_send(now, &packet, 2048, 1420, &mut a.books);
+        assert!(matches!(r, Err(Sent::Staged)));
+        assert!(a.books.out.is_empty());
+        assert_eq!(a.peer.poll_timeout(), Some(now), "due at once");
+        let mut cx = Context {
+            now,
+            unix_time: Duration::from_secs(1_700_000_000),
+            identity: Some(&a.id),
+            rng: &mut rng,
+            mtu: 1420,
+        };
+        a.peer.handle_timeout(&mut cx, &mut a.books);
+        assert_eq!(a.books.out.len(), 1, "the initiation");
+        assert_eq!(a.books.out[0].1.len(), INITIATION_LEN);
+        a.books.out.clear();
+        // Completing the handshake sends what was staged instead of a bare keepalive.
+        assert_eq!(
+            handshake(&mut a, &mut b, now + REKEY_TIMEOUT, &mut rng),
+            Delivery::Data
+        );
+        assert_eq!(a.peer.staged_len(), 0);
+    }
+
+    #[test]
+    fn a_retired_keypair_can_not_finish_a_receive() {
+        // A message decrypted while its keypair was rotated away is dropped, not applied to
+        // whatever keypair holds the slot now.
+        let (mut a, mut b) = pair();
+        let mut rng = ChaCha20Rng::seed_from_u64(11);
+        let mut now = Instant::from_nanos(1);
+        handshake(&mut a, &mut b, now, &mut rng);
+        let packet = [0x45u8; 40];
+        let job = a
+            .peer
+            .prepare_send(now, &packet, 2048, 1420, &mut a.books)
+            .expect("session");
+        let mut buf = [0u8; 2048];
+        buf[HEADROOM..HEADROOM + 40].copy_from_slice(&packet);
+        let n = job.seal(&mut buf, 40).expect("fits");
+        let Ok(Message::Transport(t)) = messages::parse(&buf[..n]) else {
+            panic!()
+        };
+        let rjob = b
+            .peer
+            .prepare_receive(now, t.receiver_index(), t.counter(), a.addr)
+            .expect("keypair");
+        rjob.open(&mut buf[..n]).expect("authentic");
+        // Two rotations later that keypair is gone.
+        for _ in 0..2 {
+            now += REKEY_TIMEOUT + Duration::from_millis(1);
+            handshake(&mut a, &mut b, now, &mut rng);
+        }
+        assert_eq!(
+            b.peer.finish_receive(now, &rjob, n, 1420, &mut b.books),
+            Err(DropReason::UnknownIndex)
+        );
+    }
+}
