@@ -8,6 +8,7 @@ pub mod driver;
 pub mod lifecycle;
 #[cfg(test)]
 mod memory;
+pub mod offload;
 pub mod process;
 pub mod tun;
 pub mod uapi;
