@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::driver::{Driver, DriverConfig};
 use crate::lifecycle::{Shutdown, ShutdownHandle, StartError};
+use crate::pipeline::DataPlaneConfig;
 use crate::process::TerminationSignals;
 use crate::tun::Tun;
 use crate::uapi::{UapiDevice, UapiListener};
@@ -18,12 +19,23 @@ use crate::uapi::{UapiDevice, UapiListener};
 pub struct Daemon {
     tun: Tun,
     uapi: UapiListener,
+    data_plane: DataPlaneConfig,
 }
 
 impl Daemon {
     /// Takes the two resources the parent (or this process) created.
     pub fn new(tun: Tun, uapi: UapiListener) -> Daemon {
-        Daemon { tun, uapi }
+        Daemon {
+            tun,
+            uapi,
+            data_plane: DataPlaneConfig::default(),
+        }
+    }
+
+    /// Sets which offloads and how many crypto workers the data plane uses.
+    pub fn with_data_plane(mut self, config: DataPlaneConfig) -> Daemon {
+        self.data_plane = config;
+        self
     }
 
     /// The interface name.
@@ -43,7 +55,7 @@ impl Daemon {
         signals: Option<TerminationSignals>,
         on_serving: impl FnOnce(),
     ) -> Result<Shutdown, StartError> {
-        let driver = match Driver::new(0) {
+        let driver = match Driver::with_config(0, self.data_plane) {
             Ok(d) => d,
             Err(e) => {
                 self.uapi.remove_socket_file();

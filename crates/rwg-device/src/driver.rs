@@ -1,40 +1,30 @@
-//! The driver: threads that move packets between the TUN device, the UDP sockets and the
-//! protocol core, and the [`UapiDevice`] that applies `wg set` to the core.
+//! The driver: the state the daemon's threads share, the threads themselves, and the
+//! [`UapiDevice`] that applies `wg set` to the core.
 //!
 //! Threads:
-//! - **tun-read**: reads IP packets in batches (non-blocking reads until the queue is empty,
-//!   then `poll`), encrypts each in place under one [`DataPath`](rwg_proto::device::DataPath)
-//!   guard per batch, and sends the datagrams.
-//! - **udp-read-v4 / udp-read-v6**: receive datagrams in batches, decrypt in place under one
-//!   guard per batch, write IP packets to the TUN. Handshake messages are queued by the core.
-//! - **control**: sleeps until the core's next deadline (`poll_timeout`) or until a data thread
-//!   wakes it because the core needs attention; runs `handle_timeout` and sends what the core
-//!   queued (handshakes, keepalives, cookie replies, staged packets). There is no fixed tick.
-//!
-//! No allocation per packet: each thread owns its batch buffers. No device-wide lock per
-//! packet: the core's tables are read-locked once per batch.
+//! - **tun-read** and **udp-read-v4 / udp-read-v6**: the data plane, in batches, with the
+//!   offloads and the crypto workers of [`crate::pipeline`].
+//! - **control**: [`rwg_driver`]'s loop: sleeps until the core's next deadline or until the
+//!   core's waker fires (a handshake message queued, a timer armed earlier, an output queued),
+//!   then handles queued handshakes and due timers and sends what the core queued. There is no
+//!   fixed tick.
 
 use std::io;
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use rwg_driver::{Clock, Transmitter, Wakeup};
 use rwg_proto::crypto::{PresharedKey, PrivateKey, PublicKey};
-use rwg_proto::device::{Device, Received, Sent, Transmit, HEADROOM, TAILROOM};
+use rwg_proto::device::{Device, Transmit};
 
 use crate::lifecycle::{Shutdown, ShutdownHandle, StartError};
-use crate::tun::{Tun, TunError};
+use crate::pipeline::{canonical, Crypto, DataPlaneConfig};
+use crate::tun::Tun;
 use crate::uapi::{DeviceSnapshot, Errno, PeerSnapshot, UapiDevice};
-use crate::udp::{self, UdpSockets};
+use crate::udp::UdpSockets;
 
-/// Packets handled per batch (per read guard of the core's tables).
-const BATCH: usize = 32;
-/// Largest IP packet a TUN read returns (without offloads).
-const MAX_PACKET: usize = 65535;
-/// How long a reader blocks in `poll` before it looks at its generation (socket rebinding).
-const READER_POLL_MS: i32 = 1000;
 /// The control thread re-reads the TUN's MTU at least this often.
 const MTU_REFRESH: Duration = Duration::from_secs(30);
 
@@ -50,13 +40,22 @@ pub struct Driver {
     waker: Arc<Wakeup>,
     tun: Mutex<Option<Arc<Tun>>>,
     shutdown: Mutex<Option<ShutdownHandle>>,
-    stopping: AtomicBool,
+    pub(crate) stopping: AtomicBool,
+    config: DataPlaneConfig,
+    crypto: Mutex<Option<Arc<Crypto>>>,
 }
 
 impl Driver {
-    /// A driver around a fresh core (OS RNG) with UDP sockets bound on `port` (0 = any).
+    /// A driver around a fresh core (OS RNG) with UDP sockets bound on `port` (0 = any), with
+    /// every offload the host has.
     pub fn new(port: u16) -> Result<Arc<Driver>, StartError> {
+        Driver::with_config(port, DataPlaneConfig::default())
+    }
+
+    /// [`Driver::new`] with the data plane configured.
+    pub fn with_config(port: u16, config: DataPlaneConfig) -> Result<Arc<Driver>, StartError> {
         let sockets = UdpSockets::bind(port).map_err(|e| StartError(e.to_string()))?;
+        configure_sockets(&sockets, &config);
         let clock = Clock::new();
         let core = Arc::new(Device::new(Box::new(rand_core::OsRng)));
         core.set_listen_port(sockets.port());
@@ -70,6 +69,8 @@ impl Driver {
             tun: Mutex::new(None),
             shutdown: Mutex::new(None),
             stopping: AtomicBool::new(false),
+            config,
+            crypto: Mutex::new(None),
         }))
     }
 
@@ -78,11 +79,27 @@ impl Driver {
         &self.core
     }
 
-    fn sockets(&self) -> Arc<UdpSockets> {
+    pub(crate) fn sockets(&self) -> Arc<UdpSockets> {
         Arc::clone(&self.sockets.read().unwrap_or_else(|e| e.into_inner()))
     }
 
-    fn fail(&self, why: String) {
+    pub(crate) fn clock(&self) -> Clock {
+        self.clock
+    }
+
+    pub(crate) fn config(&self) -> DataPlaneConfig {
+        self.config
+    }
+
+    pub(crate) fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn fail(&self, why: String) {
         self.stopping.store(true, Ordering::Relaxed);
         if let Some(h) = self
             .shutdown
@@ -114,9 +131,21 @@ impl Driver {
                 .map(|_| ())
                 .map_err(|e| StartError(format!("cannot start thread {name}: {e}")))
         };
+        let crypto = Arc::new(Crypto::new(self.config.workers));
+        *self.crypto.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(&crypto));
+        tracing::info!(
+            offloads = ?tun.offloads(),
+            workers = self.config.workers,
+            udp_gso = self.config.udp_gso,
+            udp_gro = self.config.udp_gro,
+            "data plane"
+        );
         let me = Arc::clone(self);
         let t = Arc::clone(&tun);
-        spawn("tun-read", Box::new(move || me.tun_reader(&t, &shutdown)))?;
+        spawn(
+            "tun-read",
+            Box::new(move || crate::pipeline::tun_to_udp(&me, &t, &shutdown, &crypto)),
+        )?;
         let me = Arc::clone(self);
         spawn("control", Box::new(move || me.control_loop()))?;
         self.spawn_udp_readers()
@@ -127,6 +156,14 @@ impl Driver {
         let Some(tun) = self.tun.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
             return Ok(()); // not started yet: `start` spawns them
         };
+        let Some(crypto) = self
+            .crypto
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        else {
+            return Ok(());
+        };
         let generation = self.generation.load(Ordering::Acquire);
         let sockets = self.sockets();
         for (name, socket) in [("udp-read-v4", sockets.v4()), ("udp-read-v6", sockets.v6())] {
@@ -135,102 +172,14 @@ impl Driver {
             socket.set_nonblocking(true)?;
             let me = Arc::clone(self);
             let tun = Arc::clone(&tun);
+            let crypto = Arc::clone(&crypto);
             std::thread::Builder::new()
                 .name(name.into())
-                .spawn(move || me.udp_reader(&socket, &tun, generation))?;
+                .spawn(move || {
+                    crate::pipeline::udp_to_tun(&me, &socket, &tun, generation, &crypto)
+                })?;
         }
         Ok(())
-    }
-
-    fn tun_reader(&self, tun: &Tun, shutdown: &ShutdownHandle) {
-        let mut bufs = vec![vec![0u8; HEADROOM + MAX_PACKET + TAILROOM]; BATCH];
-        let mut out: Vec<(usize, SocketAddr, usize)> = Vec::with_capacity(BATCH);
-        while !self.stopping.load(Ordering::Relaxed) {
-            match tun.wait_readable(READER_POLL_MS) {
-                Ok(true) => {}
-                Ok(false) => continue,
-                Err(e) => return self.fail(format!("waiting for the TUN: {e}")),
-            }
-            out.clear();
-            {
-                let data_path = self.core.data_path();
-                let now = self.clock.now();
-                for (i, buf) in bufs.iter_mut().enumerate() {
-                    let n = match tun.read(&mut buf[HEADROOM..HEADROOM + MAX_PACKET]) {
-                        Ok(n) => n,
-                        Err(TunError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(TunError::Gone) => {
-                            self.stopping.store(true, Ordering::Relaxed);
-                            shutdown.shutdown(Shutdown::InterfaceDeleted);
-                            return;
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "reading from the TUN");
-                            break;
-                        }
-                    };
-                    match data_path.encapsulate(now, buf, n) {
-                        Sent::Transmit { destination, len } => out.push((i, destination, len)),
-                        Sent::Staged => {}
-                        Sent::Dropped(reason) => {
-                            tracing::trace!(%reason, "outgoing packet dropped")
-                        }
-                    }
-                }
-            }
-            let sockets = self.sockets();
-            for &(i, destination, len) in &out {
-                if let Err(e) = sockets.send_to(&bufs[i][..len], destination) {
-                    tracing::debug!(error = %e, %destination, "send failed");
-                }
-            }
-        }
-    }
-
-    fn udp_reader(&self, socket: &UdpSocket, tun: &Tun, generation: u64) {
-        let mut bufs = vec![vec![0u8; MAX_PACKET]; BATCH];
-        let mut out: Vec<(usize, usize)> = Vec::with_capacity(BATCH);
-        while !self.stopping.load(Ordering::Relaxed)
-            && self.generation.load(Ordering::Acquire) == generation
-        {
-            match udp::wait_readable(socket, READER_POLL_MS) {
-                Ok(true) => {}
-                Ok(false) => continue,
-                Err(e) => return self.fail(format!("waiting for UDP: {e}")),
-            }
-            out.clear();
-            {
-                let data_path = self.core.data_path();
-                let now = self.clock.now();
-                for (i, buf) in bufs.iter_mut().enumerate() {
-                    let (n, from) = match socket.recv_from(buf) {
-                        Ok(r) => r,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(e) => {
-                            // ICMP errors of earlier sends surface here (ECONNREFUSED): not fatal.
-                            tracing::trace!(error = %e, "UDP receive");
-                            continue;
-                        }
-                    };
-                    let from = canonical(from);
-                    match data_path.decapsulate(now, from, &mut buf[..n]) {
-                        Received::Packet { len, .. } => out.push((i, len)),
-                        Received::Keepalive | Received::Handshake => {}
-                        Received::Dropped(reason) => {
-                            tracing::trace!(%reason, %from, "datagram dropped")
-                        }
-                    }
-                }
-            }
-            for &(i, len) in &out {
-                match tun.write(&bufs[i][HEADROOM..HEADROOM + len]) {
-                    Ok(_) => {}
-                    Err(TunError::Gone) => return,
-                    Err(e) => tracing::debug!(error = %e, "TUN write"),
-                }
-            }
-        }
     }
 
     /// The control path (rwg-driver's loop) plus this driver's own housekeeping: the TUN's MTU.
@@ -270,14 +219,13 @@ impl Transmitter for UdpOut<'_> {
     }
 }
 
-/// IPv4-mapped IPv6 sources are reported as IPv4, so that replies go out of the IPv4 socket.
-fn canonical(addr: SocketAddr) -> SocketAddr {
-    match addr {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
-            None => addr,
-        },
-        v4 => v4,
+/// Applies the data plane's socket switches: GRO on (if wanted), GSO off (if not).
+fn configure_sockets(sockets: &UdpSockets, config: &DataPlaneConfig) {
+    if config.udp_gro {
+        sockets.enable_gro();
+    }
+    if !config.udp_gso {
+        sockets.disable_gso();
     }
 }
 
@@ -334,6 +282,7 @@ impl UapiDevice for DriverConfig {
                 return Ok(());
             }
             let mut new = UdpSockets::bind(port).map_err(|_| Errno::EADDRINUSE)?;
+            configure_sockets(&new, &d.config);
             let mark = d.fwmark.load(Ordering::Relaxed);
             if mark != 0 {
                 new.set_fwmark(mark).map_err(|_| Errno::EADDRINUSE)?;

@@ -9,6 +9,7 @@ pub mod lifecycle;
 #[cfg(test)]
 mod memory;
 pub mod offload;
+pub mod pipeline;
 pub mod process;
 pub mod tun;
 pub mod uapi;

@@ -76,20 +76,39 @@ pub fn valid_interface_name(name: &str) -> bool {
             .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0)
 }
 
+/// Which offloads a TUN device was set up with (see [`crate::offload`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TunOffloads {
+    /// Packets carry a `virtio_net_hdr` (IFF_VNET_HDR). Everything below needs it.
+    pub vnet_hdr: bool,
+    /// TCP super-packets (TSO4/TSO6) may be read, and coalesced ones written.
+    pub tso: bool,
+    /// UDP super-packets (USO, Linux 6.2 and later) may be read.
+    pub uso: bool,
+}
+
 /// An attached TUN device.
 #[derive(Debug)]
 pub struct Tun {
     fd: OwnedFd,
     name: String,
+    offloads: TunOffloads,
 }
 
 impl Tun {
-    /// Creates (or attaches to an existing unowned persistent) TUN interface `name`.
+    /// Creates (or attaches to an existing unowned persistent) TUN interface `name`, without
+    /// offloads.
     pub fn create(name: &str) -> Result<Tun, TunError> {
+        Tun::create_with(name, false)
+    }
+
+    /// Creates TUN interface `name`; with `offloads`, with a virtio-net header on every packet
+    /// and as many offloads as the kernel has (TSO, then USO: see [`Tun::offloads`]).
+    pub fn create_with(name: &str, offloads: bool) -> Result<Tun, TunError> {
         if !valid_interface_name(name) {
             return Err(TunError::InvalidName(name.to_owned()));
         }
-        let fd = sys::tun::create(name).map_err(|e| match e.raw_os_error() {
+        let fd = sys::tun::create(name, offloads).map_err(|e| match e.raw_os_error() {
             Some(libc::EPERM) | Some(libc::EACCES) => TunError::PermissionDenied,
             Some(libc::ENOENT) | Some(libc::ENODEV) | Some(libc::ENXIO) => TunError::NoTunDevice,
             // EBUSY: a TUN of that name is attached to another descriptor. EINVAL with an
@@ -100,17 +119,26 @@ impl Tun {
             _ => TunError::Io(e),
         })?;
         let name = sys::tun::interface_name(&fd).map_err(TunError::Io)?;
-        Ok(Tun { fd, name })
+        let offloads = negotiate_offloads(&fd, offloads);
+        Ok(Tun { fd, name, offloads })
     }
 
-    /// Adopts a TUN descriptor created by a parent process.
+    /// Adopts a TUN descriptor created by a parent process; offloads are turned on if it was
+    /// created with a virtio-net header.
     pub fn from_fd(fd: OwnedFd) -> Result<Tun, TunError> {
         let flags = sys::tun::flags(&fd).map_err(classify_io)?;
         if flags & (libc::IFF_TUN as libc::c_short) == 0 {
             return Err(TunError::NotTun);
         }
         let name = sys::tun::interface_name(&fd).map_err(classify_io)?;
-        Ok(Tun { fd, name })
+        let vnet = flags & (libc::IFF_VNET_HDR as libc::c_short) != 0;
+        let offloads = negotiate_offloads(&fd, vnet);
+        Ok(Tun { fd, name, offloads })
+    }
+
+    /// The offloads in effect.
+    pub fn offloads(&self) -> TunOffloads {
+        self.offloads
     }
 
     /// Adopts a raw inherited descriptor number (the value of `WG_TUN_FD`).
@@ -192,6 +220,7 @@ impl Tun {
         Ok(Tun {
             fd: self.fd.try_clone()?,
             name: self.name.clone(),
+            offloads: self.offloads,
         })
     }
 
@@ -210,6 +239,36 @@ impl AsFd for Tun {
 impl AsRawFd for Tun {
     fn as_raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
+    }
+}
+
+/// Asks for checksum, TSO and USO offloads, then without USO (older kernels refuse the bit),
+/// then for nothing. Without a vnet header there is nothing to ask.
+fn negotiate_offloads(fd: &OwnedFd, vnet_hdr: bool) -> TunOffloads {
+    if !vnet_hdr {
+        return TunOffloads::default();
+    }
+    let tso = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6;
+    let uso = libc::TUN_F_USO4 | libc::TUN_F_USO6;
+    if sys::tun::set_offload(fd, tso | uso).is_ok() {
+        return TunOffloads {
+            vnet_hdr,
+            tso: true,
+            uso: true,
+        };
+    }
+    if sys::tun::set_offload(fd, tso).is_ok() {
+        tracing::info!("TUN: TSO on, USO not supported by this kernel");
+        return TunOffloads {
+            vnet_hdr,
+            tso: true,
+            uso: false,
+        };
+    }
+    tracing::info!("TUN: no offloads supported; packets still carry a virtio-net header");
+    TunOffloads {
+        vnet_hdr,
+        ..TunOffloads::default()
     }
 }
 

@@ -8,8 +8,10 @@
 use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::sys;
+pub(crate) use crate::sys::udp::{InMsg, OutMsg, Scratch};
 
 /// How often port 0 is retried when the IPv6 side cannot get IPv4's pick.
 const PORT_PICK_ATTEMPTS: usize = 10;
@@ -21,6 +23,8 @@ pub struct UdpSockets {
     v6: Option<UdpSocket>,
     port: u16,
     fwmark: u32,
+    /// UDP GSO works on the IPv4 / IPv6 socket (cleared at its first EIO/EINVAL).
+    gso: [AtomicBool; 2],
 }
 
 /// One datagram received: its length in the caller's buffer and who sent it.
@@ -101,6 +105,7 @@ impl UdpSockets {
                         v6,
                         port,
                         fwmark: 0,
+                        gso: [AtomicBool::new(true), AtomicBool::new(true)],
                     })
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => last = Some(e),
@@ -181,6 +186,117 @@ impl UdpSockets {
         Ok(())
     }
 
+    /// Turns UDP GRO on for both sockets (see [`recv_msgs`]); false if the kernel refused.
+    pub(crate) fn enable_gro(&self) -> bool {
+        let mut ok = true;
+        for s in self.v4.iter().chain(self.v6.iter()) {
+            if let Err(e) = sys::udp::enable_gro(s) {
+                tracing::info!(error = %e, "UDP GRO not available; receiving datagrams one by one");
+                ok = false;
+            }
+        }
+        ok
+    }
+
+    /// Stops using UDP GSO (a switch, or no GSO on this host).
+    pub(crate) fn disable_gso(&self) {
+        for g in &self.gso {
+            g.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// Sends `msgs` (datagrams, or GSO runs of them, gathered from `parts`) in order, IPv4 ones
+    /// out of the IPv4 socket and IPv6 ones out of the IPv6 socket, with as few `sendmmsg`
+    /// calls as the order allows. A GSO run the kernel refuses with EIO or EINVAL (no GSO on the
+    /// path) turns GSO off for that socket, logged once, and goes out datagram by datagram;
+    /// any other failure drops that message. Returns the UDP payload bytes the kernel took.
+    pub(crate) fn send_msgs(&self, msgs: &[OutMsg], parts: &[&[u8]], scratch: &mut Scratch) -> u64 {
+        let mut sent_bytes = 0u64;
+        let mut i = 0;
+        while i < msgs.len() {
+            let v6 = msgs[i].to.is_ipv6();
+            let end = msgs[i..]
+                .iter()
+                .position(|m| m.to.is_ipv6() != v6)
+                .map_or(msgs.len(), |p| i + p);
+            let Ok(sock) = self.socket_for(&msgs[i].to) else {
+                i = end;
+                continue;
+            };
+            let gso = &self.gso[usize::from(v6)];
+            let mut j = i;
+            while j < end {
+                let chunk = &msgs[j..end];
+                match sys::udp::send_mmsg(sock, chunk, parts, scratch) {
+                    Ok(n) if n > 0 => {
+                        for m in &chunk[..n] {
+                            sent_bytes += parts[m.parts.clone()]
+                                .iter()
+                                .map(|p| p.len() as u64)
+                                .sum::<u64>();
+                        }
+                        j += n;
+                    }
+                    Ok(_) => j += 1,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        // Socket buffer full: wait until it drains a little, then retry.
+                        let _ = sys::poll::wait_writable(sock, 100);
+                    }
+                    Err(e) => {
+                        let m = &chunk[0];
+                        let gso_refused = m.segment != 0
+                            && matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL));
+                        if gso_refused && gso.swap(false, Ordering::Relaxed) {
+                            tracing::warn!(error = %e, "UDP GSO refused by the kernel; sending datagrams one by one on this socket");
+                        }
+                        // EMSGSIZE: a run longer than one send may be (a caller bug); its
+                        // datagrams still go, one by one.
+                        let too_big = m.segment != 0 && e.raw_os_error() == Some(libc::EMSGSIZE);
+                        if gso_refused || too_big {
+                            sent_bytes += self.send_unsegmented(sock, m, parts, scratch);
+                        } else {
+                            tracing::debug!(error = %e, destination = %m.to, "send failed");
+                        }
+                        j += 1;
+                    }
+                }
+            }
+            i = end;
+        }
+        sent_bytes
+    }
+
+    /// Whether GSO may be used towards `to`.
+    pub(crate) fn gso_enabled(&self, to: &SocketAddr) -> bool {
+        self.gso[usize::from(to.is_ipv6())].load(Ordering::Relaxed)
+    }
+
+    /// Sends the datagrams of a GSO run one by one.
+    fn send_unsegmented(
+        &self,
+        sock: &UdpSocket,
+        m: &OutMsg,
+        parts: &[&[u8]],
+        scratch: &mut Scratch,
+    ) -> u64 {
+        let mut whole = Vec::new();
+        for p in &parts[m.parts.clone()] {
+            whole.extend_from_slice(p);
+        }
+        let mut sent = 0;
+        for d in whole.chunks(usize::from(m.segment).max(1)) {
+            let one = [OutMsg {
+                to: m.to,
+                parts: 0..1,
+                segment: 0,
+            }];
+            if let Ok(1) = sys::udp::send_mmsg(sock, &one, &[d], scratch) {
+                sent += d.len() as u64;
+            }
+        }
+        sent
+    }
+
     /// Sends datagrams in order; returns how many were sent before the first error (which is
     /// returned only if nothing was sent).
     pub fn send_batch(&self, datagrams: &[(&[u8], SocketAddr)]) -> io::Result<usize> {
@@ -201,6 +317,19 @@ pub fn set_socket_mark(socket: &UdpSocket, mark: u32) -> io::Result<()> {
 /// Waits until `socket` has a datagram or `timeout_ms` passes; returns whether it has.
 pub fn wait_readable(socket: &UdpSocket, timeout_ms: i32) -> io::Result<bool> {
     sys::poll::wait_readable(socket, timeout_ms)
+}
+
+/// Receives up to `out.len()` messages from one socket with one `recvmmsg`, message `i` at
+/// `buf[i * stride..]`. With GRO on, a message may hold several datagrams of one source back to
+/// back ([`InMsg::segment`] long each, the last possibly shorter).
+pub(crate) fn recv_msgs(
+    socket: &UdpSocket,
+    buf: &mut [u8],
+    stride: usize,
+    out: &mut [InMsg],
+    scratch: &mut Scratch,
+) -> io::Result<usize> {
+    sys::udp::recv_mmsg(socket, buf, stride, out, scratch)
 }
 
 /// Receives from one socket of the pair. Each family is read by its own thread.

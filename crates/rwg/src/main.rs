@@ -11,6 +11,7 @@ use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitCode, Stdio};
 
+use rwg_device::pipeline::DataPlaneConfig;
 use rwg_device::process::{self, TerminationSignals};
 use rwg_device::tun::Tun;
 use rwg_device::uapi::UapiListener;
@@ -112,10 +113,11 @@ fn fail(message: &str) -> ExitCode {
 /// Creates the TUN (or adopts `WG_TUN_FD`) and the configuration socket (or adopts
 /// `WG_UAPI_FD`). On failure nothing is left behind: the TUN is not persistent and goes away
 /// with its descriptor, and the socket is bound last.
-fn open_resources(iface: &str) -> Result<(Tun, UapiListener), String> {
+fn open_resources(iface: &str, config: &DataPlaneConfig) -> Result<(Tun, UapiListener), String> {
     let tun = match env_fd("WG_TUN_FD")? {
         Some(fd) => Tun::from_inherited(fd).map_err(|e| format!("WG_TUN_FD: {e}"))?,
-        None => Tun::create(iface).map_err(|e| format!("cannot create interface {iface}: {e}"))?,
+        None => Tun::create_with(iface, config.tun_offload)
+            .map_err(|e| format!("cannot create interface {iface}: {e}"))?,
     };
     let name = tun.name().to_owned();
     let uapi = match env_fd("WG_UAPI_FD")? {
@@ -142,14 +144,21 @@ fn run_foreground(iface: &str) -> ExitCode {
             let _ = pipe.write_all(msg.as_bytes());
         }
     };
-    let (tun, uapi) = match open_resources(iface) {
+    let config = match DataPlaneConfig::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            report(&e);
+            return fail(&e);
+        }
+    };
+    let (tun, uapi) = match open_resources(iface, &config) {
         Ok(r) => r,
         Err(e) => {
             report(&e);
             return fail(&e);
         }
     };
-    let daemon = Daemon::new(tun, uapi);
+    let daemon = Daemon::new(tun, uapi).with_data_plane(config);
     tracing::info!(interface = daemon.interface_name(), "starting");
     let mut served = false;
     let result = daemon.run(signals, || {
@@ -174,7 +183,13 @@ fn run_foreground(iface: &str) -> ExitCode {
 /// The parent: creates the TUN and the socket (so errors show up here, with the user's
 /// terminal), hands both to a re-executed child, and exits 0 once the child says it serves.
 fn daemonize(iface: &str) -> ExitCode {
-    let (tun, uapi) = match open_resources(iface) {
+    // The child reads the same environment; checking it here reports a mistake on the
+    // user's terminal before anything is created.
+    let config = match DataPlaneConfig::from_env() {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    let (tun, uapi) = match open_resources(iface, &config) {
         Ok(r) => r,
         Err(e) => return fail(&e),
     };

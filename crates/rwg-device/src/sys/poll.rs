@@ -25,9 +25,18 @@ pub(crate) fn set_nonblocking(fd: &impl AsRawFd, on: bool) -> io::Result<()> {
 /// Waits until `fd` is readable or `timeout_ms` passes (-1 = forever). Returns whether it is
 /// readable (or has an error/hang-up condition the next read will report).
 pub(crate) fn wait_readable(fd: &impl AsRawFd, timeout_ms: i32) -> io::Result<bool> {
+    wait_for(fd, libc::POLLIN, timeout_ms)
+}
+
+/// Waits until `fd` can be written to (a full socket buffer drained) or `timeout_ms` passes.
+pub(crate) fn wait_writable(fd: &impl AsRawFd, timeout_ms: i32) -> io::Result<bool> {
+    wait_for(fd, libc::POLLOUT, timeout_ms)
+}
+
+fn wait_for(fd: &impl AsRawFd, events: libc::c_short, timeout_ms: i32) -> io::Result<bool> {
     let mut pfd = libc::pollfd {
         fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
+        events,
         revents: 0,
     };
     loop {

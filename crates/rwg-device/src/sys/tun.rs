@@ -48,16 +48,21 @@ impl IfReq {
     }
 }
 
+/// `_IOW('T', 208, unsigned int)`.
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+
 /// Opens `/dev/net/tun` and attaches it to interface `name` (created if absent) as a layer-3
-/// device without packet information header.
-pub(crate) fn create(name: &str) -> io::Result<OwnedFd> {
+/// device without packet information header; with `vnet_hdr`, every packet read or written is
+/// preceded by a `struct virtio_net_hdr` (IFF_VNET_HDR), which offloads need.
+pub(crate) fn create(name: &str, vnet_hdr: bool) -> io::Result<OwnedFd> {
     let path = c"/dev/net/tun";
     // SAFETY: `path` is a NUL-terminated string that outlives the call.
     let fd = cvt(unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) })?;
     // SAFETY: open succeeded; the descriptor is fresh and owned by nobody else.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     let mut req = IfReq::new(name);
-    req.data.flags = (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short;
+    let vnet = if vnet_hdr { libc::IFF_VNET_HDR } else { 0 };
+    req.data.flags = (libc::IFF_TUN | libc::IFF_NO_PI | vnet) as libc::c_short;
     // SAFETY: TUNSETIFF reads and writes a `struct ifreq`, which `req` is (repr(C), full size).
     cvt(unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF, &mut req as *mut IfReq) })?;
     Ok(fd)
@@ -80,6 +85,15 @@ pub(crate) fn flags(fd: &impl AsRawFd) -> io::Result<libc::c_short> {
     cvt(unsafe { libc::ioctl(fd.as_raw_fd(), TUNGETIFF, &mut req as *mut IfReq) })?;
     // SAFETY: the kernel wrote the flags member of the union; any bit pattern is a valid short.
     Ok(unsafe { req.data.flags })
+}
+
+/// Tells the kernel which offloads we handle (`TUN_F_*` bits): with TSO it may hand us TCP
+/// super-packets, with CSUM packets whose checksum is left to us, with USO UDP super-packets.
+/// EINVAL means the kernel does not know one of the bits (USO before Linux 6.2).
+pub(crate) fn set_offload(fd: &impl AsRawFd, flags: libc::c_uint) -> io::Result<()> {
+    // SAFETY: TUNSETOFFLOAD takes its argument by value (an unsigned int), no pointer.
+    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETOFFLOAD, flags as libc::c_ulong) })?;
+    Ok(())
 }
 
 /// The interface index of `name`, 0 if there is none.
