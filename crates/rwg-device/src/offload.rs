@@ -376,9 +376,10 @@ fn complete_partial_checksum(p: &mut [u8], hdr: &VnetHdr) -> Result<(), OffloadE
 
 // ----- coalescing (receive side) -----
 
-/// A TCP flow, and what the next segment of a run must match.
+/// A TCP or UDP flow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct FlowKey {
+    proto: u8,
     src: IpAddr,
     dst: IpAddr,
     ports: [u8; 4],
@@ -390,7 +391,7 @@ struct Run {
     buf: Vec<u8>,
     key: Option<FlowKey>,
     v6: bool,
-    /// IP + TCP header length.
+    /// IP + L4 header length.
     hdrs: usize,
     /// Payload size of the first segment: every other must equal it, but the last may be less.
     seg_size: usize,
@@ -417,11 +418,12 @@ enum Pending {
     Run(usize),
 }
 
-/// Joins received TCP segments into super-packets for the TUN (see the module docs). Feed it
-/// the decrypted packets of a batch with [`push`](Self::push), then take the packets to write
-/// with [`packets`](Self::packets), and [`clear`](Self::clear) it for the next batch. Memory is
-/// bounded: at most [`MAX_RUNS`] runs of at most [`MAX_SUPER_PACKET`] bytes, buffers reused.
-#[derive(Debug, Default)]
+/// Joins received TCP segments (and, where the TUN does USO, UDP datagrams) into
+/// super-packets for the TUN (see the module docs). Feed it the decrypted packets of a batch
+/// with [`push`](Self::push), then take the packets to write with [`packets`](Self::packets),
+/// and [`clear`](Self::clear) it for the next batch. Memory is bounded: at most [`MAX_RUNS`]
+/// runs of at most [`MAX_SUPER_PACKET`] bytes, buffers reused.
+#[derive(Debug)]
 pub struct Coalescer {
     /// Packets passed through, each preceded by its vnet header.
     out: Vec<u8>,
@@ -429,20 +431,44 @@ pub struct Coalescer {
     runs: Vec<Run>,
     /// Runs in use in this batch (`runs[..active]`).
     active: usize,
+    join_tcp: bool,
+    join_udp: bool,
+}
+
+impl Default for Coalescer {
+    fn default() -> Self {
+        Coalescer::new()
+    }
 }
 
 /// Flows joined at once per batch; a segment of a further flow passes through unjoined.
 pub const MAX_RUNS: usize = 16;
 
 impl Coalescer {
-    /// An empty coalescer.
+    /// An empty coalescer that joins TCP only (for a TUN with TSO but not USO).
     pub fn new() -> Coalescer {
-        Coalescer::default()
+        Coalescer::with(true, false)
+    }
+
+    /// An empty coalescer that joins what it is told to: TCP needs TSO on the TUN, UDP needs
+    /// USO (the kernel must accept GSO_UDP_L4 packets written to it). Neither: pass-through.
+    pub fn with(join_tcp: bool, join_udp: bool) -> Coalescer {
+        Coalescer {
+            out: Vec::new(),
+            pending: Vec::new(),
+            runs: Vec::new(),
+            active: 0,
+            join_tcp,
+            join_udp,
+        }
     }
 
     /// Adds a decrypted IP packet.
     pub fn push(&mut self, packet: &[u8]) {
-        if let Some(seg) = tcp_segment(packet) {
+        if let Some(seg) = joinable_segment(packet).filter(|s| match s.key.proto {
+            PROTO_TCP => self.join_tcp,
+            _ => self.join_udp,
+        }) {
             if self.append(packet, &seg) {
                 return;
             }
@@ -492,7 +518,7 @@ impl Coalescer {
             .push(Pending::Plain(at, VNET_HDR_LEN + packet.len()));
     }
 
-    fn start_run(&mut self, packet: &[u8], seg: &TcpSegment) {
+    fn start_run(&mut self, packet: &[u8], seg: &Segment) {
         if self.runs.len() == self.active {
             self.runs.push(Run::default());
         }
@@ -514,7 +540,7 @@ impl Coalescer {
     }
 
     /// Appends `packet` to the open run of its flow if it continues it exactly.
-    fn append(&mut self, packet: &[u8], seg: &TcpSegment) -> bool {
+    fn append(&mut self, packet: &[u8], seg: &Segment) -> bool {
         let Some(run) = self.runs[..self.active]
             .iter_mut()
             .rev()
@@ -524,13 +550,21 @@ impl Coalescer {
         };
         let fits = run.buf.len() - VNET_HDR_LEN + seg.payload_len <= MAX_SUPER_PACKET
             && run.segments < MAX_SEGMENTS;
+        let in_sequence = seg.key.proto != PROTO_TCP || seg.seq == run.next_seq;
         let compatible = seg.joinable
             && seg.v6 == run.v6
-            && seg.seq == run.next_seq
+            && in_sequence
+            && run.buf.len() - VNET_HDR_LEN - run.hdrs == run.segments * run.seg_size
             && seg.payload_len > 0
             && seg.payload_len <= run.seg_size
             && seg.hdrs == run.hdrs
-            && same_headers_for_joining(run.packet(), &packet[..seg.hdrs], run.v6, seg.hdrs);
+            && same_headers_for_joining(
+                run.packet(),
+                &packet[..seg.hdrs],
+                run.v6,
+                seg.hdrs,
+                seg.key.proto,
+            );
         if !compatible || !fits {
             // This flow's run is over; the segment may start the next one.
             run.closed = true;
@@ -539,8 +573,8 @@ impl Coalescer {
         run.buf.extend_from_slice(&packet[seg.hdrs..seg.total]);
         run.segments += 1;
         run.next_seq = seg.seq.wrapping_add(seg.payload_len as u32);
-        if seg.flags & TCP_PSH != 0 {
-            let flags_at = VNET_HDR_LEN + tcp_offset(run.v6, run.packet()) + 13;
+        if seg.key.proto == PROTO_TCP && seg.flags & TCP_PSH != 0 {
+            let flags_at = VNET_HDR_LEN + l4_offset(run.v6, run.packet()) + 13;
             run.buf[flags_at] |= TCP_PSH;
             run.closed = true;
         }
@@ -559,9 +593,12 @@ impl Coalescer {
         }
         run.finished = true;
         run.closed = true;
+        let Some(proto) = run.key.map(|k| k.proto) else {
+            return;
+        };
         let len = run.buf.len() - VNET_HDR_LEN;
         let p = &mut run.buf[VNET_HDR_LEN..];
-        let Some(info) = ip_info_lenient(p, run.v6) else {
+        let Some(info) = ip_info_lenient(p, run.v6, proto) else {
             return;
         };
         set_ip_len(p, &info, len);
@@ -569,21 +606,30 @@ impl Coalescer {
         // segments again, and trusts it for a local socket (the AEAD authenticated every
         // byte end to end).
         let l4_len = len - info.l4;
-        let partial = !checksum_finish(pseudo_header_sum(info.src, info.dst, PROTO_TCP, l4_len));
-        p[info.l4 + 16..info.l4 + 18].copy_from_slice(&partial.to_be_bytes());
+        let partial = !checksum_finish(pseudo_header_sum(info.src, info.dst, proto, l4_len));
+        let (gso_type, csum_offset) = match (proto, run.v6) {
+            (PROTO_TCP, false) => (GSO_TCPV4, 16),
+            (PROTO_TCP, true) => (GSO_TCPV6, 16),
+            _ => {
+                p[info.l4 + 4..info.l4 + 6].copy_from_slice(&(l4_len as u16).to_be_bytes());
+                (GSO_UDP_L4, 6)
+            }
+        };
+        let field = info.l4 + usize::from(csum_offset);
+        p[field..field + 2].copy_from_slice(&partial.to_be_bytes());
         let hdr = VnetHdr {
             flags: F_NEEDS_CSUM,
-            gso_type: if run.v6 { GSO_TCPV6 } else { GSO_TCPV4 },
+            gso_type,
             hdr_len: run.hdrs as u16,
             gso_size: run.seg_size as u16,
             csum_start: info.l4 as u16,
-            csum_offset: 16,
+            csum_offset,
         };
         hdr.write(&mut run.buf[..VNET_HDR_LEN]);
     }
 }
 
-fn tcp_offset(v6: bool, p: &[u8]) -> usize {
+fn l4_offset(v6: bool, p: &[u8]) -> usize {
     if v6 {
         40
     } else {
@@ -592,12 +638,12 @@ fn tcp_offset(v6: bool, p: &[u8]) -> usize {
 }
 
 /// `ip_info` for a packet whose length fields are not yet updated.
-fn ip_info_lenient(p: &[u8], v6: bool) -> Option<IpInfo> {
-    let l4 = tcp_offset(v6, p);
+fn ip_info_lenient(p: &[u8], v6: bool, proto: u8) -> Option<IpInfo> {
+    let l4 = l4_offset(v6, p);
     Some(IpInfo {
         v6,
         l4,
-        proto: PROTO_TCP,
+        proto,
         src: if v6 {
             IpAddr::from(<[u8; 16]>::try_from(&p[8..24]).ok()?)
         } else {
@@ -613,18 +659,21 @@ fn ip_info_lenient(p: &[u8], v6: bool) -> Option<IpInfo> {
 }
 
 /// Whether two segments' headers allow joining: IP fields other than length, ID and checksum
-/// equal (TTL, TOS, flags), TCP ACK, window, flags other than PSH, and options equal.
-fn same_headers_for_joining(a: &[u8], b: &[u8], v6: bool, hdrs: usize) -> bool {
+/// equal (TTL, TOS, flags); for TCP also ACK, window, flags other than PSH, and options.
+fn same_headers_for_joining(a: &[u8], b: &[u8], v6: bool, hdrs: usize, proto: u8) -> bool {
     if a.len() < hdrs || b.len() < hdrs {
         return false;
     }
-    let l4 = tcp_offset(v6, a);
+    let l4 = l4_offset(v6, a);
     let ip_same = if v6 {
         // version/class/flow label, next header, hop limit
         a[..4] == b[..4] && a[6..8] == b[6..8]
     } else {
         a[0..2] == b[0..2] && a[6..10] == b[6..10] && a[20..l4] == b[20..l4]
     };
+    if proto != PROTO_TCP {
+        return ip_same;
+    }
     let flags_mask = !TCP_PSH;
     ip_same
         && a[l4 + 8..l4 + 12] == b[l4 + 8..l4 + 12] // ack
@@ -633,49 +682,72 @@ fn same_headers_for_joining(a: &[u8], b: &[u8], v6: bool, hdrs: usize) -> bool {
         && a[l4 + 20..hdrs] == b[l4 + 20..hdrs] // options
 }
 
-/// A TCP segment that may take part in coalescing.
+/// A TCP segment or UDP datagram that may take part in coalescing.
 #[derive(Clone, Copy, Debug)]
-struct TcpSegment {
+struct Segment {
     key: FlowKey,
     v6: bool,
     hdrs: usize,
     total: usize,
     payload_len: usize,
+    /// TCP only.
     seq: u32,
+    /// TCP only.
     flags: u8,
-    /// Only ACK (and PSH) set: nothing that must stay on its own (SYN, FIN, RST, URG, CWR).
+    /// TCP: only ACK (and PSH) set, nothing that must stay on its own (SYN, FIN, RST, URG,
+    /// CWR). UDP: its length field agrees with the IP header.
     joinable: bool,
 }
 
-fn tcp_segment(p: &[u8]) -> Option<TcpSegment> {
+fn joinable_segment(p: &[u8]) -> Option<Segment> {
     let info = ip_info(p)?;
-    if info.proto != PROTO_TCP {
-        return None;
-    }
     if !info.v6 && info.l4 != 20 {
         return None; // IPv4 options: leave alone
     }
     let l4 = info.l4;
-    let doff = usize::from(*p.get(l4 + 12)? >> 4) * 4;
-    if doff < 20 || l4 + doff > info.total {
-        return None;
+    let key = FlowKey {
+        proto: info.proto,
+        src: info.src,
+        dst: info.dst,
+        ports: p.get(l4..l4 + 4)?.try_into().ok()?,
+    };
+    match info.proto {
+        PROTO_TCP => {
+            let doff = usize::from(*p.get(l4 + 12)? >> 4) * 4;
+            if doff < 20 || l4 + doff > info.total {
+                return None;
+            }
+            let flags = p[l4 + 13];
+            let special = flags & (TCP_SYN | TCP_FIN | TCP_RST | TCP_URG | TCP_CWR) != 0;
+            Some(Segment {
+                key,
+                v6: info.v6,
+                hdrs: l4 + doff,
+                total: info.total,
+                payload_len: info.total - l4 - doff,
+                seq: u32::from_be_bytes(p[l4 + 4..l4 + 8].try_into().ok()?),
+                flags,
+                joinable: !special,
+            })
+        }
+        PROTO_UDP => {
+            if l4 + 8 > info.total {
+                return None;
+            }
+            let udp_len = usize::from(u16::from_be_bytes([p[l4 + 4], p[l4 + 5]]));
+            Some(Segment {
+                key,
+                v6: info.v6,
+                hdrs: l4 + 8,
+                total: info.total,
+                payload_len: info.total - l4 - 8,
+                seq: 0,
+                flags: 0,
+                joinable: udp_len == info.total - l4,
+            })
+        }
+        _ => None,
     }
-    let flags = p[l4 + 13];
-    let special = flags & (TCP_SYN | TCP_FIN | TCP_RST | TCP_URG | TCP_CWR) != 0;
-    Some(TcpSegment {
-        key: FlowKey {
-            src: info.src,
-            dst: info.dst,
-            ports: p[l4..l4 + 4].try_into().ok()?,
-        },
-        v6: info.v6,
-        hdrs: l4 + doff,
-        total: info.total,
-        payload_len: info.total - l4 - doff,
-        seq: u32::from_be_bytes(p[l4 + 4..l4 + 8].try_into().ok()?),
-        flags,
-        joinable: !special,
-    })
 }
 
 #[cfg(test)]

@@ -335,8 +335,9 @@ pub(crate) fn udp_to_tun(
     generation: u64,
     crypto: &Crypto,
 ) {
-    let vnet = tun.offloads().vnet_hdr;
-    let join = tun.offloads().tso;
+    let offloads = tun.offloads();
+    let vnet = offloads.vnet_hdr;
+    let join = offloads.tso || offloads.uso;
     let mut buf = vec![0u8; RECV_MESSAGES * RECV_STRIDE];
     let mut metas = vec![
         InMsg {
@@ -347,7 +348,7 @@ pub(crate) fn udp_to_tun(
         RECV_MESSAGES
     ];
     let mut scratch = Scratch::new(RECV_MESSAGES);
-    let mut coalescer = Coalescer::new();
+    let mut coalescer = Coalescer::with(offloads.tso, offloads.uso);
     let mut plain = vec![0u8; VNET_HDR_LEN + MAX_SUPER_PACKET];
     while !d.stopping() && d.generation() == generation {
         match udp::wait_readable(socket, READER_POLL_MS) {

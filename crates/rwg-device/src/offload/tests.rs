@@ -397,3 +397,59 @@ fn runs_stop_at_64_kib() {
     assert_eq!(sizes.iter().map(|s| s - 52).sum::<usize>() % 1000, 0);
     assert!(sizes.len() >= 2);
 }
+
+#[test]
+fn udp_datagrams_of_one_flow_join_where_uso_is_on() {
+    for v6 in [false, true] {
+        let data = payload(3000, 5);
+        let mut udp = vec![0u8; 8];
+        udp[0..2].copy_from_slice(&5353u16.to_be_bytes());
+        udp[2..4].copy_from_slice(&9u16.to_be_bytes());
+        let l4_len = 8 + data.len();
+        udp[4..6].copy_from_slice(&(l4_len as u16).to_be_bytes());
+        let ip = if v6 {
+            ipv6_header(17, l4_len)
+        } else {
+            ipv4_header(17, 20 + l4_len, 7)
+        };
+        let p = [ip.clone(), udp, data].concat();
+        let hdr = VnetHdr {
+            flags: F_NEEDS_CSUM,
+            gso_type: GSO_UDP_L4,
+            hdr_len: (ip.len() + 8) as u16,
+            gso_size: 1200,
+            csum_start: ip.len() as u16,
+            csum_offset: 6,
+        };
+        let datagrams = split(&hdr, &p).expect("valid");
+        // Without USO they pass through one by one.
+        let mut c = Coalescer::new();
+        for d in &datagrams {
+            c.push(d);
+        }
+        assert_eq!(c.packets().count(), 3);
+        // With it they join, and splitting the result gives them back.
+        let mut c = Coalescer::with(true, true);
+        for d in &datagrams {
+            c.push(d);
+        }
+        let out: Vec<Vec<u8>> = c.packets().map(<[u8]>::to_vec).collect();
+        assert_eq!(out.len(), 1);
+        let h = VnetHdr::parse(&out[0]).expect("header");
+        assert_eq!(
+            (h.gso_type, h.gso_size, h.csum_offset),
+            (GSO_UDP_L4, 1200, 6)
+        );
+        assert_eq!(
+            split(&h, &out[0][VNET_HDR_LEN..]).expect("valid"),
+            datagrams
+        );
+        // A datagram of another size in the middle ends the run.
+        let mut c = Coalescer::with(true, true);
+        c.push(&datagrams[0]);
+        c.push(&datagrams[2]); // 600 bytes: shorter, ends it
+        c.push(&datagrams[1]);
+        let sizes: Vec<usize> = c.packets().map(|p| p.len() - VNET_HDR_LEN).collect();
+        assert_eq!(sizes.len(), 2);
+    }
+}
