@@ -87,8 +87,16 @@ impl DataPlaneConfig {
     /// The defaults, with what `RWG_DISABLE` and `RWG_WORKERS` say. An unknown name or a bad
     /// number is an error that says what is accepted.
     pub fn from_env() -> Result<DataPlaneConfig, String> {
+        DataPlaneConfig::parse(
+            std::env::var(DISABLE_ENV).ok().as_deref(),
+            std::env::var(WORKERS_ENV).ok().as_deref(),
+        )
+    }
+
+    /// The defaults with the values of `RWG_DISABLE` and `RWG_WORKERS` applied.
+    pub fn parse(disable: Option<&str>, workers: Option<&str>) -> Result<DataPlaneConfig, String> {
         let mut c = DataPlaneConfig::default();
-        if let Ok(list) = std::env::var(DISABLE_ENV) {
+        if let Some(list) = disable {
             for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
                 match name {
                     "tun-offload" => c.tun_offload = false,
@@ -107,7 +115,7 @@ impl DataPlaneConfig {
                 }
             }
         }
-        if let Ok(n) = std::env::var(WORKERS_ENV) {
+        if let Some(n) = workers {
             c.workers = match n.trim().parse::<usize>() {
                 Ok(n) if (1..=256).contains(&n) => n,
                 _ => {
@@ -491,5 +499,41 @@ pub(crate) fn canonical(addr: SocketAddr) -> SocketAddr {
 impl Driver {
     fn stop(&self) {
         self.stopping.store(true, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn switches_parse_and_bad_values_say_what_is_accepted() {
+        let all_on = DataPlaneConfig::parse(None, None).expect("defaults");
+        assert!(all_on.tun_offload && all_on.udp_gso && all_on.udp_gro);
+        assert!(all_on.workers >= 1);
+        let c = DataPlaneConfig::parse(Some("udp-gso, tun-offload"), Some("3")).expect("valid");
+        assert!(!c.udp_gso && !c.tun_offload && c.udp_gro);
+        assert_eq!(c.workers, 3);
+        let c = DataPlaneConfig::parse(Some("all"), Some("1")).expect("valid");
+        assert!(!c.udp_gso && !c.tun_offload && !c.udp_gro);
+        assert_eq!(c.workers, 1);
+        let e = DataPlaneConfig::parse(Some("tso"), None).expect_err("unknown name");
+        assert!(e.contains("tun-offload, udp-gso, udp-gro, all"), "{e}");
+        for bad in ["0", "-1", "many", "257"] {
+            let e = DataPlaneConfig::parse(None, Some(bad)).expect_err("bad number");
+            assert!(e.contains("from 1 to 256"), "{e}");
+        }
+    }
+
+    #[test]
+    fn needed_slots_counts_segments() {
+        let gso = VnetHdr {
+            gso_type: offload::GSO_TCPV4,
+            gso_size: 1000,
+            ..VnetHdr::default()
+        };
+        assert_eq!(needed_slots(&gso, 2500), 3);
+        assert_eq!(needed_slots(&gso, 1000), 1);
+        assert_eq!(needed_slots(&VnetHdr::default(), 60000), 1);
     }
 }
