@@ -1,3 +1,4 @@
+#![forbid(unsafe_code)]
 //! The wg-quick configuration format: `[Interface]` and `[Peer]` sections of `Key = Value` lines.
 //!
 //! Parsing is pure: [`Config::parse`] turns text into a [`Config`] without touching the network

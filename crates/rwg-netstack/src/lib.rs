@@ -1,3 +1,4 @@
+#![forbid(unsafe_code)]
 //! A userspace TCP/IP stack inside a WireGuard tunnel: TCP and UDP sockets with a tokio API,
 //! for programs that cannot or should not create a TUN device; plus a SOCKS5 server
 //! ([`socks5`]) and port forwards ([`forward`]) built on it.

@@ -1,3 +1,4 @@
+#![forbid(unsafe_code)]
 //! `rwg`: the userspace WireGuard daemon (a drop-in for wireguard-go under `wg`/`wg-quick`),
 //! the key tools (`genkey`, `pubkey`, `genpsk`), the userspace proxy (`proxy`: SOCKS5 and port
 //! forwards, no TUN) and a self-contained `demo`.

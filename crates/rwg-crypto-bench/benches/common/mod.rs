@@ -39,17 +39,10 @@ mod cpu {
     /// Values are nanoseconds, as for wall time, so criterion's duration formatter fits.
     static NS_FORMAT: WallTime = WallTime;
 
+    /// CPU time of the calling thread (CLOCK_THREAD_CPUTIME_ID, through the `cpu-time`
+    /// crate's safe wrapper).
     fn thread_cpu_ns() -> u64 {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: clock_gettime only writes one timespec through the pointer, which is valid
-        // and exclusive for the duration of the call.
-        let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-        assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID) failed");
-        u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000
-            + u64::try_from(ts.tv_nsec).unwrap_or(0)
+        u64::try_from(cpu_time::ThreadTime::now().as_duration().as_nanos()).unwrap_or(u64::MAX)
     }
 
     impl Measurement for ThreadCpuTime {
