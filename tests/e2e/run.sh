@@ -41,7 +41,8 @@ export RWG E2E_TRANSFER_MB E2E_XFER_TIMEOUT PATH
 source "$HERE/lib.sh"
 source "$HERE/scenarios.sh"
 
-ALL_SCENARIOS=(ping transfer psk keepalive roaming show live keychange wgquick uapi hub proxy)
+ALL_SCENARIOS=(ping transfer psk keepalive roaming show live keychange setconf peerremove mtu
+	keepaliveoff fwmark wgquick uapi hub proxy)
 DEFAULT_PAIRS="rwg:wireguard-go wireguard-go:rwg rwg:boringtun boringtun:rwg rwg:rwg wireguard-go:boringtun"
 
 usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; }

@@ -284,6 +284,260 @@ sc_keychange() {
 	log "private key = peer k3's key: k3 removed, B kept"
 }
 
+# --- setconf: `wg setconf` and `wg syncconf` with config files on a running A ---
+#  ┌──── $NS_B ──────────┐        ┌──────────── $NS_A ───────────┐        ┌──── $NS_C ──────────┐
+#  │ $IF_B 192.168.241.2 │        │ $IF_A 192.168.241.1  :51820  │        │ $IF_C 192.168.241.3 │
+#  │ (impl B)            │        │ (impl A, set by config files)│        │ (impl B)            │
+#  │ vb 10.0.0.2 ────────┼─ veth ─┼─ va 10.0.0.1   va2 10.0.1.1 ─┼─ veth ─┼─ vc 10.0.1.2        │
+#  └─────────────────────┘        └──────────────────────────────┘        └─────────────────────┘
+# B and C know A (endpoint and allowed 192.168.241.1, fd00::1). A's configuration, in turn:
+#  setconf  1.conf: peer B (192.168.241.2)
+#  syncconf 2.conf: B changed (adds fd00::2, keepalive 25), C added: B's session is kept
+#  syncconf 3.conf: B removed, C unchanged: C's session is kept
+#  setconf  1.conf: C removed, B back (a new session)
+# Each step is checked in `wg show dump` and with traffic.
+SCOPE_setconf=side
+sc_setconf() {
+	[[ $1 != boringtun ]] || skip "boringtun-cli 0.7.1 panics when an existing peer is modified"
+	local ifc pb pc hs_b hs_c
+	new_ns NS_A a
+	new_ns NS_B b
+	new_ns NS_C c
+	IF_A=$(ifname a) IF_B=$(ifname b) IF_C=$(ifname c)
+	veth_pair "$NS_A" va "$NS_B" vb
+	veth_pair "$NS_A" va2 "$NS_C" vc
+	ip -n "$NS_A" addr add 10.0.0.1/24 dev va
+	ip -n "$NS_B" addr add 10.0.0.2/24 dev vb
+	ip -n "$NS_A" addr add 10.0.1.1/24 dev va2
+	ip -n "$NS_C" addr add 10.0.1.2/24 dev vc
+	genkey a
+	genkey b
+	genkey c
+	pb=$(pub b) pc=$(pub c)
+	start_wg "$1" "$NS_A" "$IF_A"
+	start_wg "$2" "$NS_B" "$IF_B"
+	start_wg "$2" "$NS_C" "$IF_C"
+	n "$NS_B" wg set "$IF_B" private-key "$SCDIR/b.key" listen-port 51821 \
+		peer "$(pub a)" allowed-ips 192.168.241.1/32,fd00::1/128 endpoint 10.0.0.1:51820
+	n "$NS_C" wg set "$IF_C" private-key "$SCDIR/c.key" listen-port 51822 \
+		peer "$(pub a)" allowed-ips 192.168.241.1/32,fd00::1/128 endpoint 10.0.1.1:51820
+	tun_addr "$NS_A" "$IF_A" 1
+	tun_addr "$NS_B" "$IF_B" 2
+	tun_addr "$NS_C" "$IF_C" 3
+
+	conf_file 1 "[Peer]" "PublicKey = $pb" "AllowedIPs = 192.168.241.2/32" "Endpoint = 10.0.0.2:51821"
+	conf_file 2 "[Peer]" "PublicKey = $pb" "AllowedIPs = 192.168.241.2/32, fd00::2/128" "PersistentKeepalive = 25" "Endpoint = 10.0.0.2:51821" \
+		"" "[Peer]" "PublicKey = $pc" "AllowedIPs = 192.168.241.3/32, fd00::3/128" "Endpoint = 10.0.1.2:51822"
+	conf_file 3 "[Peer]" "PublicKey = $pc" "AllowedIPs = 192.168.241.3/32, fd00::3/128" "Endpoint = 10.0.1.2:51822"
+
+	n "$NS_A" wg setconf "$IF_A" "$SCDIR/1.conf"
+	expect_dump "setconf 1.conf" "$pb 192.168.241.2/32 off"
+	must_ping "$NS_B" 192.168.241.1 "B after setconf 1.conf"
+	must_ping "$NS_A" 192.168.241.2 "B after setconf 1.conf"
+	must_not_ping "$NS_C" 192.168.241.1 "C is unknown to A"
+	hs_b=$(peer_field "$NS_A" "$IF_A" "$pb" 5)
+
+	n "$NS_A" wg syncconf "$IF_A" "$SCDIR/2.conf"
+	expect_dump "syncconf 2.conf" "$pb 192.168.241.2/32,fd00::2/128 25" "$pc 192.168.241.3/32,fd00::3/128 off"
+	[[ $(peer_field "$NS_A" "$IF_A" "$pb" 5) == "$hs_b" ]] || fail "syncconf 2.conf restarted B's session (latest handshake $hs_b -> $(peer_field "$NS_A" "$IF_A" "$pb" 5))"
+	must_ping "$NS_A" fd00::2 "B's added allowed IP"
+	must_ping "$NS_A" 192.168.241.3 "C added by syncconf"
+	must_ping "$NS_C" 192.168.241.1 "C added by syncconf"
+	[[ $(peer_field "$NS_A" "$IF_A" "$pb" 5) == "$hs_b" ]] || fail "B's session restarted after syncconf 2.conf"
+	hs_c=$(peer_field "$NS_A" "$IF_A" "$pc" 5)
+
+	n "$NS_A" wg syncconf "$IF_A" "$SCDIR/3.conf"
+	expect_dump "syncconf 3.conf" "$pc 192.168.241.3/32,fd00::3/128 off"
+	must_not_ping "$NS_A" 192.168.241.2 "B removed by syncconf"
+	must_ping "$NS_A" 192.168.241.3 "C kept by syncconf"
+	[[ $(peer_field "$NS_A" "$IF_A" "$pc" 5) == "$hs_c" ]] || fail "syncconf 3.conf restarted C's session"
+
+	n "$NS_A" wg setconf "$IF_A" "$SCDIR/1.conf"
+	expect_dump "setconf 1.conf again" "$pb 192.168.241.2/32 off"
+	must_ping "$NS_A" 192.168.241.2 "B back after setconf"
+	must_not_ping "$NS_A" 192.168.241.3 "C removed by setconf"
+}
+# conf_file N LINES...: $SCDIR/N.conf, A's [Interface] (key a, port 51820) then LINES.
+conf_file() {
+	local f=$SCDIR/$1.conf
+	shift
+	printf '[Interface]\nPrivateKey = %s\nListenPort = 51820\n\n' "$(cat "$SCDIR/a.key")" >"$f"
+	printf '%s\n' "$@" >>"$f"
+}
+# sorted_ips: lines "KEY IPS REST", IPS comma-separated, with IPS sorted, the lines sorted.
+sorted_ips() {
+	local key ips rest
+	while read -r key ips rest; do
+		printf '%s %s %s\n' "$key" "$(tr , '\n' <<<"$ips" | sort | paste -sd, -)" "$rest"
+	done | sort
+}
+# expect_dump WHAT "PUBKEY ALLOWED KEEPALIVE"...: A's `wg show dump` has key a, port 51820, and
+# exactly these peers (allowed IPs compared as sets).
+expect_dump() {
+	local what=$1 want got
+	shift
+	n "$NS_A" wg show "$IF_A" dump >"$SCDIR/dump.txt"
+	read -r got < <(head -n 1 "$SCDIR/dump.txt" | awk '{ print $1 " " $3 }')
+	[[ $got == "$(cat "$SCDIR/a.key") 51820" ]] || fail "$what: interface line is not key a, port 51820"
+	got=$(awk 'NR > 1 { print $1, $4, $8 }' "$SCDIR/dump.txt" | sorted_ips)
+	want=$(printf '%s\n' "$@" | sorted_ips)
+	[[ $got == "$want" ]] || fail "$what: A's peers are [$(tr '\n' ';' <<<"$got")], want [$(tr '\n' ';' <<<"$want")]"
+	log "$what: wg show dump as expected"
+}
+
+# --- peerremove: the peer carrying a transfer is removed mid-transfer, then added back ---
+# Standard topology. A sends 10 MB to B over TCP, A's veth shaped to 20 Mbit/s (~4 s). At 20%
+# B is removed on A: A lives on, and nothing leaves A for B for 2 s (watched on B's veth); B
+# added back with its endpoint: TCP retransmits and the file arrives intact.
+SCOPE_peerremove=side
+sc_peerremove() {
+	[[ $1 != boringtun ]] || skip "boringtun-cli 0.7.1 panics when an existing peer is modified"
+	local f size got quiet
+	setup_pair "$1" "$2"
+	must_ping "$NS_B" 192.168.241.1 # (A learns B's endpoint)
+	shape "$NS_A" va 20mbit
+	f=$(payload 10)
+	size=$(stat -c %s "$f")
+	start_transfer "$NS_A" "$NS_B" 192.168.241.2 5007 "$f" rm
+	wait_until 30 file_size_at_least "$SCDIR/rm.out" $((size / 5)) || fail "transfer did not reach 20% within 30s"
+	n "$NS_A" wg set "$IF_A" peer "$(pub b)" remove
+	got=$(stat -c %s "$SCDIR/rm.out")
+	((got < size)) || fail "transfer finished before B was removed; cannot tell anything"
+	[[ -z $(peer_field "$NS_A" "$IF_A" "$(pub b)" 1) ]] || fail "B still listed after remove"
+	log "B removed after $got of $size bytes"
+	capture_start quiet "$NS_B" vb "udp and src host 10.0.0.1"
+	sleep 2 # the observation window: A must send B nothing at all during it
+	quiet=$(capture_stop quiet)
+	((quiet == 0)) || fail "A sent $quiet datagrams to B within 2s of removing it: $(grep -m1 . "$SCDIR/quiet.cap")"
+	check_daemons
+	n "$NS_A" wg set "$IF_A" peer "$(pub b)" allowed-ips 192.168.241.2/32,fd00::2/128 endpoint "10.0.0.2:$PORT_B"
+	log "B added back at $(stat -c %s "$SCDIR/rm.out") bytes"
+	finish_transfer rm
+	must_ping "$NS_A" 192.168.241.2 "after the re-add"
+}
+
+# --- mtu: the tunnel's MTU changes under a transfer ---
+# Standard topology. A sends 10 MB to B over TCP, A's veth shaped to 20 Mbit/s. At 25% A's TUN
+# goes to MTU 1280, at 50% B's too, at 75% both back to 1420: the file arrives intact, and
+# unfragmentable pings of the largest size fit at each MTU.
+SCOPE_mtu=side
+sc_mtu() {
+	local f size step quarter mtu sides side v w
+	setup_pair "$1" "$2"
+	must_ping "$NS_B" 192.168.241.1 "1420-byte packets" -M "do" -s 1392
+	must_ping "$NS_A" 192.168.241.2 "1420-byte packets" -M "do" -s 1392
+	shape "$NS_A" va 20mbit
+	f=$(payload 10)
+	size=$(stat -c %s "$f")
+	start_transfer "$NS_A" "$NS_B" 192.168.241.2 5008 "$f" mtu
+	for step in "1 1280 A" "2 1280 B" "3 1420 A B"; do
+		read -r quarter mtu sides <<<"$step"
+		wait_until 30 file_size_at_least "$SCDIR/mtu.out" $((size * quarter / 4)) ||
+			fail "transfer did not reach $((quarter * 25))% within 30s"
+		for side in $sides; do
+			v="NS_$side" w="IF_$side"
+			ip -n "${!v}" link set dev "${!w}" mtu "$mtu"
+		done
+		log "at $(stat -c %s "$SCDIR/mtu.out") of $size bytes: MTU $mtu on $sides"
+	done
+	(($(stat -c %s "$SCDIR/mtu.out") < size)) || fail "transfer finished before the MTU came back; cannot tell anything"
+	finish_transfer mtu
+	must_ping "$NS_A" 192.168.241.2 "1420-byte packets after the MTU came back" -M "do" -s 1392
+	ip -n "$NS_A" link set dev "$IF_A" mtu 1280
+	ip -n "$NS_B" link set dev "$IF_B" mtu 1280
+	must_ping "$NS_A" 192.168.241.2 "1280-byte packets at MTU 1280" -M "do" -s 1252
+	must_ping "$NS_B" fd00::1 "1280-byte IPv6 packets at MTU 1280" -M "do" -s 1232
+}
+
+# --- keepaliveoff: A's persistent keepalive switched off, then on again ---
+# Standard topology, but A has B's endpoint and a 1 s persistent keepalive. Keepalives (empty
+# transport messages, 32 bytes of UDP payload) from A are seen on B's veth; `persistent-keepalive
+# off`: none for 4 s (more than three intervals); back on: they resume.
+SCOPE_keepaliveoff=side
+sc_keepaliveoff() {
+	[[ $1 != boringtun ]] || skip "boringtun-cli 0.7.1 panics when an existing peer is modified"
+	local ka='udp and src host 10.0.0.1 and udp[8] = 4 and udp[4:2] = 40' got
+	setup_pair "$1" "$2"
+	n "$NS_A" wg set "$IF_A" peer "$(pub b)" endpoint "10.0.0.2:$PORT_B" persistent-keepalive 1
+	capture_start kaon "$NS_B" vb "$ka"
+	wait_until 10 captured kaon 2 ||
+		fail "fewer than 2 keepalives from A within 10s ($(capture_count kaon) seen)"
+	log "keepalives from A: $(capture_stop kaon) seen"
+	n "$NS_A" wg set "$IF_A" peer "$(pub b)" persistent-keepalive off
+	[[ $(peer_field "$NS_A" "$IF_A" "$(pub b)" 8) == off ]] || fail "A does not report keepalive off"
+	capture_start kaoff "$NS_B" vb "$ka"
+	sleep 4 # the observation window: A must send no keepalive during it
+	got=$(capture_stop kaoff)
+	((got == 0)) || fail "A sent $got keepalives in the 4 s after persistent-keepalive off: $(grep -m1 . "$SCDIR/kaoff.cap")"
+	check_daemons
+	n "$NS_A" wg set "$IF_A" peer "$(pub b)" persistent-keepalive 1
+	capture_start kaback "$NS_B" vb "$ka"
+	wait_until 10 captured kaback 2 || fail "keepalives did not resume after persistent-keepalive 1"
+	log "no keepalive for 4 s while off; $(capture_stop kaback) after it was switched on again"
+}
+
+# --- fwmark: A's datagrams reach B only if A marks them ---
+#  ┌──────────── $NS_A ───────────────┐                ┌──────────── $NS_B ──────────────┐
+#  │ $IF_A 192.168.241.1  (impl A)    │                │ $IF_B 192.168.241.2  (impl B)   │
+#  │ va 10.0.0.1/24 ──────────────────┼───── veth ─────┼─ vb 10.0.9.2/24                 │
+#  │ main table: no route to 10.0.9.2 │                │ route 10.0.0.1 dev vb           │
+#  │ ip rule fwmark 0x51 -> table 51: │                │ knows A's key, not its endpoint │
+#  │   10.0.9.2 dev va                │                │                                 │
+#  └──────────────────────────────────┘                └─────────────────────────────────┘
+# A initiates. Without the mark its datagrams to 10.0.9.2 have no route; `wg set fwmark 0x51`
+# makes the tunnel work (also from a new listen port's sockets); fwmark off stops it again.
+SCOPE_fwmark=side
+sc_fwmark() {
+	local sent
+	new_ns NS_A a
+	new_ns NS_B b
+	IF_A=$(ifname a) IF_B=$(ifname b)
+	veth_pair "$NS_A" va "$NS_B" vb
+	ip -n "$NS_A" addr add 10.0.0.1/24 dev va
+	ip -n "$NS_B" addr add 10.0.9.2/24 dev vb
+	ip -n "$NS_B" route add 10.0.0.1/32 dev vb
+	ip -n "$NS_A" route add 10.0.9.2/32 dev va table 51
+	ip -n "$NS_A" rule add fwmark 0x51 lookup 51
+	n "$NS_A" sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.va.rp_filter=0
+	# The premise: 10.0.9.2 is reachable with the mark only.
+	! ip -n "$NS_A" route get 10.0.9.2 >/dev/null 2>&1 || fail "setup: 10.0.9.2 is routable without the mark"
+	ip -n "$NS_A" route get 10.0.9.2 mark 0x51 >/dev/null || fail "setup: 10.0.9.2 is not routable with the mark"
+	genkey a
+	genkey b
+	start_wg "$1" "$NS_A" "$IF_A"
+	start_wg "$2" "$NS_B" "$IF_B"
+	n "$NS_A" wg set "$IF_A" private-key "$SCDIR/a.key" listen-port 51820 \
+		peer "$(pub b)" allowed-ips 192.168.241.2/32 endpoint 10.0.9.2:51821
+	n "$NS_B" wg set "$IF_B" private-key "$SCDIR/b.key" listen-port 51821 \
+		peer "$(pub a)" allowed-ips 192.168.241.1/32
+	tun_addr "$NS_A" "$IF_A" 1
+	tun_addr "$NS_B" "$IF_B" 2
+
+	capture_start nomark "$NS_B" vb "udp and src host 10.0.0.1"
+	must_not_ping "$NS_A" 192.168.241.2 "no fwmark: no route to B"
+	sent=$(capture_stop nomark)
+	((sent == 0)) || fail "$sent datagrams from A reached B without the mark (the premise is broken)"
+
+	n "$NS_A" wg set "$IF_A" fwmark 0x51
+	[[ $(n "$NS_A" wg show "$IF_A" fwmark) == 0x51 ]] || fail "wg show reports fwmark '$(n "$NS_A" wg show "$IF_A" fwmark)', want 0x51"
+	must_ping "$NS_A" 192.168.241.2 "fwmark 0x51"
+	must_ping "$NS_B" 192.168.241.1 "fwmark 0x51"
+	if [[ $1 == boringtun ]]; then
+		log "not changing the listen port: boringtun-cli 0.7.1 does not mark the sockets it opens for a new port"
+	else
+		n "$NS_A" wg set "$IF_A" listen-port 51830
+		must_ping "$NS_A" 192.168.241.2 "fwmark 0x51, new listen port"
+		[[ $(peer_field "$NS_B" "$IF_B" "$(pub a)" 3) == 10.0.0.1:51830 ]] || fail "B did not see A's new port"
+	fi
+
+	n "$NS_A" wg set "$IF_A" fwmark 0
+	[[ $(n "$NS_A" wg show "$IF_A" fwmark) == off ]] || fail "wg show reports fwmark '$(n "$NS_A" wg show "$IF_A" fwmark)' after clearing it"
+	capture_start unmarked "$NS_B" vb "udp and src host 10.0.0.1"
+	must_not_ping "$NS_A" 192.168.241.2 "fwmark cleared"
+	sent=$(capture_stop unmarked)
+	((sent == 0)) || fail "$sent datagrams from A reached B after the mark was cleared"
+}
+
 # --- wgquick: wg-quick up/down with A as WG_QUICK_USERSPACE_IMPLEMENTATION ---
 #  ┌────────────────────────────────┐                ┌──────────────────────────┐
 #  │ $NS_A  wg-quick up $IFQ.conf   │                │ $NS_B  impl B (manual)   │
