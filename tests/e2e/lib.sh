@@ -333,6 +333,9 @@ shape() {
 		log "warning: cannot shape $2 (no sch_tbf?); the transfer may be too quick for this test"
 }
 
+# qdisc_empty NS DEV: nothing waits in DEV's egress queue (for wait_until)
+qdisc_empty() { ip netns exec "$1" tc -s qdisc show dev "$2" | grep -q 'backlog 0b 0p'; }
+
 listening() { n "$1" ss -Hltn "sport = :$2" | grep -q .; }
 
 # start_transfer SRC_NS DST_NS DST_ADDR PORT FILE NAME: the receiver listens in DST_NS and

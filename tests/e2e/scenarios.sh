@@ -387,8 +387,9 @@ expect_dump() {
 
 # --- peerremove: the peer carrying a transfer is removed mid-transfer, then added back ---
 # Standard topology. A sends 10 MB to B over TCP, A's veth shaped to 20 Mbit/s (~4 s). At 20%
-# B is removed on A: A lives on, and nothing leaves A for B for 2 s (watched on B's veth); B
-# added back with its endpoint: TCP retransmits and the file arrives intact.
+# B is removed on A: A lives on, and nothing leaves A for B for 2 s (watched on B's veth, once
+# the shaper's queue has drained); B added back with its endpoint: TCP retransmits and the
+# file arrives intact.
 SCOPE_peerremove=side
 sc_peerremove() {
 	[[ $1 != boringtun ]] || skip "boringtun-cli 0.7.1 panics when an existing peer is modified"
@@ -405,6 +406,9 @@ sc_peerremove() {
 	((got < size)) || fail "transfer finished before B was removed; cannot tell anything"
 	[[ -z $(peer_field "$NS_A" "$IF_A" "$(pub b)" 1) ]] || fail "B still listed after remove"
 	log "B removed after $got of $size bytes"
+	# What A sent before the removal may still wait in the shaper's queue (up to 400 ms of
+	# it): the window opens once that queue is empty.
+	wait_until 5 qdisc_empty "$NS_A" va || fail "A's veth queue did not drain within 5s of removing B"
 	capture_start quiet "$NS_B" vb "udp and src host 10.0.0.1"
 	sleep 2 # the observation window: A must send B nothing at all during it
 	quiet=$(capture_stop quiet)
