@@ -18,8 +18,11 @@ E2E_PANIC_RE='panicked|^panic: |^fatal error: '
 
 log() { printf '[%s] %s\n' "$(date +%T.%N | cut -c1-12)" "$*"; }
 
-# Record why the scenario failed (first reason wins) and stop it.
+# Record why the scenario failed (first reason wins) and stop it. Called in a subshell (inside
+# $(...) or a pipeline), it stops only that subshell, and the caller may go on: the marker file
+# makes run.sh report FAIL anyway.
 fail() {
+	: >"$SCDIR/failed"
 	[[ -s $SCDIR/reason ]] || printf '%s\n' "$*" >"$SCDIR/reason"
 	log "FAIL: $*"
 	exit 1

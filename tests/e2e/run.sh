@@ -150,6 +150,9 @@ run_one() {
 	reason=$(head -n 1 "$SCDIR/reason" 2>/dev/null || true)
 	local dur
 	dur=$(printf '%d.%01ds' $(((t1 - t0) / 1000000000)) $((((t1 - t0) / 100000000) % 10)))
+	if [[ $rc == 0 && -e $SCDIR/failed ]]; then
+		rc=1 reason="(a check failed in a subshell; the scenario went on) $reason"
+	fi
 	case $rc in
 	0) printf 'PASS  %s (%s)\n' "$label" "$dur"; passed=$((passed + 1)) ;;
 	77) if [[ -e $SCDIR/skipped ]]; then
