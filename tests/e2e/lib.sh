@@ -10,18 +10,29 @@ E2E_NAMESPACES=()
 E2E_PIDS=()
 E2E_PGIDS=()
 E2E_IFACES=()
+# Daemons started by start_wg, one "pid|impl|iface|log file" each: check_daemons looks at them.
+E2E_DAEMONS=()
+# What a panic looks like in a daemon's log: Rust ("thread 'x' panicked at"), Go ("panic: ",
+# "fatal error: ").
+E2E_PANIC_RE='panicked|^panic: |^fatal error: '
 
 log() { printf '[%s] %s\n' "$(date +%T.%N | cut -c1-12)" "$*"; }
 
-# Record why the scenario failed (first reason wins) and stop it.
+# Record why the scenario failed (first reason wins) and stop it. Called in a subshell (inside
+# $(...) or a pipeline), it stops only that subshell, and the caller may go on: the marker file
+# makes run.sh report FAIL anyway.
 fail() {
+	: >"$SCDIR/failed"
 	[[ -s $SCDIR/reason ]] || printf '%s\n' "$*" >"$SCDIR/reason"
 	log "FAIL: $*"
 	exit 1
 }
 
+# The only way to SKIP: run.sh reports SKIP when the scenario exits 77 *and* this marker exists,
+# so an exit status 77 that leaks out of some command is a failure, not a skip.
 skip() {
 	printf '%s\n' "$*" >"$SCDIR/reason"
+	: >"$SCDIR/skipped"
 	log "SKIP: $*"
 	exit 77
 }
@@ -36,10 +47,54 @@ on_err() {
 	[[ -s $SCDIR/reason ]] || printf 'unexpected failure (exit %s) in %s: %s\n' "$rc" "$where" "$cmd" >"$SCDIR/reason"
 }
 
+# Is the process alive (a zombie is not)?
+pid_alive() {
+	local stat
+	stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+	stat=${stat##*) }
+	[[ ${stat%% *} != [ZX] ]]
+}
+
+# daemon_problems: print the first problem of the daemons this scenario started (a panic in a
+# log, a daemon that is gone) and return 1; return 0 if there is none.
+daemon_problems() {
+	local d pid impl ifc logf
+	for d in "${E2E_DAEMONS[@]}"; do
+		IFS='|' read -r pid impl ifc logf <<<"$d"
+		if grep -Eq -- "$E2E_PANIC_RE" "$logf" 2>/dev/null; then
+			printf '%s daemon for %s panicked: %s\n' "$impl" "$ifc" "$(grep -Em1 -- "$E2E_PANIC_RE" "$logf" | cut -c1-200)"
+			return 1
+		fi
+		if ! pid_alive "$pid"; then
+			printf '%s daemon for %s (pid %s) died: %s\n' "$impl" "$ifc" "$pid" "$(tail -n 3 "$logf" | tr '\n' ' ' | cut -c1-200)"
+			return 1
+		fi
+	done
+}
+
+# Fail the scenario if a daemon it started panicked or died. run.sh calls it after every
+# scenario (before PASS); must_not_ping calls it, since silence from a dead daemon proves nothing.
+check_daemons() {
+	local why
+	why=$(daemon_problems) || fail "$why"
+}
+
 cleanup() {
-	local pid ns ifc i
+	local rc=$? pid ns ifc i why
 	set +e
 	trap - ERR
+	# A failing scenario whose daemon panicked or died: say so next to the first reason.
+	if ((rc != 0)) && [[ ! -e $SCDIR/skipped ]] && ! why=$(daemon_problems); then
+		if grep -qF -- "$why" "$SCDIR/reason" 2>/dev/null; then
+			:
+		elif [[ -s $SCDIR/reason ]]; then
+			printf '%s [also: %s]\n' "$(head -n 1 "$SCDIR/reason")" "$why" >"$SCDIR/reason.new"
+			mv "$SCDIR/reason.new" "$SCDIR/reason"
+		else
+			printf '%s\n' "$why" >"$SCDIR/reason"
+		fi
+		log "$why"
+	fi
 	for pid in "${E2E_PGIDS[@]}"; do kill -TERM -- "-$pid" 2>/dev/null; done
 	for pid in "${E2E_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null; done
 	for pid in "${E2E_PIDS[@]}"; do
@@ -95,7 +150,27 @@ veth_pair() {
 	ip -n "$3" link set "$4" up
 }
 
-n() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
+# n NS COMMAND...: run a command in a namespace. `wg` gets a time limit: a daemon whose
+# configuration side deadlocks fails the scenario instead of hanging the suite.
+E2E_WG_TIMEOUT=${E2E_WG_TIMEOUT:-10}
+n() {
+	local ns=$1 rc=0
+	shift
+	if [[ $1 != wg ]]; then
+		ip netns exec "$ns" "$@"
+		return
+	fi
+	ip netns exec "$ns" timeout -k 2 "$E2E_WG_TIMEOUT" "$@" || rc=$?
+	((rc != 124 && rc != 137)) || fail "'$*' in $ns did not finish within ${E2E_WG_TIMEOUT}s (configuration deadlock?)"
+	return "$rc"
+}
+# The same limit for wg outside a namespace (genkey, pubkey, genpsk).
+wg() {
+	local rc=0
+	timeout -k 2 "$E2E_WG_TIMEOUT" wg "$@" || rc=$?
+	((rc != 124 && rc != 137)) || fail "'wg $*' did not finish within ${E2E_WG_TIMEOUT}s"
+	return "$rc"
+}
 
 # --- WireGuard daemons -------------------------------------------------------------------------
 
@@ -126,6 +201,7 @@ start_wg() {
 	esac
 	pid=$!
 	E2E_PIDS+=("$pid")
+	E2E_DAEMONS+=("$pid|$impl|$ifc|$logf")
 	eval "PID_$ifc=$pid"
 	# Ready when the socket answers a get; give up at once if the daemon dies meanwhile. The
 	# polling uses socat, not wg: wg unlinks a socket that refuses a connection (it takes it
@@ -140,7 +216,7 @@ start_wg() {
 	log "$impl serving $ifc in $ns (pid $pid)"
 }
 
-daemon_alive() { local v="PID_$1"; kill -0 "${!v}" 2>/dev/null; }
+daemon_alive() { local v="PID_$1"; pid_alive "${!v}"; }
 
 # Key material, one file per name: genkey NAME -> $SCDIR/NAME.key, NAME.pub
 genkey() {
@@ -164,6 +240,12 @@ peer_field() {
 	n "$ns" wg show "$ifc" dump | awk -v p="$peer" -v f="$field" 'NR > 1 && $1 == p { print $f }'
 }
 
+# handshake_done NS IFACE PEER: does wg show report a handshake with PEER? (for wait_until)
+handshake_done() { [[ $(peer_field "$1" "$2" "$3" 5) =~ ^[1-9] ]]; }
+
+# file_size_at_least FILE BYTES (for wait_until)
+file_size_at_least() { (($(stat -c %s "$1" 2>/dev/null || echo 0) >= $2)); }
+
 # --- traffic -----------------------------------------------------------------------------------
 
 # Bounded wait until an address answers ping (first packets may trigger a handshake).
@@ -173,22 +255,68 @@ wait_ping() {
 	wait_until "$timeout" n "$ns" ping -n -q -c 1 -W 1 "$@" "$dst" >/dev/null 2>&1
 }
 
-# ping that must succeed: a few packets, all answered.
-must_ping() {
-	local ns=$1 dst=$2 what=${3:-}
-	wait_ping "$ns" "$dst" 15 || fail "no ping reply from $dst in $ns within 15s${what:+ ($what)}"
-	n "$ns" ping -n -q -c 3 -i 0.2 -W 2 "$dst" >/dev/null || fail "ping $dst from $ns lost packets${what:+ ($what)}"
-	log "ping $dst from $ns ok${what:+ ($what)}"
+# ping_counts OUTPUT: "SENT RECEIVED" from ping's summary line (nothing if there is none).
+ping_counts() {
+	sed -n 's/^\([0-9]*\) packets transmitted, \([0-9]*\) received.*/\1 \2/p' <<<"$1"
 }
 
-# ping that must NOT be answered.
+# ping that must succeed: once the path is up (first packets may trigger a handshake), three
+# more packets, every one answered (ping itself exits 0 when only one is).
+# must_ping NS DST [WHAT [PING OPTIONS...]]
+must_ping() {
+	local ns=$1 dst=$2 what=${3:-} out counts
+	shift 3 2>/dev/null || shift $#
+	wait_ping "$ns" "$dst" 15 "$@" || fail "no ping reply from $dst in $ns within 15s${what:+ ($what)}"
+	out=$(n "$ns" ping -n -q -c 3 -i 0.2 -W 2 "$@" "$dst" 2>&1) || true
+	counts=$(ping_counts "$out")
+	[[ $counts == "3 3" ]] ||
+		fail "ping $dst from $ns: ${counts#* } of ${counts% *} answered, want 3 of 3${what:+ ($what)}: $(tr '\n' ' ' <<<"$out" | cut -c1-200)"
+	log "ping $dst from $ns ok, 3 of 3${what:+ ($what)}"
+}
+
+# ping that must NOT be answered: ping must run, send its packets and get no reply (exit 1,
+# "0 received"). A ping that cannot send (exit 2, local errors) proves nothing, nor does
+# silence from a dead daemon: both fail.
 must_not_ping() {
-	local ns=$1 dst=$2 what=$3
+	local ns=$1 dst=$2 what=$3 out rc=0 counts
 	shift 3
-	if n "$ns" ping -n -q -c 3 -i 0.3 -W 1 "$@" "$dst" >/dev/null 2>&1; then
-		fail "$dst answered ping from $ns but should not ($what)"
-	fi
+	check_daemons
+	out=$(n "$ns" ping -n -q -c 3 -i 0.3 -W 1 "$@" "$dst" 2>&1) || rc=$?
+	counts=$(ping_counts "$out")
+	case $rc in
+	0) fail "$dst answered ping from $ns but should not ($what)" ;;
+	1) [[ $counts == "3 0" ]] && ! grep -Eq 'sendmsg|connect:|bind:' <<<"$out" ||
+		fail "ping $dst from $ns: not a clean 'no reply' ($what): $(tr '\n' ' ' <<<"$out" | cut -c1-200)" ;;
+	*) fail "ping $dst from $ns could not run (exit $rc), so its silence means nothing ($what): $(tr '\n' ' ' <<<"$out" | cut -c1-200)" ;;
+	esac
+	check_daemons
 	log "ping $dst from $ns not answered, as expected ($what)"
+}
+
+# --- packet captures -----------------------------------------------------------------------------
+
+# capture_start NAME NS DEV FILTER: tcpdump on DEV in NS in the background until capture_stop
+# NAME; returns once tcpdump is listening. One line per packet in $SCDIR/NAME.cap.
+capture_start() {
+	local name=$1 ns=$2 dev=$3 filter=$4 pid
+	ip netns exec "$ns" timeout 300 tcpdump -l -n -i "$dev" "$filter" >"$SCDIR/$name.cap" 2>"$SCDIR/$name.cap.log" &
+	pid=$!
+	E2E_PIDS+=("$pid")
+	eval "CAP_$name=$pid"
+	wait_until 10 grep -q "listening on" "$SCDIR/$name.cap.log" ||
+		fail "tcpdump on $dev in $ns did not start: $(tr '\n' ' ' <"$SCDIR/$name.cap.log")"
+}
+# capture_count NAME: packets seen so far.
+capture_count() { grep -c . "$SCDIR/$1.cap" || true; }
+# captured NAME MIN: has the capture seen at least MIN packets? (for wait_until)
+captured() { (($(capture_count "$1") >= $2)); }
+# capture_stop NAME: stop the capture; print how many packets it saw.
+capture_stop() {
+	local v="CAP_$1"
+	kill -INT "${!v}" 2>/dev/null || true
+	wait "${!v}" 2>/dev/null || true
+	# (tcpdump writes an empty line when interrupted; packets are the non-empty lines)
+	capture_count "$1"
 }
 
 # One random payload per run, shared by all scenarios.
@@ -207,6 +335,9 @@ shape() {
 	ip netns exec "$1" tc qdisc add dev "$2" root tbf rate "$3" burst 64kb latency 400ms ||
 		log "warning: cannot shape $2 (no sch_tbf?); the transfer may be too quick for this test"
 }
+
+# qdisc_empty NS DEV: nothing waits in DEV's egress queue (for wait_until)
+qdisc_empty() { ip netns exec "$1" tc -s qdisc show dev "$2" | grep -q 'backlog 0b 0p'; }
 
 listening() { n "$1" ss -Hltn "sport = :$2" | grep -q .; }
 
@@ -311,8 +442,9 @@ setup_pair() {
 
 # Tear down what the scenario created so far, to build a fresh topology in the same scenario.
 teardown() {
+	check_daemons
 	cleanup
-	E2E_NAMESPACES=() E2E_PIDS=() E2E_PGIDS=() E2E_IFACES=()
+	E2E_NAMESPACES=() E2E_PIDS=() E2E_PGIDS=() E2E_IFACES=() E2E_DAEMONS=()
 	set -e
 	trap on_err ERR
 }

@@ -87,6 +87,8 @@ ip link set "$VETH_H" up
 ip -n "$NS" addr add "$NET.2/30" dev "$VETH_N"
 ip -n "$NS" link set "$VETH_N" up
 
+# Every wg call has a time limit: a configuration deadlock fails instead of hanging.
+wg() { timeout -k 2 10 wg "$@"; }
 PEER_KEY=$(wg genkey)
 PEER_PUB=$(wg pubkey <<<"$PEER_KEY")
 OWN_KEY=$(wg genkey)
@@ -98,7 +100,7 @@ PIDS+=($!)
 wait_for 10 test -S "/var/run/wireguard/$WGIF.sock" || { echo "FAIL: wireguard-go did not start"; cat "$WORK/wireguard-go.log"; echo "0 passed, 1 failed"; exit 1; }
 printf '%s\n' "$PEER_KEY" >"$WORK/peer.key"
 printf '%s\n' "$PSK" >"$WORK/psk"
-ip netns exec "$NS" wg set "$WGIF" private-key "$WORK/peer.key" listen-port 51820 \
+ip netns exec "$NS" timeout -k 2 10 wg set "$WGIF" private-key "$WORK/peer.key" listen-port 51820 \
 	peer "$OWN_PUB" preshared-key "$WORK/psk" allowed-ips "$OWN_IP/32"
 ip -n "$NS" addr add "$PEER_IP/24" dev "$WGIF"
 ip -n "$NS" link set "$WGIF" mtu 1420 up
@@ -338,6 +340,15 @@ unreachable() {
 check "forward to an unreachable tunnel address: that client only, reason logged" unreachable
 
 check "no secret in the proxy's log" bash -c "! grep -q -e '$OWN_KEY' -e '$PSK' '$WORK/proxy.log'"
+
+# Every check above may have passed while a thread of the proxy panicked (a connection's task
+# dies, the others go on): the log says so.
+alive_no_panic() {
+	kill -0 "$PROXY_PID" || { echo "rwg proxy (pid $PROXY_PID) is gone"; return 1; }
+	! grep -E 'panicked' "$WORK/proxy.log" || return 1
+	! grep -E '^panic: |^fatal error: ' "$WORK/wireguard-go.log"
+}
+check "rwg proxy still running; no panic in its log or wireguard-go's" alive_no_panic
 
 echo "$passed passed, $failed failed"
 ((failed == 0))
