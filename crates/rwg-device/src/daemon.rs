@@ -20,6 +20,7 @@ pub struct Daemon {
     tun: Tun,
     uapi: UapiListener,
     data_plane: DataPlaneConfig,
+    metrics: Option<std::net::SocketAddr>,
 }
 
 impl Daemon {
@@ -29,7 +30,14 @@ impl Daemon {
             tun,
             uapi,
             data_plane: DataPlaneConfig::default(),
+            metrics: None,
         }
+    }
+
+    /// Serves Prometheus metrics (and nothing else) on `addr` while running.
+    pub fn with_metrics(mut self, addr: Option<std::net::SocketAddr>) -> Daemon {
+        self.metrics = addr;
+        self
     }
 
     /// Sets which offloads and how many crypto workers the data plane uses.
@@ -60,6 +68,20 @@ impl Daemon {
             Err(e) => {
                 self.uapi.remove_socket_file();
                 return Err(e);
+            }
+        };
+        let _metrics = match self.metrics {
+            None => None,
+            Some(addr) => {
+                let core = driver.core_arc();
+                let render = move |out: &mut String| rwg_driver::metrics::render(&core, out);
+                match rwg_driver::metrics::MetricsServer::spawn(addr, Arc::new(render), None) {
+                    Ok(server) => Some(server),
+                    Err(e) => {
+                        self.uapi.remove_socket_file();
+                        return Err(StartError(format!("cannot serve metrics on {addr}: {e}")));
+                    }
+                }
             }
         };
         let config = DriverConfig(Arc::clone(&driver));

@@ -79,6 +79,11 @@ impl Driver {
         &self.core
     }
 
+    /// The protocol core, shared (for threads that outlive a borrow, like the metrics server).
+    pub fn core_arc(&self) -> Arc<Device> {
+        Arc::clone(&self.core)
+    }
+
     pub(crate) fn sockets(&self) -> Arc<UdpSockets> {
         Arc::clone(&self.sockets.read().unwrap_or_else(|e| e.into_inner()))
     }

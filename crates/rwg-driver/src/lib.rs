@@ -39,6 +39,7 @@
 
 mod clock;
 mod control;
+pub mod metrics;
 mod wakeup;
 
 pub use clock::Clock;

@@ -89,6 +89,35 @@ pub struct DeviceStats {
     pub scheduled: usize,
 }
 
+/// What a device has done since it was created (monotonic counters, for metrics).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Handshake initiations sent (first attempts and retransmissions).
+    pub initiations_sent: u64,
+    /// Handshake responses sent (initiations accepted).
+    pub responses_sent: u64,
+    /// Cookie replies sent (under load, to initiations or responses without a valid mac2).
+    pub cookie_replies_sent: u64,
+    /// Handshakes completed (as initiator or responder).
+    pub handshakes_completed: u64,
+    /// Handshake messages (initiations, responses, cookie replies) received.
+    pub handshake_messages_received: u64,
+    /// Datagrams dropped because the outbox or the handshake queue was full.
+    pub queue_drops: u64,
+    /// Handshake retries given up on (after REKEY_ATTEMPT_TIME).
+    pub handshakes_given_up: u64,
+}
+
+#[derive(Default)]
+struct AtomicCounters {
+    initiations_sent: AtomicU64,
+    responses_sent: AtomicU64,
+    cookie_replies_sent: AtomicU64,
+    handshakes_completed: AtomicU64,
+    handshake_messages_received: AtomicU64,
+    handshakes_given_up: AtomicU64,
+}
+
 /// A configuration call named a peer that does not exist, or an invalid prefix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConfigError {
@@ -246,6 +275,7 @@ pub struct Device {
     retired: Mutex<Vec<u32>>,
     waker: Mutex<Option<Waker>>,
     drops: [AtomicU64; DropReason::COUNT],
+    counters: AtomicCounters,
 }
 
 impl fmt::Debug for Device {
@@ -350,6 +380,7 @@ impl Device {
             retired: Mutex::new(Vec::new()),
             waker: Mutex::new(None),
             drops: core::array::from_fn(|_| AtomicU64::new(0)),
+            counters: AtomicCounters::default(),
         }
     }
 
@@ -702,6 +733,22 @@ impl Device {
             .map(|r| (r, self.drops[r.index()].load(Ordering::Relaxed)))
     }
 
+    /// What the device has done so far (handshakes, cookie replies; drops are in
+    /// [`drop_counts`](Self::drop_counts)).
+    pub fn counters(&self) -> Counters {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Counters {
+            initiations_sent: get(&c.initiations_sent),
+            responses_sent: get(&c.responses_sent),
+            cookie_replies_sent: get(&c.cookie_replies_sent),
+            handshakes_completed: get(&c.handshakes_completed),
+            handshake_messages_received: get(&c.handshake_messages_received),
+            queue_drops: self.drops[DropReason::QueueFull.index()].load(Ordering::Relaxed),
+            handshakes_given_up: get(&c.handshakes_given_up),
+        }
+    }
+
     fn count_drop(&self, reason: DropReason) {
         self.drops[reason.index()].fetch_add(1, Ordering::Relaxed);
     }
@@ -964,6 +1011,14 @@ impl Device {
     }
 
     fn push_transmit(&self, destination: SocketAddr, datagram: &[u8]) {
+        // Counted by type here, the one place every handshake message leaves through.
+        let c = &self.counters;
+        match datagram.first() {
+            Some(1) => c.initiations_sent.fetch_add(1, Ordering::Relaxed),
+            Some(2) => c.responses_sent.fetch_add(1, Ordering::Relaxed),
+            Some(3) => c.cookie_replies_sent.fetch_add(1, Ordering::Relaxed),
+            _ => 0,
+        };
         let queued = self.outbox.lock().push(destination, datagram);
         if !queued {
             self.count_drop(DropReason::QueueFull);
@@ -975,6 +1030,19 @@ impl Device {
     }
 
     fn push_event(&self, event: Event) {
+        match event {
+            Event::HandshakeCompleted { .. } => {
+                self.counters
+                    .handshakes_completed
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            Event::HandshakeGaveUp { .. } => {
+                self.counters
+                    .handshakes_given_up
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
         self.outbox.lock().push_event(event);
         if !self.output_pending.swap(true, Ordering::AcqRel) {
             self.wake();
@@ -993,6 +1061,9 @@ impl Device {
         msg: HandshakeMessage<'_>,
         queued: usize,
     ) -> Received {
+        self.counters
+            .handshake_messages_received
+            .fetch_add(1, Ordering::Relaxed);
         let Some(identity) = ctx.shared.identity.as_ref() else {
             return self.dropped(DropReason::NoPrivateKey);
         };

@@ -52,6 +52,21 @@ fn first_handshake_then_data_both_ways() {
     assert_eq!(a.tx_bytes, 148 + 64);
     assert_eq!(a.rx_bytes, 92 + 64);
     assert!(a.last_handshake.is_some());
+    // The device-wide counters agree with the wire.
+    let (ca, cb) = (
+        sim.nodes[A].device.counters(),
+        sim.nodes[B].device.counters(),
+    );
+    assert_eq!((ca.initiations_sent, ca.responses_sent), (1, 0));
+    assert_eq!((cb.initiations_sent, cb.responses_sent), (0, 1));
+    assert_eq!((ca.handshakes_completed, cb.handshakes_completed), (1, 1));
+    assert_eq!(
+        (
+            ca.handshake_messages_received,
+            cb.handshake_messages_received
+        ),
+        (1, 1)
+    );
 }
 
 #[test]
@@ -314,6 +329,8 @@ fn cookie_round_trip_under_load() {
     );
     assert_ne!(&inits[1].bytes[132..], &[0u8; 16], "retry carries mac2");
     assert_eq!(sim.wire_of_type(RESPONSE).count(), 1);
+    assert_eq!(sim.nodes[B].device.counters().cookie_replies_sent, 1);
+    assert_eq!(sim.nodes[A].device.counters().initiations_sent, 2);
     assert_eq!(sim.delivered_payloads(B), vec![b"under load".to_vec()]);
 }
 

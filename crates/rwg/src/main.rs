@@ -159,7 +159,22 @@ fn run_foreground(iface: &str) -> ExitCode {
             return fail(&e);
         }
     };
-    let daemon = Daemon::new(tun, uapi).with_data_plane(config);
+    let metrics = match std::env::var("RWG_METRICS") {
+        Err(_) => None,
+        Ok(v) => {
+            match v.parse() {
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    let e = format!("RWG_METRICS={v:?}: expected IP:PORT to serve metrics on, e.g. 127.0.0.1:9586");
+                    report(&e);
+                    return fail(&e);
+                }
+            }
+        }
+    };
+    let daemon = Daemon::new(tun, uapi)
+        .with_data_plane(config)
+        .with_metrics(metrics);
     tracing::info!(interface = daemon.interface_name(), "starting");
     let mut served = false;
     let result = daemon.run(signals, || {
