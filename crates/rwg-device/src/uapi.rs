@@ -13,7 +13,8 @@
 //! what was applied before an error stays applied. After an error the rest of the request is
 //! read and discarded, then the error is returned, so the connection stays usable.
 
-use std::fmt::{self, Write as _};
+use std::fmt;
+use std::io::Write as _;
 use std::io::{self, BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{OwnedFd, RawFd};
@@ -35,6 +36,8 @@ pub const MAX_LINE_LEN: usize = 65536;
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Concurrent clients beyond this are disconnected at once.
 pub const MAX_CLIENTS: usize = 64;
+/// A `get` reply is written out in pieces of about this many bytes (plus one peer).
+pub const WRITE_CHUNK: usize = 64 * 1024;
 /// Bytes read from a client at a time.
 const READ_BUFFER: usize = 64 * 1024;
 
@@ -199,6 +202,9 @@ pub enum Response {
     Continue,
     /// Send these bytes, then read the next operation.
     Reply(String),
+    /// Send the `get` reply for this state ([`write_get`]), then read the next operation.
+    /// The server formats it after releasing the device, in pieces.
+    Get(DeviceSnapshot),
     /// Close the connection without a reply (unknown operation).
     Close,
 }
@@ -269,9 +275,7 @@ impl UapiSession {
             },
             State::Get => {
                 if line.is_empty() {
-                    let mut out = format_get(&device.snapshot());
-                    out.push_str("errno=0\n\n");
-                    Response::Reply(out)
+                    Response::Get(device.snapshot())
                 } else {
                     // The request is over either way; what follows is the next operation.
                     Response::Reply(errno_reply(Errno::EINVAL))
@@ -487,18 +491,18 @@ fn parse_prefix(value: &str) -> Result<(IpAddr, u8), Errno> {
 
 /// Appends the 64 lowercase hex digits of `key`. (A `write!` per byte was half the time of a
 /// large `get`.)
-fn hex(out: &mut String, key: &[u8; 32]) {
+fn hex(out: &mut Vec<u8>, key: &[u8; 32]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut buf = [0u8; 64];
     for (pair, b) in buf.chunks_exact_mut(2).zip(key) {
         pair[0] = DIGITS[usize::from(b >> 4)];
         pair[1] = DIGITS[usize::from(b & 15)];
     }
-    out.extend(buf.iter().map(|&c| char::from(c)));
+    out.extend_from_slice(&buf);
 }
 
 /// Appends `n` in decimal.
-fn decimal(out: &mut String, mut n: u64) {
+fn decimal(out: &mut Vec<u8>, mut n: u64) {
     let mut buf = [0u8; 20];
     let mut i = buf.len();
     loop {
@@ -509,24 +513,24 @@ fn decimal(out: &mut String, mut n: u64) {
             break;
         }
     }
-    out.extend(buf[i..].iter().map(|&c| char::from(c)));
+    out.extend_from_slice(&buf[i..]);
 }
 
 /// Appends `key=n\n`.
-fn number_line(out: &mut String, key: &str, n: u64) {
-    out.push_str(key);
-    out.push('=');
+fn number_line(out: &mut Vec<u8>, key: &str, n: u64) {
+    out.extend_from_slice(key.as_bytes());
+    out.push(b'=');
     decimal(out, n);
-    out.push('\n');
+    out.push(b'\n');
 }
 
 /// Appends an address as `Display` writes it; IPv4 without the formatting machinery.
-fn address(out: &mut String, addr: &IpAddr) {
+fn address(out: &mut Vec<u8>, addr: &IpAddr) {
     match addr {
         IpAddr::V4(a) => {
             for (i, octet) in a.octets().into_iter().enumerate() {
                 if i > 0 {
-                    out.push('.');
+                    out.push(b'.');
                 }
                 decimal(out, u64::from(octet));
             }
@@ -537,41 +541,37 @@ fn address(out: &mut String, addr: &IpAddr) {
     }
 }
 
-/// The `get` reply body (without the final `errno=0` and empty line).
-pub fn format_get(s: &DeviceSnapshot) -> String {
-    let mut out = String::with_capacity(256 + s.peers.len() * 384);
+/// The device part of a `get` reply.
+fn format_device(out: &mut Vec<u8>, s: &DeviceSnapshot) {
     if let Some(k) = &s.private_key {
         if *k != [0; 32] {
-            out.push_str("private_key=");
-            hex(&mut out, k);
-            out.push('\n');
+            out.extend_from_slice(b"private_key=");
+            hex(out, k);
+            out.push(b'\n');
         }
     }
     if s.listen_port != 0 {
-        number_line(&mut out, "listen_port", s.listen_port.into());
+        number_line(out, "listen_port", s.listen_port.into());
     }
     if s.fwmark != 0 {
-        number_line(&mut out, "fwmark", s.fwmark.into());
+        number_line(out, "fwmark", s.fwmark.into());
     }
-    for p in &s.peers {
-        format_peer(&mut out, p);
-    }
-    out
 }
 
-fn format_peer(out: &mut String, p: &PeerSnapshot) {
-    out.push_str("public_key=");
+/// One peer of a `get` reply.
+fn format_peer(out: &mut Vec<u8>, p: &PeerSnapshot) {
+    out.extend_from_slice(b"public_key=");
     hex(out, &p.public_key);
-    out.push_str("\npreshared_key=");
+    out.extend_from_slice(b"\npreshared_key=");
     hex(out, &p.preshared_key);
-    out.push_str("\nprotocol_version=1\n");
+    out.extend_from_slice(b"\nprotocol_version=1\n");
     match p.endpoint {
         Some(SocketAddr::V4(ep)) => {
-            out.push_str("endpoint=");
+            out.extend_from_slice(b"endpoint=");
             address(out, &IpAddr::V4(*ep.ip()));
-            out.push(':');
+            out.push(b':');
             decimal(out, ep.port().into());
-            out.push('\n');
+            out.push(b'\n');
         }
         // Brackets, and a scope id if there is one.
         Some(ep @ SocketAddr::V6(_)) => {
@@ -590,12 +590,39 @@ fn format_peer(out: &mut String, p: &PeerSnapshot) {
         p.persistent_keepalive.into(),
     );
     for (addr, cidr) in &p.allowed_ips {
-        out.push_str("allowed_ip=");
+        out.extend_from_slice(b"allowed_ip=");
         address(out, addr);
-        out.push('/');
+        out.push(b'/');
         decimal(out, (*cidr).into());
-        out.push('\n');
+        out.push(b'\n');
     }
+}
+
+/// The `get` reply body (without the final `errno=0` and empty line).
+pub fn format_get(s: &DeviceSnapshot) -> String {
+    let mut out = Vec::with_capacity(256 + s.peers.len() * 384);
+    format_device(&mut out, s);
+    for p in &s.peers {
+        format_peer(&mut out, p);
+    }
+    // Everything above is ASCII.
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// Writes the whole `get` reply — the state, `errno=0` and the empty line — to `w`, in pieces
+/// of about [`WRITE_CHUNK`] bytes: the reply for many peers never exists whole in memory.
+pub fn write_get(s: &DeviceSnapshot, w: &mut impl io::Write) -> io::Result<()> {
+    let mut buf = Vec::with_capacity(WRITE_CHUNK + 4096);
+    format_device(&mut buf, s);
+    for p in &s.peers {
+        format_peer(&mut buf, p);
+        if buf.len() >= WRITE_CHUNK {
+            w.write_all(&buf)?;
+            buf.clear();
+        }
+    }
+    buf.extend_from_slice(b"errno=0\n\n");
+    w.write_all(&buf)
 }
 
 /// Why the configuration socket could not be set up.
@@ -910,6 +937,11 @@ fn serve_lines<D: UapiDevice>(
                 writer.write_all(out.as_bytes())?;
                 writer.flush()?;
             }
+            // Formatted with the device released.
+            Response::Get(snapshot) => {
+                write_get(&snapshot, writer)?;
+                writer.flush()?;
+            }
             Response::Close => return Ok(()),
         }
     }
@@ -920,6 +952,7 @@ fn serve_lines<D: UapiDevice>(
 pub(crate) mod tests {
     use super::*;
     use crate::memory::MemoryDevice;
+    use std::fmt::Write as _;
     use std::net::{Ipv4Addr, Ipv6Addr};
 
     pub(crate) const K1: &str = "1111111111111111111111111111111111111111111111111111111111111111";
@@ -1388,6 +1421,11 @@ pub(crate) mod tests {
                         assert!(r.ends_with("\n\n"), "{r:?}");
                         assert!(r.contains("errno="), "{r:?}");
                     }
+                    Response::Get(s) => {
+                        let mut out = Vec::new();
+                        write_get(&s, &mut out).expect("write to memory");
+                        assert!(out.ends_with(b"errno=0\n\n"), "{out:?}");
+                    }
                     Response::Close => session = UapiSession::new(),
                     Response::Continue => {}
                 }
@@ -1437,6 +1475,46 @@ pub(crate) mod tests {
             );
             assert_eq!(format_get(&s), expected);
         }
+    }
+
+    /// A large `get` goes out in pieces of about [`WRITE_CHUNK`] bytes (never as one buffer
+    /// of the whole reply), and the pieces are exactly the reply.
+    #[test]
+    fn a_large_get_is_written_in_pieces() {
+        struct Pieces(Vec<Vec<u8>>);
+        impl io::Write for Pieces {
+            fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+                self.0.push(b.to_vec());
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let s = DeviceSnapshot {
+            listen_port: 1,
+            peers: (0..3000u32)
+                .map(|i| PeerSnapshot {
+                    public_key: [i as u8; 32],
+                    endpoint: Some(SocketAddr::from(([192, 0, 2, 1], i as u16))),
+                    allowed_ips: vec![(IpAddr::V4(Ipv4Addr::from(i)), 32)],
+                    ..PeerSnapshot::default()
+                })
+                .collect(),
+            ..DeviceSnapshot::default()
+        };
+        let mut w = Pieces(Vec::new());
+        write_get(&s, &mut w).expect("write to memory");
+        let whole = format_get(&s) + "errno=0\n\n";
+        assert!(whole.len() > 10 * WRITE_CHUNK, "{}", whole.len());
+        assert_eq!(w.0.concat(), whole.as_bytes());
+        assert!(
+            w.0.len() >= whole.len() / (WRITE_CHUNK + 1024),
+            "{}",
+            w.0.len()
+        );
+        let largest = w.0.iter().map(Vec::len).max().unwrap_or(0);
+        assert!(largest < WRITE_CHUNK + 1024, "a piece of {largest} bytes");
     }
 
     /// A [`MemoryDevice`] that counts what a request asks of it.
