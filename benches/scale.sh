@@ -12,7 +12,9 @@
 # Each figure is wall time of the wg process (so it includes wg's own work and start-up),
 # taken with bash's $EPOCHREALTIME. The peer count is checked after setconf from a dump.
 # Memory: VmRSS of the daemon (/proc/PID/status) before and after setconf; bytes/peer is the
-# difference divided by N. Daemon CPU (utime+stime) during setconf is recorded too.
+# difference divided by N. Daemon CPU (utime+stime, at the kernel's tick resolution) during
+# setconf and during each show is recorded too: wall time includes the wg process and other
+# load on the machine, daemon CPU does not.
 # All implementations get the same file for a given N; they run one after another.
 #
 # Needs root (netns), wg, python3, socat. Usage:
@@ -132,6 +134,8 @@ start_daemon() { # IMPL IDX: sets NS, IFC, PID
 }
 
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+threads() { awk '/^Threads/ {print $2}' "/proc/$1/status"; }
+threads_at_most() { (($(threads "$1") <= $2)); }
 cpu_ticks() { # utime + stime of the whole process (fields 14 and 15 of /proc/PID/stat)
 	local s rest
 	s=$(cat "/proc/$1/stat")
@@ -163,12 +167,17 @@ rec() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$RES"; }
 
 measure() { # N IMPL IDX
 	local n=$1 impl=$2 conf="$WORK/peers-$1.conf" extra="$WORK/extra-$1.txt"
-	local r0 r1 c0 c1 lines k pfx ep r
+	local r0 r1 t0 c0 c1 lines k pfx ep r
 	start_daemon "$impl" "$3"
 	r0=$(rss_kb "$PID")
+	t0=$(threads "$PID")
 	c0=$(cpu_ticks "$PID")
 	timed setconf wg setconf "$IFC" "$conf"
 	c1=$(cpu_ticks "$PID")
+	# setconf sets listen_port (to 0 when the file has none), so a daemon may bind new sockets
+	# and start new reader threads while the old ones wind down: wait until the thread count
+	# is back (bounded; Go's runtime may keep extra threads) before reading RSS.
+	wait_until 3 threads_at_most "$PID" "$t0" || true
 	r1=$(rss_kb "$PID")
 	rec "$n" "$impl" setconf_s "$ELAPSED"
 	rec "$n" "$impl" setconf_s_status "$STATUS"
@@ -177,6 +186,10 @@ measure() { # N IMPL IDX
 	rec "$n" "$impl" rss1_kb "$r1"
 	log "$impl N=$n: setconf $STATUS ${ELAPSED}s, RSS ${r0} -> ${r1} kB"
 	if [[ $STATUS != ok ]]; then
+		# How far it got, and why (wireguard-go, for one, refuses peers beyond 2^16).
+		lines=$(timeout -k 5 30 wg show "$IFC" dump 2>/dev/null | wc -l) || true
+		rec "$n" "$impl" setconf_peers "$((lines > 0 ? lines - 1 : 0))"
+		log "$impl N=$n: $((lines > 0 ? lines - 1 : 0)) peers configured; daemon says: $(grep -m1 -i 'error' "$WORK/daemon-$impl-$3.log" || echo nothing)"
 		stop_daemon
 		return
 	fi
@@ -187,9 +200,12 @@ measure() { # N IMPL IDX
 		exit 1
 	fi
 	for ((r = 0; r < REPS; r++)); do
+		c0=$(cpu_ticks "$PID")
 		timed show wg show "$IFC" dump >/dev/null
+		c1=$(cpu_ticks "$PID")
 		rec "$n" "$impl" show_s "$ELAPSED"
 		[[ $STATUS == ok ]] || { rec "$n" "$impl" show_s_status "$STATUS"; break; }
+		rec "$n" "$impl" cpu_show_s "$(python3 -c "print(($c1 - $c0) / $TICKS)")"
 	done
 	log "$impl N=$n: show $STATUS ${ELAPSED}s (last)"
 	for ((r = 0; r < REPS; r++)); do
@@ -205,6 +221,7 @@ measure() { # N IMPL IDX
 	lines=$(timeout -k 5 "$TIMEOUT" wg show "$IFC" dump | wc -l)
 	((lines == n + 1)) || { echo "$impl: $((lines - 1)) peers after add/remove, want $n" >&2; exit 1; }
 	rec "$n" "$impl" rss2_kb "$(rss_kb "$PID")"
+	log "$impl N=$n: RSS at the end ${r1} -> $(rss_kb "$PID") kB"
 	stop_daemon
 }
 

@@ -94,7 +94,8 @@ def report(env_path: str, results_path: str, impls: str) -> int:
     def timed(n, impl, k, scale, fmt):
         status = one(n, impl, k + "_status")
         if status and status != "ok":
-            return status
+            got = one(n, impl, "setconf_peers") if k == "setconf_s" else None
+            return f"{status}: {int(got):,} peers taken" if got is not None else status
         return span(n, impl, k, scale, fmt)
 
     for k in ("date", "machine", "cpu", "kernel", "load", "load_end", "rwg", "wireguard-go",
@@ -102,10 +103,10 @@ def report(env_path: str, results_path: str, impls: str) -> int:
         if k in env:
             print(f"- {k}: {env[k]}")
     print()
-    print("| peers | implementation | `wg setconf` s | daemon CPU s | `wg show dump` s "
-          "| `wg set` add ms | `wg set` remove ms | RSS before MiB | RSS after setconf MiB "
-          "| bytes/peer |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| peers | implementation | `wg setconf` s | its daemon CPU s | `wg show dump` s "
+          "| its daemon CPU s | `wg set` add ms | `wg set` remove ms | RSS before MiB "
+          "| RSS after setconf MiB | bytes/peer |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for n in ns:
         for impl in order:
             if (n, impl) not in res:
@@ -117,6 +118,7 @@ def report(env_path: str, results_path: str, impls: str) -> int:
                 f"| {n:,} | {impl} | {timed(n, impl, 'setconf_s', 1, '.2f')} "
                 f"| {'–' if cpu is None else f'{cpu:.2f}'} "
                 f"| {timed(n, impl, 'show_s', 1, '.3f')} "
+                f"| {span(n, impl, 'cpu_show_s', 1, '.2f')} "
                 f"| {timed(n, impl, 'add_s', 1000, '.1f')} "
                 f"| {timed(n, impl, 'remove_s', 1000, '.1f')} "
                 f"| {'–' if r0 is None else f'{r0 / 1024:.1f}'} "
