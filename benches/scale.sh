@@ -8,7 +8,10 @@
 #   setconf  `wg setconf IF FILE` of N peers (a /32, a /128 and an endpoint each), once;
 #   show     `wg show IF dump >/dev/null` (a full get), --reps times;
 #   add      `wg set IF peer NEW allowed-ips A/32,B/128 endpoint E` while N exist, --reps times;
-#   remove   `wg set IF peer NEW remove` of the peer just added, --reps times.
+#   remove   `wg set IF peer NEW remove` of the peer just added, --reps times;
+#   no-op    `wg set IF peer NEW remove` again (absent peer): wg's start-up and a round trip;
+#   UAPI add/remove  the same add and remove as raw UAPI requests on the socket (Python, no wg
+#            process), timed from sending to the whole reply: the daemon's side.
 # Each figure is wall time of the wg process (so it includes wg's own work and start-up),
 # taken with bash's $EPOCHREALTIME. The peer count is checked after setconf from a dump.
 # Memory: VmRSS of the daemon (/proc/PID/status) before and after setconf; bytes/peer is the
@@ -217,6 +220,20 @@ measure() { # N IMPL IDX
 		rec "$n" "$impl" remove_s "$ELAPSED"
 		[[ $STATUS == ok ]] || { rec "$n" "$impl" remove_s_status "$STATUS"; break; }
 	done
+	# The floor of the two above: the same request for a peer that is not there.
+	for ((r = 0; r < REPS; r++)); do
+		read -r k pfx ep < <(sed -n "$((r + 1))p" "$extra")
+		timed noop wg set "$IFC" peer "$k" remove
+		rec "$n" "$impl" noop_s "$ELAPSED"
+		[[ $STATUS == ok ]] || { rec "$n" "$impl" noop_s_status "$STATUS"; break; }
+	done
+	# The daemon's side of the same, without a wg process: raw UAPI requests, other new peers.
+	if timeout -k 5 "$TIMEOUT" python3 "$HERE/scale_helper.py" rtt "/var/run/wireguard/$IFC.sock" \
+		"$extra" "$REPS" "$REPS" >"$WORK/rtt.tsv"; then
+		while IFS=$'\t' read -r k v; do rec "$n" "$impl" "$k" "$v"; done <"$WORK/rtt.tsv"
+	else
+		rec "$n" "$impl" add_rtt_s_status failed
+	fi
 	log "$impl N=$n: set add/remove done"
 	lines=$(timeout -k 5 "$TIMEOUT" wg show "$IFC" dump | wc -l)
 	((lines == n + 1)) || { echo "$impl: $((lines - 1)) peers after add/remove, want $n" >&2; exit 1; }
@@ -240,7 +257,7 @@ measure() { # N IMPL IDX
 idx=0
 for n in "${PEER_LIST[@]}"; do
 	log "generating $n peers"
-	python3 "$HERE/scale_helper.py" conf "$n" "$WORK/peers-$n.conf" "$WORK/extra-$n.txt" "$REPS"
+	python3 "$HERE/scale_helper.py" conf "$n" "$WORK/peers-$n.conf" "$WORK/extra-$n.txt" $((2 * REPS))
 	for impl in "${IMPL_LIST[@]}"; do
 		measure "$n" "$impl" "$idx"
 		idx=$((idx + 1))

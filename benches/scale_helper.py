@@ -8,12 +8,20 @@
       IPv4 /32 and an IPv6 /128 of its own (EXTRA's are disjoint from OUT's), and an endpoint
       in TEST-NET-3 (203.0.113.0/24), which the benchmark's namespaces route nowhere.
 
+  scale_helper.py rtt SOCKET EXTRA FIRST COUNT
+      For COUNT peers of EXTRA from line FIRST (0-based): adds the peer with one raw UAPI
+      request on SOCKET, then removes it with another, timing each from sending the request
+      to reading the whole reply (no wg process: the daemon's side alone, plus one connection).
+      Prints "add_rtt_s SECONDS" and "remove_rtt_s SECONDS" lines. 10 s timeout per request.
+
   scale_helper.py report ENV RESULTS IMPLS
       Prints the Markdown tables from the "N<TAB>impl<TAB>key<TAB>value" lines of RESULTS.
 """
 
 import base64
 import os
+import socket
+import time
 import statistics
 import sys
 
@@ -50,6 +58,39 @@ def conf(n: int, out: str, extra_out: str, extra: int) -> int:
         for i in range(extra):
             # 10.200.x.y and fdff::, where the first N (10.0-63.x.y, fd00::) never are.
             f.write(f"{key()} {prefixes(i, 200, 255)} {endpoint(i)}\n")
+    return 0
+
+
+def uapi_request(path: str, body: str) -> float:
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(path)
+        t0 = time.perf_counter()
+        s.sendall(body.encode())
+        reply = b""
+        while not reply.endswith(b"\n\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+        t = time.perf_counter() - t0
+    if reply != b"errno=0\n\n":
+        raise RuntimeError(f"daemon answered {reply!r}")
+    return t
+
+
+def rtt(path: str, extra: str, first: int, count: int) -> int:
+    with open(extra, encoding="ascii") as f:
+        peers = [line.split() for line in f][first : first + count]
+    if len(peers) < count:
+        print(f"{extra} has too few peers", file=sys.stderr)
+        return 2
+    for b64, prefixes, ep in peers:
+        pk = base64.b64decode(b64).hex()
+        ips = "".join(f"allowed_ip={p}\n" for p in prefixes.split(","))
+        add = uapi_request(path, f"set=1\npublic_key={pk}\nendpoint={ep}\n{ips}\n")
+        remove = uapi_request(path, f"set=1\npublic_key={pk}\nremove=true\n\n")
+        print(f"add_rtt_s\t{add:.6f}\nremove_rtt_s\t{remove:.6f}")
     return 0
 
 
@@ -104,9 +145,10 @@ def report(env_path: str, results_path: str, impls: str) -> int:
             print(f"- {k}: {env[k]}")
     print()
     print("| peers | implementation | `wg setconf` s | its daemon CPU s | `wg show dump` s "
-          "| its daemon CPU s | `wg set` add ms | `wg set` remove ms | RSS before MiB "
-          "| RSS after setconf MiB | bytes/peer |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| its daemon CPU s | `wg set` add ms | `wg set` remove ms | no-op `wg set` ms "
+          "| UAPI add µs | UAPI remove µs | RSS before MiB | RSS after setconf MiB "
+          "| bytes/peer |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for n in ns:
         for impl in order:
             if (n, impl) not in res:
@@ -121,6 +163,9 @@ def report(env_path: str, results_path: str, impls: str) -> int:
                 f"| {span(n, impl, 'cpu_show_s', 1, '.2f')} "
                 f"| {timed(n, impl, 'add_s', 1000, '.1f')} "
                 f"| {timed(n, impl, 'remove_s', 1000, '.1f')} "
+                f"| {timed(n, impl, 'noop_s', 1000, '.1f')} "
+                f"| {timed(n, impl, 'add_rtt_s', 1e6, '.0f')} "
+                f"| {timed(n, impl, 'remove_rtt_s', 1e6, '.0f')} "
                 f"| {'–' if r0 is None else f'{r0 / 1024:.1f}'} "
                 f"| {'–' if r1 is None else f'{r1 / 1024:.1f}'} | {per_peer} |"
             )
@@ -130,8 +175,9 @@ def report(env_path: str, results_path: str, impls: str) -> int:
         print(f"Time and memory of each implementation divided by {base}'s, same run "
               "(> 1: slower or larger than " + base + "):")
         print()
-        print("| peers | implementation | setconf | show | set add | set remove | bytes/peer |")
-        print("|---:|---|---:|---:|---:|---:|---:|")
+        print("| peers | implementation | setconf | show | set add | set remove | UAPI add "
+              "| UAPI remove | bytes/peer |")
+        print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
         for n in ns:
             for impl in order[1:]:
                 if (n, impl) not in res or (n, base) not in res:
@@ -150,6 +196,7 @@ def report(env_path: str, results_path: str, impls: str) -> int:
                 print(
                     f"| {n:,} | {impl} | {ratio('setconf_s')} | {ratio('show_s')} "
                     f"| {ratio('add_s')} | {ratio('remove_s')} "
+                    f"| {ratio('add_rtt_s')} | {ratio('remove_rtt_s')} "
                     f"| {f'{ra / rb:.1f}' if ra and rb else '–'} |"
                 )
     return 0
@@ -159,6 +206,8 @@ def main() -> int:
     a = sys.argv[1:]
     if len(a) == 5 and a[0] == "conf":
         return conf(int(a[1]), a[2], a[3], int(a[4]))
+    if len(a) == 5 and a[0] == "rtt":
+        return rtt(a[1], a[2], int(a[3]), int(a[4]))
     if len(a) == 4 and a[0] == "report":
         return report(a[1], a[2], a[3])
     print(__doc__, file=sys.stderr)
