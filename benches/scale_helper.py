@@ -132,6 +132,11 @@ def report(env_path: str, results_path: str, impls: str) -> int:
             return format(m, fmt)
         return f"{m:{fmt}} [{vs[0]:{fmt}}..{vs[-1]:{fmt}}]"
 
+    def taken(n, impl):
+        # Peers actually configured: N, or as many as a failed setconf left.
+        got = num(n, impl, "setconf_peers")
+        return n if got is None else got
+
     def timed(n, impl, k, scale, fmt):
         status = one(n, impl, k + "_status")
         if status and status != "ok":
@@ -154,7 +159,10 @@ def report(env_path: str, results_path: str, impls: str) -> int:
             if (n, impl) not in res:
                 continue
             r0, r1 = num(n, impl, "rss0_kb"), num(n, impl, "rss1_kb")
-            per_peer = f"{(r1 - r0) * 1024 / n:.0f}" if r0 is not None and r1 is not None and n else "–"
+            t = taken(n, impl)
+            per_peer = f"{(r1 - r0) * 1024 / t:.0f}" if r0 is not None and r1 is not None and t else "–"
+            if t != n:
+                per_peer += f" (of {int(t):,})"
             cpu = num(n, impl, "cpu_setconf_s")
             print(
                 f"| {n:,} | {impl} | {timed(n, impl, 'setconf_s', 1, '.2f')} "
@@ -190,7 +198,7 @@ def report(env_path: str, results_path: str, impls: str) -> int:
 
                 def rss(x):
                     r0, r1 = num(n, x, "rss0_kb"), num(n, x, "rss1_kb")
-                    return None if r0 is None or r1 is None else r1 - r0
+                    return None if r0 is None or r1 is None or not taken(n, x) else (r1 - r0) / taken(n, x)
 
                 ra, rb = rss(impl), rss(base)
                 print(
