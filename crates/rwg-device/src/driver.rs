@@ -245,6 +245,9 @@ fn unknown_peer<T>(r: Result<T, rwg_proto::device::ConfigError>) -> Result<T, Er
     })
 }
 
+// No method here wakes the control thread: the core calls its waker (installed by the control
+// loop) whenever a change gives the control path work (output queued, an earlier deadline).
+// Waking it per peer made a `set` of N peers cost N thread switches and lock contention.
 impl UapiDevice for DriverConfig {
     fn snapshot(&self) -> DeviceSnapshot {
         let d = &self.0;
@@ -324,6 +327,10 @@ impl UapiDevice for DriverConfig {
         Ok(())
     }
 
+    fn ensure_peer(&mut self, pk: &[u8; 32]) -> Result<bool, Errno> {
+        Ok(self.0.core.add_peer(PublicKey::from_bytes(*pk)))
+    }
+
     fn remove_peer(&mut self, pk: &[u8; 32]) {
         self.0.core.remove_peer(&PublicKey::from_bytes(*pk));
     }
@@ -346,13 +353,12 @@ impl UapiDevice for DriverConfig {
 
     fn set_persistent_keepalive(&mut self, pk: &[u8; 32], secs: u16) -> Result<(), Errno> {
         let d = &self.0;
-        let r = unknown_peer(d.core.set_persistent_keepalive(
+        // What this queues or schedules wakes the control thread through the core's waker.
+        unknown_peer(d.core.set_persistent_keepalive(
             d.clock.now(),
             &PublicKey::from_bytes(*pk),
             secs,
-        ));
-        d.waker.wake();
-        r
+        ))
     }
 
     fn clear_allowed_ips(&mut self, pk: &[u8; 32]) -> Result<(), Errno> {
@@ -373,10 +379,6 @@ impl UapiDevice for DriverConfig {
                 .core
                 .remove_allowed_ip(&PublicKey::from_bytes(*pk), addr, cidr),
         )
-    }
-
-    fn peer_section_done(&mut self, _pk: &[u8; 32]) {
-        self.0.waker.wake();
     }
 }
 

@@ -13,7 +13,8 @@
 //! what was applied before an error stays applied. After an error the rest of the request is
 //! read and discarded, then the error is returned, so the connection stays usable.
 
-use std::fmt::{self, Write as _};
+use std::fmt;
+use std::io::Write as _;
 use std::io::{self, BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{OwnedFd, RawFd};
@@ -35,6 +36,10 @@ pub const MAX_LINE_LEN: usize = 65536;
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Concurrent clients beyond this are disconnected at once.
 pub const MAX_CLIENTS: usize = 64;
+/// A `get` reply is written out in pieces of about this many bytes (plus one peer).
+pub const WRITE_CHUNK: usize = 64 * 1024;
+/// Bytes read from a client at a time.
+const READ_BUFFER: usize = 64 * 1024;
 
 /// A positive errno value; the protocol sends it negated (`errno=-22`), and `wg` relies on
 /// the sign.
@@ -160,6 +165,16 @@ pub trait UapiDevice {
     fn has_peer(&self, pk: &[u8; 32]) -> bool;
     /// Adds a peer with default settings.
     fn create_peer(&mut self, pk: &[u8; 32]) -> Result<(), Errno>;
+    /// Adds a peer with default settings unless it exists; returns whether it was created.
+    /// This is what a `public_key` line costs, once per peer of a `set`: an implementation
+    /// that can look the key up once instead of twice overrides it.
+    fn ensure_peer(&mut self, pk: &[u8; 32]) -> Result<bool, Errno> {
+        if self.has_peer(pk) {
+            Ok(false)
+        } else {
+            self.create_peer(pk).map(|()| true)
+        }
+    }
     /// Removes a peer; absent peers are ignored.
     fn remove_peer(&mut self, pk: &[u8; 32]);
     /// All zeros = none.
@@ -187,6 +202,9 @@ pub enum Response {
     Continue,
     /// Send these bytes, then read the next operation.
     Reply(String),
+    /// Send the `get` reply for this state ([`write_get`]), then read the next operation.
+    /// The server formats it after releasing the device, in pieces.
+    Get(DeviceSnapshot),
     /// Close the connection without a reply (unknown operation).
     Close,
 }
@@ -257,9 +275,7 @@ impl UapiSession {
             },
             State::Get => {
                 if line.is_empty() {
-                    let mut out = format_get(&device.snapshot());
-                    out.push_str("errno=0\n\n");
-                    Response::Reply(out)
+                    Response::Get(device.snapshot())
                 } else {
                     // The request is over either way; what follows is the next operation.
                     Response::Reply(errno_reply(Errno::EINVAL))
@@ -312,16 +328,12 @@ fn apply_set_line(
             }
         }
         let own = device.own_public_key().is_some_and(|own| own == pk);
-        let mut peer = PeerSection {
+        let created = !own && device.ensure_peer(&pk)?;
+        *section = Section::Peer(PeerSection {
             key: pk,
-            created: false,
+            created,
             ignored: own,
-        };
-        if !own && !device.has_peer(&pk) {
-            device.create_peer(&pk)?;
-            peer.created = true;
-        }
-        *section = Section::Peer(peer);
+        });
         return Ok(());
     }
     match section {
@@ -477,52 +489,140 @@ fn parse_prefix(value: &str) -> Result<(IpAddr, u8), Errno> {
     Ok((addr, cidr))
 }
 
-fn hex(out: &mut String, key: &[u8; 32]) {
-    for b in key {
-        let _ = write!(out, "{b:02x}");
+/// Appends the 64 lowercase hex digits of `key`. (A `write!` per byte was half the time of a
+/// large `get`.)
+fn hex(out: &mut Vec<u8>, key: &[u8; 32]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut buf = [0u8; 64];
+    for (pair, b) in buf.chunks_exact_mut(2).zip(key) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 15)];
+    }
+    out.extend_from_slice(&buf);
+}
+
+/// Appends `n` in decimal.
+fn decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
+}
+
+/// Appends `key=n\n`.
+fn number_line(out: &mut Vec<u8>, key: &str, n: u64) {
+    out.extend_from_slice(key.as_bytes());
+    out.push(b'=');
+    decimal(out, n);
+    out.push(b'\n');
+}
+
+/// Appends an address as `Display` writes it; IPv4 without the formatting machinery.
+fn address(out: &mut Vec<u8>, addr: &IpAddr) {
+    match addr {
+        IpAddr::V4(a) => {
+            for (i, octet) in a.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                decimal(out, u64::from(octet));
+            }
+        }
+        IpAddr::V6(a) => {
+            let _ = write!(out, "{a}");
+        }
+    }
+}
+
+/// The device part of a `get` reply.
+fn format_device(out: &mut Vec<u8>, s: &DeviceSnapshot) {
+    if let Some(k) = &s.private_key {
+        if *k != [0; 32] {
+            out.extend_from_slice(b"private_key=");
+            hex(out, k);
+            out.push(b'\n');
+        }
+    }
+    if s.listen_port != 0 {
+        number_line(out, "listen_port", s.listen_port.into());
+    }
+    if s.fwmark != 0 {
+        number_line(out, "fwmark", s.fwmark.into());
+    }
+}
+
+/// One peer of a `get` reply.
+fn format_peer(out: &mut Vec<u8>, p: &PeerSnapshot) {
+    out.extend_from_slice(b"public_key=");
+    hex(out, &p.public_key);
+    out.extend_from_slice(b"\npreshared_key=");
+    hex(out, &p.preshared_key);
+    out.extend_from_slice(b"\nprotocol_version=1\n");
+    match p.endpoint {
+        Some(SocketAddr::V4(ep)) => {
+            out.extend_from_slice(b"endpoint=");
+            address(out, &IpAddr::V4(*ep.ip()));
+            out.push(b':');
+            decimal(out, ep.port().into());
+            out.push(b'\n');
+        }
+        // Brackets, and a scope id if there is one.
+        Some(ep @ SocketAddr::V6(_)) => {
+            let _ = writeln!(out, "endpoint={ep}");
+        }
+        None => {}
+    }
+    let (sec, nsec) = p.last_handshake.unwrap_or((0, 0));
+    number_line(out, "last_handshake_time_sec", sec);
+    number_line(out, "last_handshake_time_nsec", nsec.into());
+    number_line(out, "tx_bytes", p.tx_bytes);
+    number_line(out, "rx_bytes", p.rx_bytes);
+    number_line(
+        out,
+        "persistent_keepalive_interval",
+        p.persistent_keepalive.into(),
+    );
+    for (addr, cidr) in &p.allowed_ips {
+        out.extend_from_slice(b"allowed_ip=");
+        address(out, addr);
+        out.push(b'/');
+        decimal(out, (*cidr).into());
+        out.push(b'\n');
     }
 }
 
 /// The `get` reply body (without the final `errno=0` and empty line).
 pub fn format_get(s: &DeviceSnapshot) -> String {
-    let mut out = String::with_capacity(256 + s.peers.len() * 256);
-    if let Some(k) = &s.private_key {
-        if *k != [0; 32] {
-            out.push_str("private_key=");
-            hex(&mut out, k);
-            out.push('\n');
-        }
-    }
-    if s.listen_port != 0 {
-        let _ = writeln!(out, "listen_port={}", s.listen_port);
-    }
-    if s.fwmark != 0 {
-        let _ = writeln!(out, "fwmark={}", s.fwmark);
-    }
+    let mut out = Vec::with_capacity(256 + s.peers.len() * 384);
+    format_device(&mut out, s);
     for p in &s.peers {
-        out.push_str("public_key=");
-        hex(&mut out, &p.public_key);
-        out.push_str("\npreshared_key=");
-        hex(&mut out, &p.preshared_key);
-        out.push_str("\nprotocol_version=1\n");
-        if let Some(ep) = p.endpoint {
-            let _ = writeln!(out, "endpoint={ep}");
-        }
-        let (sec, nsec) = p.last_handshake.unwrap_or((0, 0));
-        let _ = writeln!(out, "last_handshake_time_sec={sec}");
-        let _ = writeln!(out, "last_handshake_time_nsec={nsec}");
-        let _ = writeln!(out, "tx_bytes={}", p.tx_bytes);
-        let _ = writeln!(out, "rx_bytes={}", p.rx_bytes);
-        let _ = writeln!(
-            out,
-            "persistent_keepalive_interval={}",
-            p.persistent_keepalive
-        );
-        for (addr, cidr) in &p.allowed_ips {
-            let _ = writeln!(out, "allowed_ip={addr}/{cidr}");
+        format_peer(&mut out, p);
+    }
+    // Everything above is ASCII.
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// Writes the whole `get` reply — the state, `errno=0` and the empty line — to `w`, in pieces
+/// of about [`WRITE_CHUNK`] bytes: the reply for many peers never exists whole in memory.
+pub fn write_get(s: &DeviceSnapshot, w: &mut impl io::Write) -> io::Result<()> {
+    let mut buf = Vec::with_capacity(WRITE_CHUNK + 4096);
+    format_device(&mut buf, s);
+    for p in &s.peers {
+        format_peer(&mut buf, p);
+        if buf.len() >= WRITE_CHUNK {
+            w.write_all(&buf)?;
+            buf.clear();
         }
     }
-    out
+    buf.extend_from_slice(b"errno=0\n\n");
+    w.write_all(&buf)
 }
 
 /// Why the configuration socket could not be set up.
@@ -801,7 +901,12 @@ fn serve_client<D: UapiDevice>(stream: UnixStream, device: &Mutex<D>) -> io::Res
     stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
     stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
     let mut writer = stream.try_clone()?;
-    serve_lines(BufReader::new(stream), &mut writer, device)
+    // A `set` of many peers is megabytes: read it in large pieces.
+    serve_lines(
+        BufReader::with_capacity(READ_BUFFER, stream),
+        &mut writer,
+        device,
+    )
 }
 
 /// The line loop, over any reader and writer so tests drive it with in-memory buffers.
@@ -813,7 +918,11 @@ fn serve_lines<D: UapiDevice>(
     let mut session = UapiSession::new();
     let mut line = Vec::with_capacity(128);
     while read_line_bounded(&mut reader, &mut line)? {
-        let text = String::from_utf8_lossy(&line);
+        // Lines are ASCII in practice: validate fast, replace only if needed.
+        let text = match std::str::from_utf8(&line) {
+            Ok(text) => std::borrow::Cow::Borrowed(text),
+            Err(_) => String::from_utf8_lossy(&line),
+        };
         // One lock per line: a client that stalls mid-request never blocks the others, and a
         // `set` is not a transaction anyway.
         let response = {
@@ -828,6 +937,11 @@ fn serve_lines<D: UapiDevice>(
                 writer.write_all(out.as_bytes())?;
                 writer.flush()?;
             }
+            // Formatted with the device released.
+            Response::Get(snapshot) => {
+                write_get(&snapshot, writer)?;
+                writer.flush()?;
+            }
             Response::Close => return Ok(()),
         }
     }
@@ -838,6 +952,7 @@ fn serve_lines<D: UapiDevice>(
 pub(crate) mod tests {
     use super::*;
     use crate::memory::MemoryDevice;
+    use std::fmt::Write as _;
     use std::net::{Ipv4Addr, Ipv6Addr};
 
     pub(crate) const K1: &str = "1111111111111111111111111111111111111111111111111111111111111111";
@@ -1306,11 +1421,248 @@ pub(crate) mod tests {
                         assert!(r.ends_with("\n\n"), "{r:?}");
                         assert!(r.contains("errno="), "{r:?}");
                     }
+                    Response::Get(s) => {
+                        let mut out = Vec::new();
+                        write_get(&s, &mut out).expect("write to memory");
+                        assert!(out.ends_with(b"errno=0\n\n"), "{out:?}");
+                    }
                     Response::Close => session = UapiSession::new(),
                     Response::Continue => {}
                 }
             }
         }
+    }
+
+    /// Hex keys, decimal numbers and addresses at their extremes, checked against `format!`
+    /// (an implementation independent of the hand-rolled formatting under test).
+    #[test]
+    fn get_formats_extreme_values() {
+        let key: [u8; 32] = std::array::from_fn(|i| (i as u8).wrapping_mul(37) ^ 0xf0);
+        let psk: [u8; 32] = std::array::from_fn(|i| 255 - i as u8);
+        let fmt_key = |k: &[u8; 32]| k.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let peer = |endpoint: &str| PeerSnapshot {
+            public_key: key,
+            preshared_key: psk,
+            endpoint: Some(endpoint.parse().expect("endpoint")),
+            last_handshake: Some((u64::MAX, 999_999_999)),
+            tx_bytes: u64::MAX,
+            rx_bytes: 1 << 40,
+            persistent_keepalive: u16::MAX,
+            allowed_ips: vec![
+                (IpAddr::V4(Ipv4Addr::new(255, 255, 255, 255)), 32),
+                (IpAddr::V4(Ipv4Addr::new(0, 0, 0, 0)), 0),
+                (IpAddr::V4(Ipv4Addr::new(100, 9, 10, 199)), 9),
+                (IpAddr::V6("2001:db8::".parse().expect("v6")), 128),
+            ],
+        };
+        for endpoint in ["255.255.255.255:65535", "0.0.0.0:0", "[fe80::1%7]:51820"] {
+            let s = DeviceSnapshot {
+                private_key: Some(psk),
+                listen_port: u16::MAX,
+                fwmark: u32::MAX,
+                peers: vec![peer(endpoint)],
+            };
+            let expected = format!(
+                "private_key={psk}\nlisten_port=65535\nfwmark=4294967295\n\
+                 public_key={key}\npreshared_key={psk}\nprotocol_version=1\n\
+                 endpoint={endpoint}\nlast_handshake_time_sec=18446744073709551615\n\
+                 last_handshake_time_nsec=999999999\ntx_bytes=18446744073709551615\n\
+                 rx_bytes=1099511627776\npersistent_keepalive_interval=65535\n\
+                 allowed_ip=255.255.255.255/32\nallowed_ip=0.0.0.0/0\n\
+                 allowed_ip=100.9.10.199/9\nallowed_ip=2001:db8::/128\n",
+                psk = fmt_key(&psk),
+                key = fmt_key(&key),
+            );
+            assert_eq!(format_get(&s), expected);
+        }
+    }
+
+    /// A large `get` goes out in pieces of about [`WRITE_CHUNK`] bytes (never as one buffer
+    /// of the whole reply), and the pieces are exactly the reply.
+    #[test]
+    fn a_large_get_is_written_in_pieces() {
+        struct Pieces(Vec<Vec<u8>>);
+        impl io::Write for Pieces {
+            fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+                self.0.push(b.to_vec());
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let s = DeviceSnapshot {
+            listen_port: 1,
+            peers: (0..3000u32)
+                .map(|i| PeerSnapshot {
+                    public_key: [i as u8; 32],
+                    endpoint: Some(SocketAddr::from(([192, 0, 2, 1], i as u16))),
+                    allowed_ips: vec![(IpAddr::V4(Ipv4Addr::from(i)), 32)],
+                    ..PeerSnapshot::default()
+                })
+                .collect(),
+            ..DeviceSnapshot::default()
+        };
+        let mut w = Pieces(Vec::new());
+        write_get(&s, &mut w).expect("write to memory");
+        let whole = format_get(&s) + "errno=0\n\n";
+        assert!(whole.len() > 10 * WRITE_CHUNK, "{}", whole.len());
+        assert_eq!(w.0.concat(), whole.as_bytes());
+        assert!(
+            w.0.len() >= whole.len() / (WRITE_CHUNK + 1024),
+            "{}",
+            w.0.len()
+        );
+        let largest = w.0.iter().map(Vec::len).max().unwrap_or(0);
+        assert!(largest < WRITE_CHUNK + 1024, "a piece of {largest} bytes");
+    }
+
+    /// A [`MemoryDevice`] that counts what a request asks of it.
+    #[derive(Default)]
+    struct Counting {
+        inner: MemoryDevice,
+        snapshots: std::cell::Cell<usize>,
+        lookups: std::cell::Cell<usize>,
+        calls: usize,
+    }
+
+    impl UapiDevice for Counting {
+        fn snapshot(&self) -> DeviceSnapshot {
+            self.snapshots.set(self.snapshots.get() + 1);
+            self.inner.snapshot()
+        }
+        fn own_public_key(&self) -> Option<[u8; 32]> {
+            self.inner.own_public_key()
+        }
+        fn set_private_key(&mut self, key: Option<[u8; 32]>) -> Result<(), Errno> {
+            self.calls += 1;
+            self.inner.set_private_key(key)
+        }
+        fn set_listen_port(&mut self, port: u16) -> Result<(), Errno> {
+            self.calls += 1;
+            self.inner.set_listen_port(port)
+        }
+        fn set_fwmark(&mut self, mark: u32) -> Result<(), Errno> {
+            self.calls += 1;
+            self.inner.set_fwmark(mark)
+        }
+        fn remove_all_peers(&mut self) {
+            self.calls += 1;
+            self.inner.remove_all_peers()
+        }
+        fn has_peer(&self, pk: &[u8; 32]) -> bool {
+            self.lookups.set(self.lookups.get() + 1);
+            self.inner.has_peer(pk)
+        }
+        fn create_peer(&mut self, pk: &[u8; 32]) -> Result<(), Errno> {
+            self.calls += 1;
+            self.inner.create_peer(pk)
+        }
+        fn ensure_peer(&mut self, pk: &[u8; 32]) -> Result<bool, Errno> {
+            self.lookups.set(self.lookups.get() + 1);
+            let created = !self.inner.has_peer(pk);
+            self.inner.create_peer(pk)?;
+            Ok(created)
+        }
+        fn remove_peer(&mut self, pk: &[u8; 32]) {
+            self.calls += 1;
+            self.inner.remove_peer(pk)
+        }
+        fn set_preshared_key(&mut self, pk: &[u8; 32], psk: [u8; 32]) -> Result<(), Errno> {
+            self.calls += 1;
+            self.inner.set_preshared_key(pk, psk)
+        }
+        fn set_endpoint(&mut self, pk: &[u8; 32], ep: SocketAddr) -> Result<(), Errno> {
+            self.calls += 1;
+            self.inner.set_endpoint(pk, ep)
+        }
+        fn set_persistent_keepalive(&mut self, pk: &[u8; 32], secs: u16) -> Result<(), Errno> {
+            self.calls += 1;
+            self.inner.set_persistent_keepalive(pk, secs)
+        }
+        fn clear_allowed_ips(&mut self, pk: &[u8; 32]) -> Result<(), Errno> {
+            self.calls += 1;
+            self.inner.clear_allowed_ips(pk)
+        }
+        fn add_allowed_ip(&mut self, pk: &[u8; 32], addr: IpAddr, cidr: u8) -> Result<(), Errno> {
+            self.calls += 1;
+            self.inner.add_allowed_ip(pk, addr, cidr)
+        }
+        fn remove_allowed_ip(
+            &mut self,
+            pk: &[u8; 32],
+            addr: IpAddr,
+            cidr: u8,
+        ) -> Result<(), Errno> {
+            self.calls += 1;
+            self.inner.remove_allowed_ip(pk, addr, cidr)
+        }
+    }
+
+    /// The public key of peer `i` of [`setconf_body`], in hex.
+    pub(crate) fn numbered_key(i: usize) -> String {
+        let mut pk = [0u8; 32];
+        pk[..8].copy_from_slice(&(i as u64 + 1).to_be_bytes());
+        pk.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The body of the `set` that `wg setconf` sends for `n` peers, each with an endpoint, an
+    /// IPv4 /32 (10.0.i/256.i%256 for i < 65536) and an IPv6 /128 (fd00::i) of its own.
+    pub(crate) fn setconf_body(n: usize) -> String {
+        let mut body = format!("private_key={K1}\nreplace_peers=true\n");
+        for i in 0..n {
+            let _ = write!(
+                body,
+                "public_key={}\nendpoint=203.0.113.{}:{}\nreplace_allowed_ips=true\n\
+                 allowed_ip=10.{}.{}.{}/32\nallowed_ip=fd00::{:x}/128\n",
+                numbered_key(i),
+                i % 254 + 1,
+                1024 + i,
+                i >> 16,
+                (i >> 8) & 255,
+                i & 255,
+                i
+            );
+        }
+        body
+    }
+
+    /// A `set` of N peers asks the device one thing per line and one lookup per peer: no
+    /// snapshot, no per-peer pass over all peers (the shape that made `wg setconf` quadratic).
+    /// Counted, not timed.
+    #[test]
+    fn a_set_costs_one_device_call_per_line() {
+        for n in [1, 10, 300] {
+            let body = setconf_body(n);
+            let lines = body.lines().count();
+            let mut dev = Counting::default();
+            let mut session = UapiSession::new();
+            let mut replies = Vec::new();
+            for line in format!("set=1\n{body}\n").lines() {
+                if let Response::Reply(r) = session.handle_line(line, &mut dev) {
+                    replies.push(r);
+                }
+            }
+            assert_eq!(replies, vec!["errno=0\n\n".to_owned()]);
+            assert_eq!(dev.lookups.get(), n, "one lookup per public_key line");
+            assert_eq!(dev.snapshots.get(), 0);
+            // Every other line is one primitive call (5 per peer here, 2 for the device).
+            assert_eq!(dev.calls, lines - n, "calls for {lines} lines of {n} peers");
+            assert_eq!(dev.inner.snapshot().peers.len(), n);
+        }
+    }
+
+    /// A `get` takes one snapshot whatever the number of peers, and lists each peer once.
+    #[test]
+    fn a_get_takes_one_snapshot() {
+        let n = 300;
+        let dev = Mutex::new(Counting::default());
+        assert_eq!(set(&dev, &setconf_body(n)), "errno=0\n\n");
+        assert_eq!(dev.lock().expect("lock").snapshots.get(), 0);
+        let reply = talk(&dev, "get=1\n\n");
+        assert_eq!(dev.lock().expect("lock").snapshots.get(), 1);
+        assert_eq!(reply.matches("\npublic_key=").count(), n);
+        assert!(reply.ends_with("errno=0\n\n"));
     }
 
     /// Held by tests that bind a listener: binding swaps the process-wide umask, so two

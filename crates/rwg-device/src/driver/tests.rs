@@ -5,12 +5,16 @@
 //! where these tests read it.
 
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use rwg_proto::device::{DropReason, Sent, HEADROOM, TAILROOM};
 
 use super::{Driver, DriverConfig};
-use crate::uapi::tests::{key, set, shared, snap, talk, K1, K2, K3, ZERO};
+use crate::uapi::tests::{
+    key, numbered_key, set, setconf_body, shared, snap, talk, K1, K2, K3, ZERO,
+};
 use crate::udp::UdpSockets;
 
 /// Size of a handshake initiation (message type 1) on the wire.
@@ -318,4 +322,68 @@ fn get_output_of_a_configured_device_is_exact() {
         "ff".repeat(30)
     );
     assert_eq!(talk(&dev, "get=1\n\n"), expected);
+}
+
+/// A `set` of many peers through the real device: every peer arrives, in order, with exactly
+/// its own prefixes and endpoint.
+#[test]
+fn a_set_of_many_peers_arrives_whole() {
+    let n = 2000;
+    let dev = driver_config();
+    assert_eq!(set(&dev, &setconf_body(n)), "errno=0\n\n");
+    let peers = snap(&dev).peers;
+    assert_eq!(peers.len(), n);
+    for (i, p) in peers.iter().enumerate() {
+        assert_eq!(p.public_key, key(&numbered_key(i)));
+        let v4 = std::net::Ipv4Addr::new(10, (i >> 16) as u8, (i >> 8) as u8, i as u8);
+        let v6 = std::net::Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, i as u16);
+        assert_eq!(
+            p.allowed_ips,
+            vec![(v4.into(), 32), (v6.into(), 128)],
+            "peer {i}"
+        );
+        assert_eq!(
+            p.endpoint,
+            Some(SocketAddr::new(
+                std::net::Ipv4Addr::new(203, 0, 113, (i % 254 + 1) as u8).into(),
+                (1024 + i) as u16
+            ))
+        );
+    }
+}
+
+/// Configuration gives the control thread nothing to do unless it queues something, so a `set`
+/// of N peers wakes it zero times rather than N (each wake-up was a thread switch and a fight
+/// for locks). When a change does give it work — keepalive switched on queues an initiation —
+/// the core's waker, which the control loop installs, fires.
+#[test]
+fn configuration_wakes_the_control_thread_only_for_work() {
+    let dev = driver_config();
+    let d = driver(&dev);
+    let wakes = Arc::new(AtomicUsize::new(0));
+    let (count, latch) = (Arc::clone(&wakes), Arc::clone(&d.waker));
+    d.core.set_waker(Some(Arc::new(move || {
+        count.fetch_add(1, Ordering::SeqCst);
+        latch.wake();
+    })));
+    assert_eq!(set(&dev, &setconf_body(500)), "errno=0\n\n");
+    assert_eq!(snap(&dev).peers.len(), 500);
+    assert_eq!(wakes.load(Ordering::SeqCst), 0);
+    // Nor did the configuration path set the control thread's latch behind the core's back.
+    assert!(!d.waker.wait(Some(Instant::now())), "latch set");
+    let mut out = vec![0u8; 2048];
+    assert!(d.core.poll_transmit(&mut out).is_none());
+
+    let body = format!(
+        "public_key={}\npersistent_keepalive_interval=25\n",
+        numbered_key(7)
+    );
+    assert_eq!(set(&dev, &body), "errno=0\n\n");
+    assert!(wakes.load(Ordering::SeqCst) >= 1);
+    assert!(d.waker.wait(Some(Instant::now())), "latch not set");
+    let t = d.core.poll_transmit(&mut out).expect("an initiation");
+    assert_eq!(
+        (t.destination, t.len, out[0]),
+        ("203.0.113.8:1031".parse().expect("addr"), INITIATION_LEN, 1)
+    );
 }
