@@ -276,6 +276,8 @@ pub struct Device {
     waker: Mutex<Option<Waker>>,
     drops: [AtomicU64; DropReason::COUNT],
     counters: AtomicCounters,
+    /// splitmix64 state for peers' jitter seeds.
+    jitter_state: AtomicU64,
 }
 
 impl fmt::Debug for Device {
@@ -352,7 +354,8 @@ impl Sink for DataSink<'_> {
 impl Device {
     /// A device with no key and no peers. `rng` is the cryptographic RNG for ephemeral keys,
     /// indices and cookie secrets (the daemon passes the OS RNG; tests a seeded one).
-    pub fn new(rng: Box<dyn CryptoRngCore + Send>) -> Self {
+    pub fn new(mut rng: Box<dyn CryptoRngCore + Send>) -> Self {
+        let jitter_state = AtomicU64::new(rng.next_u64());
         Device {
             shared: RwLock::new(Shared {
                 identity: None,
@@ -381,6 +384,7 @@ impl Device {
             waker: Mutex::new(None),
             drops: core::array::from_fn(|_| AtomicU64::new(0)),
             counters: AtomicCounters::default(),
+            jitter_state,
         }
     }
 
@@ -481,23 +485,37 @@ impl Device {
     /// Adds a peer if absent. Returns whether it was created.
     pub fn add_peer(&self, public_key: PublicKey) -> bool {
         let mut shared = self.shared.write();
-        if shared.by_key.contains_key(&public_key) {
-            return false;
-        }
         let id = PeerId(shared.next_peer_id);
+        match shared.by_key.entry(public_key) {
+            alloc::collections::btree_map::Entry::Occupied(_) => return false,
+            alloc::collections::btree_map::Entry::Vacant(v) => {
+                v.insert(id);
+            }
+        }
         shared.next_peer_id += 1;
-        let seed = self.control.lock().rng.next_u64();
         let cell = PeerCell {
             id,
             public_key,
             state: Mutex::new(PeerState {
-                peer: Peer::new(public_key, seed),
+                peer: Peer::new(public_key, self.jitter_seed()),
                 scheduled: None,
             }),
         };
         shared.peers.insert(id, Arc::new(cell));
-        shared.by_key.insert(public_key, id);
         true
+    }
+
+    /// A seed for a new peer's timer jitter. Jitter needs no secrecy, only variety, so the
+    /// seeds come from splitmix64 over one value drawn from the RNG when the device was made,
+    /// instead of one call into the caller's RNG (a system call, for the OS RNG) per peer.
+    fn jitter_seed(&self) -> u64 {
+        let mut z = self
+            .jitter_state
+            .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
+            .wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
     }
 
     /// Whether a peer with this key exists.
