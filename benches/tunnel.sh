@@ -1,29 +1,42 @@
 #!/usr/bin/env bash
-# Side-by-side end-to-end tunnel benchmark: rwg vs wireguard-go vs boringtun-cli.
+# Side-by-side end-to-end tunnel benchmark: rwg vs wireguard-go (Debian) vs boringtun-cli vs
+# gotatun-cli, and optionally current upstream wireguard-go built outside the repository
+# (benches/peers/build-wireguard-go-upstream.sh).
 #
 # For each implementation, two network namespaces joined by a veth pair (MTU 1500), the same
 # implementation on both ends, tunnel MTU 1420. All pairs are built up front and then measured
 # round-robin (round 1: A,B,C for test 1, A,B,C for test 2, ...; round 2: ...), so that load from
 # other users of the machine is spread over every implementation rather than landing on one.
 #
-# Tests (iperf3 client in namespace "b", server in "a", over the tunnel):
+# Tests (iperf3 client in namespace "b", server in "a", over the tunnel; S = --time):
 #   tcp1      one TCP stream b->a            tcp1-rev  the same, a->b (-R)
 #   tcp4      4 parallel TCP streams b->a    udp       UDP at a fixed offered rate (-b, -l 1380)
+#   udp64     64-byte UDP, -b 0 (as fast as iperf3 sends), -w 4M: received packets per second.
+#             Once per round the same runs straight over the veth of the first pair (no tunnel),
+#             which shows the ceiling of iperf3's sender and receiver on this machine.
 #   ping      50 pings, -i 0.01: avg and p99 (nearest rank; with 50 samples that is the maximum)
+#   pingload  ping -i 0.02 for about 0.8 S while one TCP stream b->a runs: avg and p99
+#   flood     UDP -b 0 -l 1380 for S seconds (beyond what the tunnel carries): VmRSS of both
+#             daemons sampled every 0.5 s; the maximum and the last sample (samples in --raw)
 # Around every test: CPU time (utime+stime from /proc/PID/stat) of both daemons, and for the
 # per-thread view, of each of their threads (/proc/PID/task/*/stat). Peak RSS (VmHWM) at the end.
 #
-# Needs root (netns), iperf3, wg, python3. Usage:
-#   benches/tunnel.sh [--impls rwg,wireguard-go,boringtun] [--rounds N] [--quick] [--time S]
-#                     [--udp-rate 500M] [--bt-threads N] [--out FILE] [--raw FILE] [--keep-logs DIR]
-# RWG=path/to/rwg (default: $CARGO_TARGET_DIR or ./target, release/rwg).
+# Needs root (netns), iperf3, wg, socat, python3. Usage:
+#   benches/tunnel.sh [--impls rwg,wireguard-go,boringtun,gotatun[,wireguard-go-upstream]]
+#                     [--tests tcp1,...] [--rounds N] [--quick] [--time S] [--udp-rate 500M]
+#                     [--bt-threads N] [--out FILE] [--raw FILE] [--keep-logs DIR]
+# RWG=path/to/rwg (default: $CARGO_TARGET_DIR or ./target, release/rwg); GOTATUN=path (default:
+# gotatun on PATH, else ~/.cargo/bin/gotatun); WG_GO_UPSTREAM=path (default
+# /work/peers/wireguard-go-upstream/wireguard-go).
 set -euo pipefail
 umask 077
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
 
-IMPLS=rwg,wireguard-go,boringtun
+IMPLS=rwg,wireguard-go,boringtun,gotatun
+ALL_TESTS=tcp1,tcp1-rev,tcp4,udp,udp64,ping,pingload,flood
+TESTS_ARG=$ALL_TESTS
 ROUNDS=3
 TIME=10
 UDP_RATE=500M
@@ -31,34 +44,52 @@ BT_THREADS="" # empty: boringtun's default (4)
 OUT=""
 RAW=""
 LOGDIR=""
+need_arg() { (($# >= 2)) && [[ -n $2 ]] || { echo "$1 needs a value" >&2; exit 2; }; }
 while (($#)); do
 	case $1 in
-	--impls) IMPLS=$2; shift 2 ;;
-	--rounds) ROUNDS=$2; shift 2 ;;
+	--impls) need_arg "$@"; IMPLS=$2; shift 2 ;;
+	--tests) need_arg "$@"; TESTS_ARG=$2; shift 2 ;;
+	--rounds) need_arg "$@"; ROUNDS=$2; shift 2 ;;
 	--quick) TIME=3; shift ;;
-	--time) TIME=$2; shift 2 ;;
-	--udp-rate) UDP_RATE=$2; shift 2 ;;
-	--bt-threads) BT_THREADS=$2; shift 2 ;;
-	--out) OUT=$2; shift 2 ;;
-	--raw) RAW=$2; shift 2 ;;
-	--keep-logs) LOGDIR=$2; shift 2 ;;
-	-h | --help) sed -n '2,19p' "$0"; exit 0 ;;
+	--time) need_arg "$@"; TIME=$2; shift 2 ;;
+	--udp-rate) need_arg "$@"; UDP_RATE=$2; shift 2 ;;
+	--bt-threads) need_arg "$@"; BT_THREADS=$2; shift 2 ;;
+	--out) need_arg "$@"; OUT=$2; shift 2 ;;
+	--raw) need_arg "$@"; RAW=$2; shift 2 ;;
+	--keep-logs) need_arg "$@"; LOGDIR=$2; shift 2 ;;
+	-h | --help) sed -n '2,33p' "$0"; exit 0 ;;
 	*) echo "unknown option $1" >&2; exit 2 ;;
 	esac
 done
+[[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "--rounds must be a positive integer" >&2; exit 2; }
+[[ $TIME =~ ^[1-9][0-9]*$ ]] || { echo "--time must be a positive integer (seconds)" >&2; exit 2; }
 : "${RWG:=${CARGO_TARGET_DIR:-$REPO/target}/release/rwg}"
+: "${GOTATUN:=$(command -v gotatun || echo "${HOME:-/root}/.cargo/bin/gotatun")}"
+: "${WG_GO_UPSTREAM:=/work/peers/wireguard-go-upstream/wireguard-go}"
 IFS=, read -r -a IMPL_LIST <<<"$IMPLS"
+IFS=, read -r -a TESTS <<<"$TESTS_ARG"
+((${#IMPL_LIST[@]})) || { echo "--impls is empty" >&2; exit 2; }
+((${#TESTS[@]})) || { echo "--tests is empty" >&2; exit 2; }
+for t in "${TESTS[@]}"; do
+	[[ ,$ALL_TESTS, == *",$t,"* ]] || { echo "unknown test $t (known: $ALL_TESTS)" >&2; exit 2; }
+done
 
 ((EUID == 0)) || { echo "needs root (network namespaces)" >&2; exit 1; }
-for c in ip iperf3 wg python3 ping; do
+for c in ip iperf3 wg python3 ping socat ss timeout; do
 	command -v "$c" >/dev/null || { echo "missing $c" >&2; exit 1; }
 done
+declare -A SEEN=()
 for impl in "${IMPL_LIST[@]}"; do
+	[[ -z ${SEEN[$impl]:-} ]] || { echo "$impl given twice in --impls" >&2; exit 2; }
+	SEEN[$impl]=1
 	case $impl in
 	rwg) [[ -x $RWG ]] || { echo "no rwg at $RWG: cargo build --release -p rwg, or set RWG" >&2; exit 1; } ;;
-	wireguard-go) command -v wireguard-go >/dev/null || { echo "wireguard-go not on PATH" >&2; exit 1; } ;;
+	wireguard-go) command -v wireguard-go >/dev/null || { echo "wireguard-go not on PATH: apt-get install wireguard-go" >&2; exit 1; } ;;
 	boringtun) command -v boringtun-cli >/dev/null || { echo "boringtun-cli not on PATH: cargo install --locked boringtun-cli" >&2; exit 1; } ;;
-	*) echo "unknown implementation $impl" >&2; exit 2 ;;
+	gotatun) [[ -x $GOTATUN ]] || { echo "no gotatun at $GOTATUN: cargo install --locked gotatun-cli, or set GOTATUN" >&2; exit 1; } ;;
+	wireguard-go-upstream) [[ -x $WG_GO_UPSTREAM ]] ||
+		{ echo "no upstream wireguard-go at $WG_GO_UPSTREAM: benches/peers/build-wireguard-go-upstream.sh, or set WG_GO_UPSTREAM" >&2; exit 1; } ;;
+	*) echo "unknown implementation $impl (known: rwg, wireguard-go, boringtun, gotatun, wireguard-go-upstream)" >&2; exit 2 ;;
 	esac
 done
 
@@ -110,6 +141,10 @@ start_daemon() {
 	wireguard-go) ip netns exec "$ns" env WG_PROCESS_FOREGROUND=1 LOG_LEVEL=error wireguard-go -f "$ifc" >"$logf" 2>&1 & ;;
 	boringtun) ip netns exec "$ns" boringtun-cli --foreground --disable-drop-privileges --verbosity error \
 		${BT_THREADS:+--threads "$BT_THREADS"} "$ifc" >"$logf" 2>&1 & ;;
+	gotatun) ip netns exec "$ns" "$GOTATUN" --foreground --disable-drop-privileges --verbosity error \
+		"$ifc" >"$logf" 2>&1 & ;;
+	wireguard-go-upstream) ip netns exec "$ns" env WG_PROCESS_FOREGROUND=1 LOG_LEVEL=error \
+		"$WG_GO_UPSTREAM" -f "$ifc" >"$logf" 2>&1 & ;;
 	esac
 	pid=$!
 	# Runs in $(...): record the pid where cleanup finds it even if we fail below.
@@ -157,18 +192,25 @@ setup_pair() {
 	log "$impl: $ifa (pid $pa) <-> $ifb (pid $pb) up"
 }
 
-# Per-thread CPU ticks of a process: lines "pid tid comm ticks". comm can contain spaces
-# (wireguard-go's threads do not, but be safe): take what follows the last ')'.
+# CPU ticks of a process: one line "pid total comm ticks" from /proc/PID/stat (includes threads
+# that have exited), then per thread "pid tid comm ticks". comm can contain spaces (wireguard-go's
+# threads do not, but be safe): take what follows the last ')'.
+stat_ticks() { # FILE -> "comm ticks"
+	local s comm rest a
+	s=$(cat "$1" 2>/dev/null) || return 1
+	comm=${s#*(}
+	comm=${comm%)*}
+	rest=${s##*) }
+	read -r -a a <<<"$rest"
+	# rest starts at field 3 (state); utime = field 14 -> a[11], stime = field 15 -> a[12]
+	printf '%s %s\n' "${comm// /_}" "$((a[11] + a[12]))"
+}
 thread_ticks() {
-	local p=$1 f s
+	local p=$1 f v
+	v=$(stat_ticks "/proc/$p/stat") && printf '%s total %s\n' "$p" "$v"
 	for f in /proc/"$p"/task/*/stat; do
-		s=$(cat "$f" 2>/dev/null) || continue
-		local comm=${s#*(}
-		comm=${comm%)*}
-		local rest=${s##*) }
-		read -r -a a <<<"$rest"
-		# rest starts at field 3 (state); utime = field 14 -> a[11], stime = field 15 -> a[12]
-		printf '%s %s %s %s\n' "$p" "$(basename "$(dirname "$f")")" "${comm// /_}" "$((a[11] + a[12]))"
+		v=$(stat_ticks "$f") || continue
+		printf '%s %s %s\n' "$p" "$(basename "$(dirname "$f")")" "$v"
 	done
 }
 snap() { thread_ticks "$1"; thread_ticks "$2"; } # PA PB
@@ -188,39 +230,85 @@ drops() { # IDX
 	echo "$rb $td"
 }
 
+rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+
+# A TCP connection from namespace NS to the iperf3 port carries data: control plus >= 1 stream.
+iperf_streams_up() { # NS
+	(($(ip netns exec "$1" ss -Htn state established 'dport = :5201' | wc -l) >= 2))
+}
+
+# pingload: one TCP stream b->a in the background; once its data connection is up, pings.
+run_pingload() { # NSB JSON PINGOUT
+	local nsb=$1 j=$2 out=$3 ip n=$((TIME * 40))
+	timeout $((TIME + 25)) ip netns exec "$nsb" iperf3 -c 192.168.241.1 -t $((TIME + 3)) -J >"$j" 2>>"$WORK/iperf-client.err" &
+	ip=$!
+	wait_until 5 iperf_streams_up "$nsb" || log "pingload: iperf3 stream not up after 5 s; pinging anyway"
+	ip netns exec "$nsb" ping -n -c "$n" -i 0.02 -W 1 192.168.241.1 >"$out" 2>&1 || true
+	wait "$ip" || true
+}
+
+# flood: UDP as fast as iperf3 sends, RSS of both daemons every 0.5 s ("seconds kB_A kB_B").
+run_flood() { # NSB JSON PA PB SAMPLES
+	local nsb=$1 j=$2 pa=$3 pb=$4 out=$5 ip t0 now
+	timeout $((TIME + 20)) ip netns exec "$nsb" iperf3 -c 192.168.241.1 -t "$TIME" -u -b 0 -l 1380 -J >"$j" 2>>"$WORK/iperf-client.err" &
+	ip=$!
+	t0=$(date +%s%N)
+	: >"$out"
+	while kill -0 "$ip" 2>/dev/null; do
+		now=$(date +%s%N)
+		printf '%s %s %s\n' "$(((now - t0) / 1000000))" "$(rss_kb "$pa")" "$(rss_kb "$pb")" >>"$out"
+		((now - t0 < (TIME + 25) * 1000000000)) || break # bounded even if kill -0 lies
+		sleep 0.5
+	done
+	wait "$ip" || true
+	now=$(date +%s%N)
+	printf '%s %s %s\n' "$(((now - t0) / 1000000))" "$(rss_kb "$pa")" "$(rss_kb "$pb")" >>"$out"
+}
+
 # run_test IDX IMPL ROUND TEST: appends "round impl test key value" lines to $RES
 run_test() {
 	local idx=$1 impl=$2 round=$3 test=$4 v
 	local nsa=NSA_$idx nsb=NSB_$idx pa=PA_$idx pb=PB_$idx
 	nsa=${!nsa} nsb=${!nsb} pa=${!pa} pb=${!pb}
-	local j="$WORK/r$round-$impl-$test.json" before after
+	local j="$WORK/r$round-$impl-$test.json" before after extra=() dst=192.168.241.1
 	local d0 d1
+	[[ $impl == veth ]] && dst=10.0.0.1
 	read -r -a d0 <<<"$(drops "$idx")"
 	before=$(snap "$pa" "$pb")
 	local t0 t1
 	t0=$(date +%s%N)
 	case $test in
-	tcp1) timeout $((TIME + 20)) ip netns exec "$nsb" iperf3 -c 192.168.241.1 -t "$TIME" -J >"$j" || true ;;
-	tcp1-rev) timeout $((TIME + 20)) ip netns exec "$nsb" iperf3 -c 192.168.241.1 -t "$TIME" -R -J >"$j" || true ;;
-	tcp4) timeout $((TIME + 20)) ip netns exec "$nsb" iperf3 -c 192.168.241.1 -t "$TIME" -P 4 -J >"$j" || true ;;
-	udp) timeout $((TIME + 20)) ip netns exec "$nsb" iperf3 -c 192.168.241.1 -t "$TIME" -u -b "$UDP_RATE" -l 1380 -J >"$j" || true ;;
-	ping) ip netns exec "$nsb" ping -n -c 50 -i 0.01 -W 1 192.168.241.1 >"$j" 2>&1 || true ;;
+	tcp1) timeout $((TIME + 20)) ip netns exec "$nsb" iperf3 -c $dst -t "$TIME" -J >"$j" || true ;;
+	tcp1-rev) timeout $((TIME + 20)) ip netns exec "$nsb" iperf3 -c $dst -t "$TIME" -R -J >"$j" || true ;;
+	tcp4) timeout $((TIME + 20)) ip netns exec "$nsb" iperf3 -c $dst -t "$TIME" -P 4 -J >"$j" || true ;;
+	udp) timeout $((TIME + 20)) ip netns exec "$nsb" iperf3 -c $dst -t "$TIME" -u -b "$UDP_RATE" -l 1380 -J >"$j" || true ;;
+	udp64) timeout $((TIME + 20)) ip netns exec "$nsb" iperf3 -c $dst -t "$TIME" -u -b 0 -l 64 -w 4M -J >"$j" || true ;;
+	ping) ip netns exec "$nsb" ping -n -c 50 -i 0.01 -W 1 $dst >"$j" 2>&1 || true ;;
+	pingload)
+		run_pingload "$nsb" "$j" "$WORK/r$round-$impl-$test.ping"
+		extra=(--ping "$WORK/r$round-$impl-$test.ping")
+		;;
+	flood)
+		run_flood "$nsb" "$j" "$pa" "$pb" "$WORK/r$round-$impl-$test.rss"
+		extra=(--rss "$WORK/r$round-$impl-$test.rss")
+		;;
 	esac
 	t1=$(date +%s%N)
 	after=$(snap "$pa" "$pb")
 	read -r -a d1 <<<"$(drops "$idx")"
 	printf '%s\t%s\t%s\t%s\t%s\n' "$round" "$impl" "$test" udp_rcvbuf_drops "$((d1[0] - d0[0]))" \
-		"$round" "$impl" "$test" tun_queue_drops "$((d1[1] - d0[1]))" >>"$RES"
+		"$round" "$impl" "$test" tun_queue_drops "$((d1[1] - d0[1]))" \
+		"$round" "$impl" "$test" load1 "$(cut -d' ' -f1 /proc/loadavg)" >>"$RES"
 	python3 "$HERE/tunnel_report.py" sample --round "$round" --impl "$impl" --test "$test" \
-		--file "$j" --wall-ns $((t1 - t0)) --pids "$pa,$pb" \
+		--file "$j" --wall-ns $((t1 - t0)) --pids "$pa,$pb" "${extra[@]}" \
 		--before <(printf '%s\n' "$before") --after <(printf '%s\n' "$after") >>"$RES"
-	log "round $round $impl $test: $(grep -P "^$round\t$impl\t$test\t(mbps|avg_ms)\t" "$RES" | cut -f5)"
+	log "round $round $impl $test: $(grep -P "^$round\t$impl\t$test\t(mbps|kpps|avg_ms|rss_max_kb)\t" "$RES" | cut -f4,5 | tr '\t\n' '= ')"
 }
 
 RES="$WORK/results.tsv"
 : >"$RES"
-TESTS=(tcp1 tcp1-rev tcp4 udp ping)
 
+ver() { "$@" 2>/dev/null | head -1 || true; }
 # Environment, for the header.
 {
 	printf 'date\t%s\n' "$(date -u '+%Y-%m-%d %H:%M UTC')"
@@ -228,17 +316,27 @@ TESTS=(tcp1 tcp1-rev tcp4 udp ping)
 	printf 'cpu\t%s\n' "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')"
 	printf 'kernel\t%s\n' "$(uname -r)"
 	printf 'load\t%s\n' "$(cut -d' ' -f1-3 /proc/loadavg)"
-	printf 'rwg\t%s\n' "$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$REPO" diff --quiet HEAD -- crates 2>/dev/null || echo '+dirty') ($RWG)"
-	printf 'wireguard-go\t%s\n' "$(wireguard-go --version 2>/dev/null | head -1)"
-	printf 'boringtun\t%s, threads %s\n' "$(boringtun-cli --version 2>/dev/null | head -1)" "${BT_THREADS:-default (4)}"
+	for impl in "${IMPL_LIST[@]}"; do
+		case $impl in
+		rwg) printf 'rwg\trwg %s\n' "$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$REPO" diff --quiet HEAD -- crates 2>/dev/null || echo '+dirty') ($RWG)" ;;
+		wireguard-go) printf 'wireguard-go\tDebian %s\n' "$(ver wireguard-go --version)" ;;
+		boringtun) printf 'boringtun\t%s, threads %s\n' "$(ver boringtun-cli --version)" "${BT_THREADS:-default (4)}" ;;
+		gotatun) printf 'gotatun\t%s\n' "$(ver "$GOTATUN" --version)" ;;
+		wireguard-go-upstream) printf 'wireguard-go-upstream\tupstream %s (%s; %s)\n' "$(ver "$WG_GO_UPSTREAM" --version)" \
+			"$WG_GO_UPSTREAM" "$(grep -m1 '^source:' "$(dirname "$WG_GO_UPSTREAM")/BUILD-INFO" 2>/dev/null || echo 'source ?')" ;;
+		esac
+	done
 	printf 'iperf3\t%s\n' "$(iperf3 --version | head -1)"
-	printf 'params\trounds %s, -t %s s, UDP -b %s -l 1380, ping -c 50 -i 0.01\n' "$ROUNDS" "$TIME" "$UDP_RATE"
+	printf 'params\trounds %s, -t %s s, UDP -b %s -l 1380, UDP 64 B -b 0 -w 4M, ping -c 50 -i 0.01, ping under load -c %s -i 0.02, flood -b 0 -l 1380\n' \
+		"$ROUNDS" "$TIME" "$UDP_RATE" $((TIME * 40))
 } >"$WORK/env.tsv"
 
 for i in "${!IMPL_LIST[@]}"; do setup_pair "$i" "${IMPL_LIST[$i]}"; done
 
 for ((r = 1; r <= ROUNDS; r++)); do
 	for t in "${TESTS[@]}"; do
+		# The generator's ceiling: the same 64-byte UDP test over the first pair's bare veth.
+		[[ $t == udp64 ]] && run_test 0 veth "$r" udp64
 		for i in "${!IMPL_LIST[@]}"; do
 			run_test "$i" "${IMPL_LIST[$i]}" "$r" "$t"
 		done

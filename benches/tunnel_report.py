@@ -32,17 +32,22 @@ def sample(a):
 
     wall = a.wall_ns / 1e9
     nbytes = None
-    text = open(a.file).read()
-    if a.test == "ping":
+
+    def parse_ping(text):
         times = sorted(float(x) for x in re.findall(r"time=([\d.]+) ms", text))
         m = re.search(r"(\d+) packets transmitted, (\d+) received", text)
         if times:
             emit("avg_ms", f"{statistics.fmean(times):.3f}")
             rank = max(1, -(-99 * len(times) // 100))  # nearest rank
             emit("p99_ms", f"{times[rank - 1]:.3f}")
+            emit("max_ms", f"{times[-1]:.3f}")
         if m:
             tx, rx = int(m.group(1)), int(m.group(2))
             emit("lost_pct", f"{100 * (tx - rx) / tx:.1f}")
+
+    text = open(a.file).read()
+    if a.test == "ping":
+        parse_ping(text)
     else:
         try:
             j = json.loads(text)
@@ -51,9 +56,10 @@ def sample(a):
         end = j.get("end", {})
         if "error" in j:
             emit("error", j["error"].replace("\t", " "))
-        if a.test == "udp":
+        if a.test in ("udp", "udp64", "flood"):
             s = end.get("sum", {})
-            # iperf3 3.12: end.sum is the sender's bytes with the receiver's loss counts.
+            # iperf3 3.12: end.sum is the sender's bytes with the receiver's loss counts;
+            # end.sum_received the receiver's own bytes and packets.
             if s:
                 lost = s.get("lost_percent", 0.0)
                 recv = end.get("sum_received")
@@ -64,6 +70,11 @@ def sample(a):
                     nbytes = s["bytes"] * (1 - lost / 100)
                 emit("mbps", f"{bps / 1e6:.1f}")
                 emit("lost_pct", f"{lost:.2f}")
+                if s.get("seconds"):
+                    emit("sent_kpps", f"{s.get('packets', 0) / s['seconds'] / 1e3:.1f}")
+                if recv and recv.get("seconds") and "packets" in recv:
+                    got = recv["packets"] - recv.get("lost_packets", 0)
+                    emit("kpps", f"{got / recv['seconds'] / 1e3:.1f}")
         else:
             s = end.get("sum_received", {})
             if s:
@@ -72,6 +83,19 @@ def sample(a):
             r = end.get("sum_sent", {}).get("retransmits")
             if r is not None:
                 emit("retrans", r)
+    if a.ping:
+        parse_ping(open(a.ping).read())
+    if a.rss:
+        rows = [ln.split() for ln in open(a.rss) if len(ln.split()) == 3]
+        for col, side in ((1, "A"), (2, "B")):
+            kb = [int(r[col]) for r in rows if r[col].isdigit()]
+            if kb:
+                emit(f"rss_max_kb_{side}", max(kb))
+                emit(f"rss_final_kb_{side}", kb[-1])
+                emit(f"rss_samples_kb_{side}", ",".join(f"{r[0]}ms:{r[col]}" for r in rows))
+        if rows:
+            emit("rss_max_kb", max(max(int(r[1]), int(r[2])) for r in rows))
+            emit("rss_final_kb", max(int(rows[-1][1]), int(rows[-1][2])))
     before, after = read_ticks(a.before), read_ticks(a.after)
     pids = a.pids.split(",")
     total = 0
@@ -79,7 +103,9 @@ def sample(a):
     threads = defaultdict(int)
     for key, (comm, t1) in after.items():
         d = t1 - before.get(key, (comm, 0))[1]
-        total += d
+        if key[1] == "total":  # the whole process, exited threads included
+            total += d
+            continue
         side = "A" if key[0] == pids[0] else "B"
         threads[f"{side}:{comm}"] += d
         if d > busiest[0]:
@@ -122,6 +148,11 @@ def report(a):
             continue
         r, impl, test, key, val = p
         data[(impl, test, key)][int(r)] = val
+    for impl in impls:
+        hw = [data.get((impl, "all", f"hwm_kb_{side}"), {}).get(0) for side in "AB"]
+        hw = [int(h) for h in hw if h and h.isdigit()]
+        if hw:
+            data[(impl, "all", "hwm_kb")][0] = str(max(hw))
 
     def vals(impl, test, key):
         out = []
@@ -151,34 +182,56 @@ def report(a):
     L.append("")
     L.append(f"- machine: `nproc` = {env.get('nproc')}, {env.get('cpu')}, Linux {env.get('kernel')}; "
              f"load average at start {env.get('load')}, at end {env.get('load_end')}")
-    L.append(f"- rwg {env.get('rwg')}; {env.get('wireguard-go')}; {env.get('boringtun')}; {env.get('iperf3')}")
+    L.append("- " + "; ".join(env.get(i, i) for i in impls) + f"; {env.get('iperf3')}")
     L.append(f"- {env.get('params')}; the same implementation on both ends; veth MTU 1500, wg MTU 1420")
-    L.append("- each cell: median [min..max] over rounds; ratios are computed within a round, then the median taken")
+    L.append("- each cell: median [min..max] over rounds; ratios are computed within a round, then the median "
+             "taken (for latency and memory rows, a ratio below 1 means rwg is better)")
     L.append("")
 
+    MiB = 1 / 1024
     rows = [
         ("tcp1", "mbps", "TCP 1 stream b→a, Mbit/s", 0),
         ("tcp1-rev", "mbps", "TCP 1 stream a→b (-R), Mbit/s", 0),
         ("tcp4", "mbps", "TCP 4 streams, Mbit/s", 0),
-        ("udp", "mbps", "UDP achieved, Mbit/s", 0),
-        ("udp", "lost_pct", "UDP loss, %", 1),
-        ("ping", "avg_ms", "ping avg, ms", 3),
-        ("ping", "p99_ms", "ping p99 (= max of 50), ms", 3),
+        ("udp", "mbps", "UDP 1380 B achieved, Mbit/s", 0),
+        ("udp", "lost_pct", "UDP 1380 B loss, %", 1),
+        ("udp64", "kpps", "UDP 64 B received, kpps", 1),
+        ("udp64", "sent_kpps", "UDP 64 B offered (iperf3 -b 0), kpps", 1),
+        ("udp64", "lost_pct", "UDP 64 B loss, %", 1),
+        ("ping", "avg_ms", "ping idle avg, ms", 3),
+        ("ping", "p99_ms", "ping idle p99 (= max of 50), ms", 3),
+        ("pingload", "avg_ms", "ping under 1 TCP stream avg, ms", 3),
+        ("pingload", "p99_ms", "ping under 1 TCP stream p99, ms", 3),
+        ("pingload", "max_ms", "ping under 1 TCP stream max, ms", 3),
+        ("pingload", "lost_pct", "ping under 1 TCP stream lost, %", 1),
+        ("pingload", "mbps", "TCP 1 stream while pinging, Mbit/s", 0),
+        ("flood", "mbps", "flood UDP 1380 B -b 0 received, Mbit/s", 0),
+        ("flood", "lost_pct", "flood loss, %", 1),
+        ("flood", "rss_max_kb", "flood: RSS max of the larger daemon, MiB", 1, MiB),
+        ("flood", "rss_final_kb", "flood: RSS at the flood's end, larger daemon, MiB", 1, MiB),
+        ("all", "hwm_kb", "peak RSS (VmHWM) whole run, larger daemon, MiB", 1, MiB),
     ]
     eff = [
         ("tcp1", "TCP 1 stream"),
         ("tcp1-rev", "TCP 1 stream -R"),
         ("tcp4", "TCP 4 streams"),
         ("udp", "UDP"),
+        ("udp64", "UDP 64 B"),
+        ("flood", "UDP flood"),
     ]
+    tests_run = {t for (_, t, _) in data}
+    eff = [e for e in eff if e[0] in tests_run]
 
     def table(title, rowspec, key_of, digits_of):
         head = f"| {title} | " + " | ".join(impls) + " | " + " | ".join(f"rwg / {o}" for o in others) + " |"
         L.append(head)
         L.append("|---|" + "---:|" * (len(impls) + len(others)))
         for spec in rowspec:
-            test, key, label, d = key_of(spec)
-            cells = [cell(vals(i, test, key), d) for i in impls]
+            test, key, label, d, *scale = key_of(spec)
+            if test not in tests_run:
+                continue
+            k = scale[0] if scale else 1
+            cells = [cell([v * k for v in vals(i, test, key)], d) for i in impls]
             cells += [cell(ratios(test, key, o), 2) for o in others]
             L.append(f"| {label} | " + " | ".join(cells) + " |")
         L.append("")
@@ -188,7 +241,28 @@ def report(a):
              "(utime+stime from /proc/PID/stat), and the CPU both daemons used, in % of one core:")
     L.append("")
     table("MB per CPU-second", eff, lambda s: (s[0], "mb_per_cpu_s", s[1], 1), None)
-    table("daemons' CPU, % of one core", eff + [("ping", "ping")], lambda s: (s[0], "cpu_pct", s[1], 0), None)
+    table("daemons' CPU, % of one core", eff + [("ping", "ping"), ("pingload", "ping under load")],
+          lambda s: (s[0], "cpu_pct", s[1], 0), None)
+    if "udp64" in tests_run:
+        L.append("64-byte UDP straight over the first pair's veth, no tunnel (the ceiling of iperf3's sender "
+                 f"and receiver here): received {cell(vals('veth', 'udp64', 'kpps'), 1)} kpps, offered "
+                 f"{cell(vals('veth', 'udp64', 'sent_kpps'), 1)} kpps, loss {cell(vals('veth', 'udp64', 'lost_pct'), 1)} %.")
+        L.append("")
+    loads = [v for (i, t, k) in list(data) if k == "load1" for v in vals(i, t, k)]
+    if loads:
+        L.append(f"1-minute load average after each test: {cell(loads, 2)} (median [min..max] over all tests).")
+        L.append("")
+    if "flood" in tests_run:
+        L.append("RSS (VmRSS, MiB) of each daemon during the flood, last round, every 0.5 s:")
+        L.append("")
+        last = max((r for (i, t, k), v in data.items() if t == "flood" for r in v), default=None)
+        for i in impls:
+            for side in "AB":
+                smp = data.get((i, "flood", f"rss_samples_kb_{side}"), {}).get(last)
+                if smp:
+                    mib = [f"{int(x.split(':')[1]) / 1024:.1f}" for x in smp.split(",")]
+                    L.append(f"- {i} {side}: " + " ".join(mib))
+        L.append("")
 
     L.append("Where packets were lost, summed over both ends: datagrams dropped because a UDP socket's "
              "receive buffer was full (`RcvbufErrors`), packets dropped because the TUN queue towards "
@@ -199,7 +273,7 @@ def report(a):
     for t, l in eff:
         lossrows.append((t, "udp_rcvbuf_drops", f"{l}: UDP rcvbuf drops", 0))
         lossrows.append((t, "tun_queue_drops", f"{l}: TUN queue drops", 0))
-        if t != "udp":
+        if t not in ("udp", "udp64", "flood"):
             lossrows.append((t, "retrans", f"{l}: TCP retransmits", 0))
     table("lost packets per test", lossrows, lambda s: s, None)
 
@@ -248,6 +322,8 @@ def main():
     for k in ("round", "impl", "test", "file", "pids", "before", "after"):
         s.add_argument(f"--{k}", required=True)
     s.add_argument("--wall-ns", type=int, required=True)
+    s.add_argument("--ping", help="ping output of a test that also ran iperf3 (pingload)")
+    s.add_argument("--rss", help="'ms kB_A kB_B' samples of the daemons' VmRSS (flood)")
     r = sub.add_parser("report")
     for k in ("env", "results", "impls"):
         r.add_argument(f"--{k}", required=True)
