@@ -25,7 +25,8 @@
 #   benches/tunnel.sh [--impls rwg,wireguard-go,boringtun,gotatun[,wireguard-go-upstream]]
 #                     [--tests tcp1,...] [--rounds N] [--quick] [--time S] [--udp-rate 500M]
 #                     [--bt-threads N] [--out FILE] [--raw FILE] [--keep-logs DIR]
-# RWG=path/to/rwg (default: $CARGO_TARGET_DIR or ./target, release/rwg); GOTATUN=path (default:
+# RWG=path/to/rwg (default: $CARGO_TARGET_DIR or ./target, release/rwg; RWG_REV=text names the
+# commit it was built from in the header, default this checkout's HEAD); GOTATUN=path (default:
 # gotatun on PATH, else ~/.cargo/bin/gotatun); WG_GO_UPSTREAM=path (default
 # /work/peers/wireguard-go-upstream/wireguard-go).
 set -euo pipefail
@@ -57,7 +58,7 @@ while (($#)); do
 	--out) need_arg "$@"; OUT=$2; shift 2 ;;
 	--raw) need_arg "$@"; RAW=$2; shift 2 ;;
 	--keep-logs) need_arg "$@"; LOGDIR=$2; shift 2 ;;
-	-h | --help) sed -n '2,33p' "$0"; exit 0 ;;
+	-h | --help) sed -n '2,34p' "$0"; exit 0 ;;
 	*) echo "unknown option $1" >&2; exit 2 ;;
 	esac
 done
@@ -103,6 +104,7 @@ log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
 cleanup() {
 	set +e
 	local p ns ifc i
+	for p in $(jobs -p); do kill -TERM "$p" 2>/dev/null; done # background iperf3 of pingload/flood
 	for ifc in "${IFLIST[@]}"; do [[ -s $WORK/pid-$ifc ]] && PIDLIST+=("$(cat "$WORK/pid-$ifc")"); done
 	for p in "${PIDLIST[@]}"; do kill -TERM "$p" 2>/dev/null; done
 	for p in "${PIDLIST[@]}"; do
@@ -318,7 +320,7 @@ ver() { "$@" 2>/dev/null | head -1 || true; }
 	printf 'load\t%s\n' "$(cut -d' ' -f1-3 /proc/loadavg)"
 	for impl in "${IMPL_LIST[@]}"; do
 		case $impl in
-		rwg) printf 'rwg\trwg %s\n' "$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$REPO" diff --quiet HEAD -- crates 2>/dev/null || echo '+dirty') ($RWG)" ;;
+		rwg) printf 'rwg\trwg %s\n' "${RWG_REV:-$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$REPO" diff --quiet HEAD -- crates 2>/dev/null || echo '+dirty')} ($RWG)" ;;
 		wireguard-go) printf 'wireguard-go\tDebian %s\n' "$(ver wireguard-go --version)" ;;
 		boringtun) printf 'boringtun\t%s, threads %s\n' "$(ver boringtun-cli --version)" "${BT_THREADS:-default (4)}" ;;
 		gotatun) printf 'gotatun\t%s\n' "$(ver "$GOTATUN" --version)" ;;
