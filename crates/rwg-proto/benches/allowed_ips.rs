@@ -68,7 +68,11 @@ where
             misses.push(addr);
         }
     }
-    assert_eq!(misses.len(), ADDRESSES, "the table leaves too few addresses unrouted");
+    assert_eq!(
+        misses.len(),
+        ADDRESSES,
+        "the table leaves too few addresses unrouted"
+    );
     (table, hits, misses)
 }
 

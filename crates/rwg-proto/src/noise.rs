@@ -84,6 +84,20 @@ impl Tai64N {
         out[8..].copy_from_slice(&(unix.subsec_nanos() & !0xff_ffff).to_be_bytes());
         Tai64N(out)
     }
+
+    /// The smallest timestamp later than `self` at the same (2^24 ns) granularity.
+    pub fn next(&self) -> Self {
+        let secs = u64::from_be_bytes(self.0[..8].try_into().unwrap_or([0; 8]));
+        let nanos = u32::from_be_bytes(self.0[8..].try_into().unwrap_or([0; 4]));
+        let (secs, nanos) = match nanos.checked_add(1 << 24) {
+            Some(n) if n < 1_000_000_000 => (secs, n),
+            _ => (secs.wrapping_add(1), 0),
+        };
+        let mut out = [0u8; 12];
+        out[..8].copy_from_slice(&secs.to_be_bytes());
+        out[8..].copy_from_slice(&nanos.to_be_bytes());
+        Tai64N(out)
+    }
 }
 
 /// Our static identity: the private key and what is derived from the public key once.

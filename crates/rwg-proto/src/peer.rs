@@ -188,6 +188,10 @@ pub struct Peer {
     cookie: CookieState,
     /// The newest initiation timestamp accepted from this peer (§3); kept across sessions.
     latest_timestamp: Tai64N,
+    /// The timestamp of our last initiation to this peer: the next one is always later, even
+    /// if the wall clock was set back (else the peer would refuse every initiation as a replay
+    /// until the clock caught up).
+    last_timestamp_sent: Tai64N,
     /// When we last accepted an initiation from this peer (the 20 ms flood limit, §3).
     last_initiation_consumed: Option<Instant>,
     /// When we last sent a handshake message (initiations are suppressed for 5 s after, §6).
@@ -225,6 +229,7 @@ impl Peer {
             timers: Timers::new(jitter_seed),
             cookie: CookieState::default(),
             latest_timestamp: Tai64N::default(),
+            last_timestamp_sent: Tai64N::default(),
             last_initiation_consumed: None,
             last_sent_handshake: None,
             last_handshake: None,
@@ -686,7 +691,7 @@ impl Peer {
         let Some(local_index) = sink.allocate_index(cx.rng) else {
             return;
         };
-        let timestamp = Tai64N::from_unix(cx.unix_time);
+        let timestamp = Tai64N::from_unix(cx.unix_time).max(self.last_timestamp_sent.next());
         let mut msg = [0u8; INITIATION_LEN];
         match noise::create_initiation(
             identity,
@@ -696,7 +701,10 @@ impl Peer {
             cx.rng,
             &mut msg,
         ) {
-            Ok(state) => self.handshake = Some(slot(state)),
+            Ok(state) => {
+                self.handshake = Some(slot(state));
+                self.last_timestamp_sent = timestamp;
+            }
             Err(_) => {
                 sink.retire_index(local_index);
                 return;
