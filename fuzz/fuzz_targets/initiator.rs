@@ -2,8 +2,8 @@
 //! datagrams and clock ticks (framing in `rwg_fuzz`'s crate doc). Fixed-up records splice the
 //! initiation's sender index in as receiver index, so responses, cookie replies and transport
 //! messages reach the index table; `make_corpus` seeds a genuine response. Bit 0 of the first
-//! byte first replays the device's own initiation to it (a reflected handshake). Same checks
-//! as the responder target.
+//! byte first replays the device's own initiation to it (a reflected handshake); bit 1 drives
+//! it as a batching driver does (queued handshakes). Same checks as the responder target.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -13,6 +13,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let (mut h, initiation) = rwg_fuzz::initiator();
+    h.batch = mode & 2 != 0;
     if mode & 1 == 1 {
         let source = h.peer_addr;
         h.receive(source, &initiation);

@@ -24,6 +24,8 @@
 
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use core::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use rand_chacha::{rand_core::SeedableRng, ChaCha20Rng};
 use rwg_proto::constants::{MAX_EVENTS, MAX_QUEUED_HANDSHAKES, MAX_STAGED_PACKETS};
@@ -36,6 +38,8 @@ use rwg_proto::messages::{
 };
 use rwg_proto::noise::{LABEL_COOKIE, LABEL_MAC1};
 use rwg_proto::{Device, Instant};
+
+pub mod peer_sim;
 
 /// Private key of the device under test (the responder, or side A).
 pub const KEY_A: [u8; 32] = [0x11; 32];
@@ -95,6 +99,41 @@ pub const DELAYS: [Duration; 16] = [
 /// Largest datagram a script feeds (a bit above a 1420-byte MTU's transport message).
 pub const MAX_DATAGRAM: usize = 1600;
 
+/// What the harness derives from a private key: computed once per process, not per input.
+#[derive(Clone, Copy, Debug)]
+pub struct KeyInfo {
+    /// The public key.
+    pub public: PublicKey,
+    /// HASH(LABEL_MAC1 ‖ public): the key of mac1 on messages to its owner.
+    pub mac1_key: [u8; 32],
+    /// HASH(LABEL_COOKIE ‖ public): decrypts the cookie replies its owner sends.
+    pub cookie_key: [u8; 32],
+}
+
+/// HASH(LABEL_MAC1 ‖ public): the key of mac1 on messages to the owner of `public`.
+pub fn mac1_key(public: &PublicKey) -> [u8; 32] {
+    hash(&[LABEL_MAC1, public.as_bytes()])
+}
+
+/// [`KeyInfo`] of one of the fixed keys ([`KEY_A`], [`KEY_B`]; anything else is computed).
+pub fn key_info(key: [u8; 32]) -> KeyInfo {
+    fn derive(key: [u8; 32]) -> KeyInfo {
+        let public = PrivateKey::from_bytes(key).public_key();
+        KeyInfo {
+            public,
+            mac1_key: hash(&[LABEL_MAC1, public.as_bytes()]),
+            cookie_key: hash(&[LABEL_COOKIE, public.as_bytes()]),
+        }
+    }
+    static FIXED: OnceLock<[KeyInfo; 2]> = OnceLock::new();
+    let fixed = FIXED.get_or_init(|| [derive(KEY_A), derive(KEY_B)]);
+    match key {
+        KEY_A => fixed[0],
+        KEY_B => fixed[1],
+        other => derive(other),
+    }
+}
+
 /// A device with `key`, one peer `peer_key` allowed `peer_tunnel4`/32 and `peer_tunnel6`/128.
 pub fn device(
     seed: u64,
@@ -107,7 +146,7 @@ pub fn device(
     let dev = Device::new(Box::new(ChaCha20Rng::seed_from_u64(seed)));
     dev.set_unix_time(START, UNIX_START);
     dev.set_private_key(Some(PrivateKey::from_bytes(key)));
-    let peer = PrivateKey::from_bytes(peer_key).public_key();
+    let peer = key_info(peer_key).public;
     dev.add_peer(peer);
     dev.add_allowed_ip(&peer, IpAddr::V4(peer_tunnel4), 32)
         .expect("peer exists");
@@ -240,22 +279,43 @@ pub struct Harness {
     pub known_indices: Vec<u32>,
     /// Every datagram the device sent since the last `take_sent`.
     pub sent: Vec<(SocketAddr, Vec<u8>)>,
+    /// Drive the device as a batching driver does: datagrams through
+    /// [`DataPath::decapsulate`](rwg_proto::device::DataPath::decapsulate), which queues
+    /// handshake messages, and [`Device::handle_queued_handshakes`] later. Otherwise through
+    /// the one-call `handle_datagram`, which handles them at once.
+    pub batch: bool,
+    /// Calls of the device's waker so far, and at the last drain.
+    wakes: Arc<AtomicUsize>,
+    wakes_at_drain: usize,
+    /// Scratch buffer for `poll_transmit_batch`, and how many segments the next drain asks for.
+    out_buf: Vec<u8>,
+    segments: usize,
 }
 
 impl Harness {
     /// Wraps `dev`, whose private key is `key` and whose peer is `peer_key` at `peer_addr`.
     pub fn new(dev: Device, key: [u8; 32], peer_key: [u8; 32], peer_addr: SocketAddr) -> Self {
-        let public = PrivateKey::from_bytes(key).public_key();
+        let own = key_info(key);
+        let wakes = Arc::new(AtomicUsize::new(0));
+        let counter = wakes.clone();
+        dev.set_waker(Some(Arc::new(move || {
+            counter.fetch_add(1, Ordering::Relaxed);
+        })));
         Harness {
             dev,
             now: START,
-            peer: PrivateKey::from_bytes(peer_key).public_key(),
+            peer: key_info(peer_key).public,
             peer_addr,
-            mac1_key: hash(&[LABEL_MAC1, public.as_bytes()]),
-            cookie_key: hash(&[LABEL_COOKIE, public.as_bytes()]),
+            mac1_key: own.mac1_key,
+            cookie_key: own.cookie_key,
             attacker_cookie: CookieState::default(),
             known_indices: Vec::new(),
             sent: Vec::new(),
+            batch: false,
+            wakes,
+            wakes_at_drain: 0,
+            out_buf: vec![0u8; 4 * 2048],
+            segments: 1,
         }
     }
 
@@ -294,11 +354,17 @@ impl Harness {
         }
     }
 
-    /// Feeds one datagram from `source`, checks the verdict against the bytes, drains outputs.
+    /// Feeds one datagram from `source` (one-call or batch path, see [`Harness::batch`]),
+    /// checks the verdict against the bytes, drains outputs.
     pub fn receive(&mut self, source: SocketAddr, bytes: &[u8]) -> (Received, Vec<u8>) {
         let mut buf = bytes.to_vec();
         let before = drop_counts(&self.dev);
-        let received = self.dev.handle_datagram(self.now, source, &mut buf);
+        let queued_before = self.dev.stats().queued_handshakes;
+        let received = if self.batch {
+            self.dev.data_path().decapsulate(self.now, source, &mut buf)
+        } else {
+            self.dev.handle_datagram(self.now, source, &mut buf)
+        };
         let after = drop_counts(&self.dev);
         for (b, a) in before.iter().zip(&after) {
             assert!(a >= b, "drop counters never go down");
@@ -333,6 +399,11 @@ impl Harness {
                     ),
                     "a transport message reported as a handshake"
                 );
+                if self.batch {
+                    // Queued, not handled: the queue grew by exactly this message.
+                    assert_eq!(self.dev.stats().queued_handshakes, queued_before + 1);
+                    assert!(self.dev.has_queued_handshakes());
+                }
             }
         }
         if parsed.is_err() {
@@ -343,9 +414,23 @@ impl Harness {
         (received, buf)
     }
 
+    /// Handles every queued handshake message, as a batching driver does after a batch.
+    pub fn handle_queued(&mut self) {
+        let queued = self.dev.stats().queued_handshakes;
+        assert_eq!(self.dev.has_queued_handshakes(), queued > 0);
+        let handled = self.dev.handle_queued_handshakes(self.now);
+        assert_eq!(handled, queued, "handles what was queued when it started");
+        assert!(!self.dev.has_queued_handshakes());
+        self.drain();
+        self.check_bounds(false);
+    }
+
     /// Moves the clock and runs the timers until nothing is due.
     pub fn advance(&mut self, d: Duration) {
         self.now += d;
+        if self.dev.has_queued_handshakes() {
+            self.handle_queued();
+        }
         self.run_timers();
     }
 
@@ -371,37 +456,72 @@ impl Harness {
         self.check_bounds(true);
     }
 
-    /// Takes every datagram and event out of the device, checking each datagram.
+    /// Takes every datagram and event out of the device (in GSO batches of 1 to 4 segments,
+    /// varying from call to call), checking each datagram.
     pub fn drain(&mut self) {
-        let mut buf = vec![0u8; 4096];
-        while let Some(Transmit {
-            destination, len, ..
-        }) = self.dev.poll_transmit(&mut buf)
-        {
-            let msg = &buf[..len];
+        let pending = self.dev.has_output();
+        let wakes = self.wakes.load(Ordering::Relaxed);
+        if pending {
+            // Output appeared since the last drain emptied the outbox: the driver was woken.
+            assert!(
+                wakes > self.wakes_at_drain,
+                "output queued without a wake-up"
+            );
+        }
+        let mut out = core::mem::take(&mut self.out_buf);
+        while let Some(t) = self.dev.poll_transmit_batch(&mut out, self.segments) {
+            assert!(pending, "has_output was false with a datagram queued");
+            let Transmit {
+                destination,
+                len,
+                segment_size,
+            } = t;
             assert!(
                 destination == self.peer_addr || destination == addr_stranger(),
                 "sent to {destination}, which nobody told it about"
             );
-            match messages::parse(msg) {
-                Ok(Message::Initiation(m)) => self.known_indices.push(m.sender_index()),
-                Ok(Message::Response(m)) => self.known_indices.push(m.sender_index()),
-                Ok(Message::CookieReply(reply)) => {
-                    // Collect the cookie, as a real attacker would (fails for the peer's replies).
-                    let _ = self
-                        .attacker_cookie
-                        .consume_reply(self.now, &self.cookie_key, &reply);
-                }
-                Ok(Message::Transport(_)) => {}
-                Err(e) => panic!("the device sent a malformed datagram ({e}): {msg:02x?}"),
+            assert!(len <= out.len() && segment_size > 0 && segment_size <= len);
+            let count = t.datagrams(&out).count();
+            assert!(
+                count <= self.segments,
+                "{count} segments, asked for {}",
+                self.segments
+            );
+            for (i, msg) in t.datagrams(&out).enumerate() {
+                assert!(
+                    msg.len() == segment_size || (i + 1 == count && msg.len() < segment_size),
+                    "only the last segment of a batch may be shorter"
+                );
+                self.note_sent(destination, msg);
             }
-            // Bounded: the list only helps the fix-ups pick real indices.
-            if self.known_indices.len() > 8 {
-                self.known_indices.remove(0);
-            }
-            self.sent.push((destination, msg.to_vec()));
+            self.segments = self.segments % 4 + 1;
         }
-        while self.dev.poll_event().is_some() {}
+        self.out_buf = out;
+        while self.dev.poll_event().is_some() {
+            assert!(pending, "has_output was false with an event queued");
+        }
+        assert!(!self.dev.has_output(), "drained");
+        self.wakes_at_drain = self.wakes.load(Ordering::Relaxed);
+    }
+
+    fn note_sent(&mut self, destination: SocketAddr, msg: &[u8]) {
+        match messages::parse(msg) {
+            Ok(Message::Initiation(m)) => self.known_indices.push(m.sender_index()),
+            Ok(Message::Response(m)) => self.known_indices.push(m.sender_index()),
+            Ok(Message::CookieReply(reply)) => {
+                // Collect the cookie, as a real attacker would (fails for the peer's replies).
+                let _ = self
+                    .attacker_cookie
+                    .consume_reply(self.now, &self.cookie_key, &reply);
+            }
+            Ok(Message::Transport(_)) => {}
+            Err(e) => panic!("the device sent a malformed datagram ({e}): {msg:02x?}"),
+        }
+        // Bounded: the list only helps the fix-ups pick real indices.
+        if self.known_indices.len() > 8 {
+            self.known_indices.remove(0);
+        }
+        self.sent.push((destination, msg.to_vec()));
     }
 
     /// The device's tables and queues stay within their ceilings whatever arrives.
@@ -412,8 +532,9 @@ impl Harness {
         assert_eq!(s.outbox, 0, "drained");
         assert!(s.events <= MAX_EVENTS, "{s:?}");
         assert!(s.staged_packets <= MAX_STAGED_PACKETS, "{s:?}");
+        assert!(s.scheduled <= 1, "one peer, one deadline entry: {s:?}");
         // One handshake in flight and three keypair slots; entries of dropped keypairs are only
-        // pruned by handle_timeout, so allow some slack in between.
+        // pruned by the next control-path call, so allow some slack in between.
         let max_indices = if after_timers { 4 } else { 8 };
         assert!(s.indices <= max_indices, "index table grew: {s:?}");
     }
@@ -446,7 +567,8 @@ impl Harness {
     }
 
     /// Runs one op of a responder or initiator script (`Special` is a datagram too, from
-    /// the stranger, without fix-ups).
+    /// the stranger, without fix-ups). In batch mode, bit 5 of a datagram's `sel` ends the
+    /// batch: queued handshakes are handled and due timers run, as a driver does.
     pub fn step(&mut self, op: Op<'_>) {
         match op {
             Op::Datagram { fixup, sel, bytes } => {
@@ -456,6 +578,12 @@ impl Harness {
                 }
                 let source = self.source(sel);
                 self.receive(source, &msg);
+                if self.batch && sel & 0x20 != 0 {
+                    self.handle_queued();
+                    if self.dev.poll_timeout().is_some_and(|t| t <= self.now) {
+                        self.run_timers();
+                    }
+                }
             }
             Op::Advance(d) => self.advance(d),
             Op::Special { bytes, .. } => {

@@ -28,13 +28,14 @@ fn write(dir: &Path, target: &str, name: &str, bytes: &[u8]) {
 }
 
 /// One datagram from `from` to `to`, recorded as a raw datagram op from the peer's address.
+/// `sel` 0x20: in batch mode, the batch ends after it (queued handshakes are handled).
 fn relay(
     seed: &mut Vec<u8>,
     to: &mut Harness,
     source: std::net::SocketAddr,
     msg: &[u8],
 ) -> Received {
-    encode_datagram(seed, false, 0, msg);
+    encode_datagram(seed, false, 0x20, msg);
     to.receive(source, msg).0
 }
 
@@ -89,7 +90,7 @@ fn responder_seeds(dir: &Path, messages_seeds: &mut Vec<Vec<u8>>) {
             matches!(got, Received::Packet { .. }),
             "seed reaches a session: {got:?}"
         );
-        write(
+        write_both_drivers(
             dir,
             "responder",
             &format!("session-load{}", u8::from(under_load)),
@@ -99,7 +100,7 @@ fn responder_seeds(dir: &Path, messages_seeds: &mut Vec<Vec<u8>>) {
         for i in [7, 11, 13, 14] {
             encode_advance(&mut seed, i);
         }
-        write(
+        write_both_drivers(
             dir,
             "responder",
             &format!("timers-load{}", u8::from(under_load)),
@@ -117,7 +118,7 @@ fn initiator_seeds(dir: &Path, messages_seeds: &mut Vec<Vec<u8>>) {
     let response = only(&mut b);
     let got = relay(&mut seed, &mut a, addr_b(), &response);
     assert_eq!(got, Received::Handshake);
-    write(dir, "initiator", "response", &seed);
+    write_both_drivers(dir, "initiator", "response", &seed);
     // A flushes its staged packet to B, which can then answer with data of its own.
     for (_, msg) in a.take_sent() {
         b.receive(addr_a(), &msg);
@@ -127,11 +128,11 @@ fn initiator_seeds(dir: &Path, messages_seeds: &mut Vec<Vec<u8>>) {
         .expect("B confirmed the session");
     let got = relay(&mut seed, &mut a, addr_b(), &reply.1);
     assert!(matches!(got, Received::Packet { .. }), "{got:?}");
-    write(dir, "initiator", "response-data", &seed);
+    write_both_drivers(dir, "initiator", "response-data", &seed);
     for i in [7, 11, 13, 14] {
         encode_advance(&mut seed, i);
     }
-    write(dir, "initiator", "response-data-timers", &seed);
+    write_both_drivers(dir, "initiator", "response-data-timers", &seed);
 
     // A responder under load answers the same initiation with a cookie reply.
     let (mut a, init) = rwg_fuzz::initiator();
@@ -174,6 +175,15 @@ fn transport_seeds(dir: &Path) {
     write(dir, "transport", "mixed", &seed);
 }
 
+/// Writes a device-target seed twice: as is (one-call driver) and with mode bit 1 set (batch
+/// driver: handshakes queued, then handled at the end of each record's batch).
+fn write_both_drivers(dir: &Path, target: &str, name: &str, seed: &[u8]) {
+    write(dir, target, name, seed);
+    let mut batch = seed.to_vec();
+    batch[0] |= 2;
+    write(dir, target, &format!("{name}-batch"), &batch);
+}
+
 /// Replays a device-target seed the way the target does and checks that it completes a
 /// handshake: seeds that silently stop replaying (a changed setup) would leave the fuzzer at
 /// the surface again.
@@ -184,6 +194,7 @@ fn check_replay(dir: &Path, target: &str, name: &str) {
         "responder" => responder(mode & 1 == 1),
         _ => rwg_fuzz::initiator().0,
     };
+    h.batch = mode & 2 != 0;
     for op in rwg_fuzz::ops(script) {
         h.step(op);
     }
@@ -192,6 +203,98 @@ fn check_replay(dir: &Path, target: &str, name: &str) {
         peer.last_handshake.is_some(),
         "{target}/{name} no longer completes a handshake on replay"
     );
+}
+
+/// The peer target: op scripts (see `rwg_fuzz::peer_sim`) that reach a session, cookies, the
+/// retry timers and key changes. The ops are symbolic ("deliver the next datagram"), so these
+/// only save the fuzzer a few steps; each is replayed here and must reach a handshake.
+fn peer_seeds(dir: &Path) {
+    use rwg_fuzz::peer_sim::{op, op_byte, Sim};
+    let packet = ipv4_packet(TUNNEL_A4, TUNNEL_B4, b"seed");
+    let send = |s: &mut Vec<u8>, side: u8| {
+        s.push(op_byte(op::SEND, side));
+        s.push(packet.len() as u8);
+        s.extend_from_slice(&packet);
+    };
+    let deliver =
+        |s: &mut Vec<u8>, n: usize| s.extend(std::iter::repeat_n(op_byte(op::DELIVER, 0), n));
+    let advance = |s: &mut Vec<u8>, i: u8| s.push(op_byte(op::ADVANCE, i));
+
+    // P stages a packet; initiation, response, data, confirmation; data back; timers.
+    let mut session = Vec::new();
+    send(&mut session, 0);
+    deliver(&mut session, 3);
+    send(&mut session, 1);
+    deliver(&mut session, 1);
+    let mut timers = session.clone();
+    for i in [7, 7, 11, 11, 13, 14] {
+        advance(&mut timers, i);
+        send(&mut timers, 0);
+        deliver(&mut timers, 3);
+    }
+    // Q under load: a cookie reply, P's retry with mac2 after REKEY_TIMEOUT.
+    let mut cookie = vec![op_byte(op::LOAD, 1)];
+    send(&mut cookie, 0);
+    deliver(&mut cookie, 2);
+    advance(&mut cookie, 6);
+    deliver(&mut cookie, 3);
+    // Preshared keys on both sides, then P changes its key and Q refuses it.
+    let mut keys = vec![op_byte(op::PSK, 1)];
+    send(&mut keys, 0);
+    deliver(&mut keys, 3);
+    keys.push(op_byte(op::IDENTITY, 2));
+    advance(&mut keys, 6);
+    keys.push(op_byte(op::INITIATE, 0));
+    deliver(&mut keys, 2);
+    // Two bursts of 65 packets before the session: the staging queue overflows.
+    let mut overflow = Vec::new();
+    for _ in 0..2 {
+        overflow.push(op_byte(op::SEND, 4));
+        overflow.push(packet.len() as u8);
+        overflow.extend_from_slice(&packet);
+    }
+    deliver(&mut overflow, 3);
+    for (name, seed) in [
+        ("overflow", &overflow),
+        ("session", &session),
+        ("timers", &timers),
+        ("cookie", &cookie),
+        ("keys", &keys),
+    ] {
+        let mut sim = Sim::new();
+        sim.run(seed);
+        assert!(sim.established(), "peer/{name} no longer reaches a session");
+        write(dir, "peer", name, seed);
+    }
+    // Unanswered initiations until P gives up, then key erasure.
+    let mut give_up = Vec::new();
+    send(&mut give_up, 0);
+    for _ in 0..20 {
+        advance(&mut give_up, 6);
+    }
+    advance(&mut give_up, 14);
+    write(dir, "peer", "give-up", &give_up);
+}
+
+/// The differential targets: a few records of each kind.
+fn table_seeds(dir: &Path) {
+    // replay: ahead, behind, the window's edge, a long jump, the limit, block edges, queries.
+    write(
+        dir,
+        "replay",
+        "mixed",
+        &[
+            0, 5, 1, 2, 0, 2, 16, 3, 0, 0, 1, 0, 5, 3, 1, 2, 8, 4, 3, 6, 1, 2, 3, 4, 5, 6, 7, 8,
+        ],
+    );
+    // allowed_ips: 10.0.0.0/8 -> 0, 10.1.0.0/16 -> 1, fd00::/8 -> 2, lookups, a listing.
+    let mut t = vec![0x00, 8, 10, 0, 0, 0, 0x10, 16, 10, 1, 0, 0];
+    t.extend([0x28, 8, 0xfd]);
+    t.extend([0u8; 15]);
+    t.extend([
+        0x04, 10, 1, 2, 3, 0x05, 1, 9, 0x06, 0x12, 16, 10, 1, 0, 0, 0x06,
+    ]);
+    write(dir, "allowed_ips", "mixed", &t);
 }
 
 fn main() {
@@ -203,11 +306,17 @@ fn main() {
     responder_seeds(&dir, &mut messages_seeds);
     initiator_seeds(&dir, &mut messages_seeds);
     transport_seeds(&dir);
+    peer_seeds(&dir);
+    table_seeds(&dir);
     for (target, name) in [
         ("responder", "session-load0"),
         ("responder", "session-load1"),
         ("initiator", "response"),
         ("initiator", "response-data"),
+        ("responder", "session-load0-batch"),
+        ("responder", "session-load1-batch"),
+        ("initiator", "response-batch"),
+        ("initiator", "response-data-batch"),
     ] {
         check_replay(&dir, target, name);
     }
