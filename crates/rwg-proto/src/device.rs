@@ -606,19 +606,9 @@ impl Device {
         public_key: &PublicKey,
         seconds: u16,
     ) -> Result<(), ConfigError> {
-        let id = self
-            .shared
-            .read()
-            .by_key
-            .get(public_key)
-            .copied()
-            .ok_or(ConfigError::UnknownPeer)?;
-        self.with_control(|ctx| {
-            self.on_peer(ctx, now, id, |peer, cx, sink| {
-                peer.set_persistent_keepalive(cx, seconds, sink)
-            })
+        self.on_peer_by_key(now, public_key, |peer, cx, sink| {
+            peer.set_persistent_keepalive(cx, seconds, sink)
         })
-        .ok_or(ConfigError::UnknownPeer)
     }
 
     /// Starts a handshake with a peer now (as `wg`'s users expect after a network change),
@@ -628,6 +618,16 @@ impl Device {
         now: Instant,
         public_key: &PublicKey,
     ) -> Result<(), ConfigError> {
+        self.on_peer_by_key(now, public_key, |peer, cx, sink| peer.initiate(cx, sink))
+    }
+
+    /// Runs a command on the peer named by `public_key` on the control path.
+    fn on_peer_by_key<R>(
+        &self,
+        now: Instant,
+        public_key: &PublicKey,
+        f: impl FnOnce(&mut Peer, &mut Context<'_>, &mut ControlSink<'_>) -> R,
+    ) -> Result<R, ConfigError> {
         let id = self
             .shared
             .read()
@@ -635,10 +635,8 @@ impl Device {
             .get(public_key)
             .copied()
             .ok_or(ConfigError::UnknownPeer)?;
-        self.with_control(|ctx| {
-            self.on_peer(ctx, now, id, |peer, cx, sink| peer.initiate(cx, sink))
-        })
-        .ok_or(ConfigError::UnknownPeer)
+        self.with_control(|ctx| self.on_peer(ctx, now, id, f))
+            .ok_or(ConfigError::UnknownPeer)
     }
 
     /// Runs `f` on the routing table with the id of the peer named by `public_key`.

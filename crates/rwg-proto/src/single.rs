@@ -166,17 +166,9 @@ impl SinglePeer {
         rng: &mut dyn CryptoRngCore,
         output: &mut dyn Output,
     ) {
-        let unix_time = self.unix_time(now);
-        let mut cx = Context {
-            now,
-            unix_time,
-            identity: Some(&self.identity),
-            rng,
-            mtu: self.mtu,
-        };
-        let mut sink = OneSink::new(&self.peer, output, &mut self.drops);
-        self.peer
-            .set_persistent_keepalive(&mut cx, seconds, &mut sink);
+        self.with_parts(now, rng, output, |peer, cx, sink, _| {
+            peer.set_persistent_keepalive(cx, seconds, sink)
+        });
     }
 
     /// An IP packet from the host: `buf[HEADROOM..HEADROOM + packet_len]` holds it and `buf`
@@ -229,56 +221,46 @@ impl SinglePeer {
         output: &mut dyn Output,
     ) -> Received {
         let message_len = buf.len();
-        let unix_time = self.unix_time(now);
-        let mut cx = Context {
-            now,
-            unix_time,
-            identity: Some(&self.identity),
-            rng,
-            mtu: self.mtu,
-        };
-        let mut sink = OneSink::new(&self.peer, output, &mut self.drops);
-        let result = match messages::parse(buf) {
-            Err(_) => Err(DropReason::Malformed),
-            Ok(Message::Initiation(m)) => {
-                match self.checker.verify(now, cx.rng, m.bytes(), source, false) {
-                    MacVerdict::InvalidMac => Err(DropReason::InvalidMac),
-                    _ => noise::consume_initiation(&self.identity, &m)
-                        .map_err(|_| DropReason::HandshakeFailed)
-                        .and_then(|part| {
-                            if part.remote_static() != self.peer.public_key() {
-                                return Err(DropReason::HandshakeFailed);
+        let result =
+            self.with_parts(
+                now,
+                rng,
+                output,
+                |peer, cx, sink, checker| match messages::parse(buf) {
+                    Err(_) => Err(DropReason::Malformed),
+                    Ok(Message::Initiation(m)) => {
+                        match checker.verify(now, cx.rng, m.bytes(), source, false) {
+                            MacVerdict::InvalidMac => Err(DropReason::InvalidMac),
+                            _ => {
+                                let identity = cx.identity.ok_or(DropReason::NoPrivateKey)?;
+                                let part = noise::consume_initiation(identity, &m)
+                                    .map_err(|_| DropReason::HandshakeFailed)?;
+                                if part.remote_static() != peer.public_key() {
+                                    return Err(DropReason::HandshakeFailed);
+                                }
+                                peer.consume_initiation(cx, part, &m, source, sink)
+                                    .map(|()| None)
                             }
-                            self.peer
-                                .consume_initiation(&mut cx, part, &m, source, &mut sink)
-                        })
-                        .map(|()| None),
-                }
-            }
-            Ok(Message::Response(m)) => {
-                match self.checker.verify(now, cx.rng, m.bytes(), source, false) {
-                    MacVerdict::InvalidMac => Err(DropReason::InvalidMac),
-                    _ => self
-                        .peer
-                        .consume_response(&mut cx, &m, source, &mut sink)
-                        .map(|()| None),
-                }
-            }
-            Ok(Message::CookieReply(r)) => self.peer.consume_cookie_reply(now, &r).map(|()| None),
-            Ok(Message::Transport(t)) => {
-                let job = self
-                    .peer
-                    .prepare_receive(now, t.receiver_index(), t.counter(), source);
-                match job {
-                    Err(r) => Err(r),
-                    Ok(job) => job.open(buf).and_then(|()| {
-                        self.peer
-                            .finish_receive(now, &job, message_len, self.mtu, &mut sink)
+                        }
+                    }
+                    Ok(Message::Response(m)) => {
+                        match checker.verify(now, cx.rng, m.bytes(), source, false) {
+                            MacVerdict::InvalidMac => Err(DropReason::InvalidMac),
+                            _ => peer.consume_response(cx, &m, source, sink).map(|()| None),
+                        }
+                    }
+                    Ok(Message::CookieReply(r)) => {
+                        peer.consume_cookie_reply(now, &r).map(|()| None)
+                    }
+                    Ok(Message::Transport(t)) => {
+                        let (index, counter) = (t.receiver_index(), t.counter());
+                        let job = peer.prepare_receive(now, index, counter, source)?;
+                        job.open(buf)?;
+                        peer.finish_receive(now, &job, message_len, cx.mtu, sink)
                             .map(Some)
-                    }),
-                }
-            }
-        };
+                    }
+                },
+            );
         match result {
             Ok(None) => Received::Handshake,
             Ok(Some(Delivery::Keepalive)) => Received::Keepalive,
@@ -296,6 +278,35 @@ impl SinglePeer {
         }
     }
 
+    /// Runs `f` with the peer, a context (time, identity, RNG, MTU), a sink onto `output` and
+    /// the mac checker: the parts one call needs, borrowed side by side.
+    fn with_parts<R>(
+        &mut self,
+        now: Instant,
+        rng: &mut dyn CryptoRngCore,
+        output: &mut dyn Output,
+        f: impl FnOnce(&mut Peer, &mut Context<'_>, &mut OneSink<'_>, &mut CookieChecker) -> R,
+    ) -> R {
+        let unix_time = self.unix_time(now);
+        let SinglePeer {
+            identity,
+            peer,
+            checker,
+            mtu,
+            drops,
+            ..
+        } = self;
+        let mut cx = Context {
+            now,
+            unix_time,
+            identity: Some(identity),
+            rng,
+            mtu: *mtu,
+        };
+        let mut sink = OneSink::new(peer, output, drops);
+        f(peer, &mut cx, &mut sink, checker)
+    }
+
     /// The next moment [`handle_timeout`](Self::handle_timeout) must run.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.peer.poll_timeout()
@@ -308,15 +319,8 @@ impl SinglePeer {
         rng: &mut dyn CryptoRngCore,
         output: &mut dyn Output,
     ) {
-        let unix_time = self.unix_time(now);
-        let mut cx = Context {
-            now,
-            unix_time,
-            identity: Some(&self.identity),
-            rng,
-            mtu: self.mtu,
-        };
-        let mut sink = OneSink::new(&self.peer, output, &mut self.drops);
-        self.peer.handle_timeout(&mut cx, &mut sink);
+        self.with_parts(now, rng, output, |peer, cx, sink, _| {
+            peer.handle_timeout(cx, sink)
+        });
     }
 }

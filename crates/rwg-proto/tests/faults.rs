@@ -13,25 +13,7 @@ use rwg_proto::constants::{
     KEEPALIVE_TIMEOUT, REJECT_AFTER_TIME, REKEY_TIMEOUT, ZERO_KEY_MATERIAL_AFTER,
 };
 use rwg_proto::device::{DropReason, Event, Received, Sent};
-use sim::{Conditions, Sim};
-
-const A: usize = 0;
-const B: usize = 1;
-const INITIATION: u8 = 1;
-const RESPONSE: u8 = 2;
-const COOKIE: u8 = 3;
-const TRANSPORT: u8 = 4;
-
-fn secs(s: u64) -> Duration {
-    Duration::from_secs(s)
-}
-
-fn lan() -> Conditions {
-    Conditions {
-        latency: Duration::from_millis(10),
-        ..Conditions::default()
-    }
-}
+use sim::{lan, secs, Sim, A, B, COOKIE, INITIATION, RESPONSE, TRANSPORT};
 
 fn established(seed: u64) -> Sim {
     let mut sim = Sim::new(seed, 2, lan());

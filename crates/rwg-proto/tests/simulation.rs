@@ -13,25 +13,7 @@ use rwg_proto::constants::{MAX_JITTER, REJECT_AFTER_TIME, REKEY_TIMEOUT};
 use rwg_proto::crypto::PublicKey;
 use rwg_proto::device::{DropReason, Event, Received, Sent};
 use rwg_proto::Instant;
-use sim::{ipv4_packet, Conditions, Sim};
-
-const A: usize = 0;
-const B: usize = 1;
-const INITIATION: u8 = 1;
-const RESPONSE: u8 = 2;
-const COOKIE: u8 = 3;
-const TRANSPORT: u8 = 4;
-
-fn secs(s: u64) -> Duration {
-    Duration::from_secs(s)
-}
-
-fn lan() -> Conditions {
-    Conditions {
-        latency: Duration::from_millis(10),
-        ..Conditions::default()
-    }
-}
+use sim::{ipv4_packet, lan, secs, Conditions, Sim, A, B, COOKIE, INITIATION, RESPONSE, TRANSPORT};
 
 #[test]
 fn first_handshake_then_data_both_ways() {

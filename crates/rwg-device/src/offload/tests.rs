@@ -136,6 +136,30 @@ fn tso_packet(v6: bool, payload_len: usize, flags: u8) -> (VnetHdr, Vec<u8>) {
     (hdr, p)
 }
 
+/// A UDP super-packet as the kernel hands it over with USO: `data` in one datagram of the full
+/// length, to be split into `gso_size` pieces.
+fn uso_packet(v6: bool, data: &[u8], gso_size: u16) -> (VnetHdr, Vec<u8>) {
+    let mut udp = vec![0u8; 8];
+    udp[0..2].copy_from_slice(&5353u16.to_be_bytes());
+    udp[2..4].copy_from_slice(&9u16.to_be_bytes());
+    let l4_len = 8 + data.len();
+    udp[4..6].copy_from_slice(&(l4_len as u16).to_be_bytes());
+    let ip = if v6 {
+        ipv6_header(17, l4_len)
+    } else {
+        ipv4_header(17, 20 + l4_len, 7)
+    };
+    let hdr = VnetHdr {
+        flags: F_NEEDS_CSUM,
+        gso_type: GSO_UDP_L4,
+        hdr_len: (ip.len() + 8) as u16,
+        gso_size,
+        csum_start: ip.len() as u16,
+        csum_offset: 6,
+    };
+    (hdr, [ip, udp, data.to_vec()].concat())
+}
+
 fn split(hdr: &VnetHdr, p: &[u8]) -> Result<Vec<Vec<u8>>, OffloadError> {
     let stride = 16 + 1600;
     let mut buf = vec![0u8; 64 * stride];
@@ -207,31 +231,13 @@ fn tso6_and_fin_and_cwr() {
 fn uso_splits_udp_with_lengths_and_checksums() {
     for v6 in [false, true] {
         let data = payload(3000, 9);
-        let mut udp = vec![0u8; 8];
-        udp[0..2].copy_from_slice(&5353u16.to_be_bytes());
-        udp[2..4].copy_from_slice(&9u16.to_be_bytes());
-        let l4_len = 8 + data.len();
-        udp[4..6].copy_from_slice(&(l4_len as u16).to_be_bytes());
-        let ip = if v6 {
-            ipv6_header(17, l4_len)
-        } else {
-            ipv4_header(17, 20 + l4_len, 7)
-        };
-        let p = [ip.clone(), udp, data.clone()].concat();
-        let hdr = VnetHdr {
-            flags: F_NEEDS_CSUM,
-            gso_type: GSO_UDP_L4,
-            hdr_len: (ip.len() + 8) as u16,
-            gso_size: 1200,
-            csum_start: ip.len() as u16,
-            csum_offset: 6,
-        };
+        let (hdr, p) = uso_packet(v6, &data, 1200);
+        let l4 = if v6 { 40 } else { 20 };
         let segs = split(&hdr, &p).expect("valid USO packet");
         assert_eq!(segs.len(), 3);
         let mut got = Vec::new();
         for s in &segs {
             assert_checksums_valid(s);
-            let l4 = ip.len();
             let udp_len = usize::from(u16::from_be_bytes([s[l4 + 4], s[l4 + 5]]));
             assert_eq!(udp_len, s.len() - l4);
             got.extend_from_slice(&s[l4 + 8..]);
@@ -401,26 +407,7 @@ fn runs_stop_at_64_kib() {
 #[test]
 fn udp_datagrams_of_one_flow_join_where_uso_is_on() {
     for v6 in [false, true] {
-        let data = payload(3000, 5);
-        let mut udp = vec![0u8; 8];
-        udp[0..2].copy_from_slice(&5353u16.to_be_bytes());
-        udp[2..4].copy_from_slice(&9u16.to_be_bytes());
-        let l4_len = 8 + data.len();
-        udp[4..6].copy_from_slice(&(l4_len as u16).to_be_bytes());
-        let ip = if v6 {
-            ipv6_header(17, l4_len)
-        } else {
-            ipv4_header(17, 20 + l4_len, 7)
-        };
-        let p = [ip.clone(), udp, data].concat();
-        let hdr = VnetHdr {
-            flags: F_NEEDS_CSUM,
-            gso_type: GSO_UDP_L4,
-            hdr_len: (ip.len() + 8) as u16,
-            gso_size: 1200,
-            csum_start: ip.len() as u16,
-            csum_offset: 6,
-        };
+        let (hdr, p) = uso_packet(v6, &payload(3000, 5), 1200);
         let datagrams = split(&hdr, &p).expect("valid");
         // Without USO they pass through one by one.
         let mut c = Coalescer::new();

@@ -18,6 +18,27 @@ use rwg_proto::crypto::{PrivateKey, PublicKey};
 use rwg_proto::device::{Device, Event, Received, Sent, HEADROOM, TAILROOM};
 use rwg_proto::Instant;
 
+/// The two nodes of a two-node simulation.
+pub const A: usize = 0;
+pub const B: usize = 1;
+/// Message types, as they appear in byte 0 on the wire.
+pub const INITIATION: u8 = 1;
+pub const RESPONSE: u8 = 2;
+pub const COOKIE: u8 = 3;
+pub const TRANSPORT: u8 = 4;
+
+pub fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+/// A quiet LAN: 10 ms one way, nothing lost.
+pub fn lan() -> Conditions {
+    Conditions {
+        latency: Duration::from_millis(10),
+        ..Conditions::default()
+    }
+}
+
 /// Conditions of the simulated network.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Conditions {
