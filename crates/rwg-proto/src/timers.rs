@@ -35,12 +35,14 @@ pub enum Timer {
 }
 
 impl Timer {
-    /// Every timer, in the order their handlers run when several expire at once.
+    /// Every timer, in the order their handlers run when several expire at once: erasing the
+    /// keys first, so that a handshake started by another timer in the same pass (a driver
+    /// woken late, after a suspend) is not erased right after it was sent.
     pub const ALL: [Timer; 5] = [
+        Timer::ZeroKeyMaterial,
         Timer::RetransmitHandshake,
         Timer::SendKeepalive,
         Timer::NewHandshake,
-        Timer::ZeroKeyMaterial,
         Timer::PersistentKeepalive,
     ];
 }
@@ -212,10 +214,10 @@ impl Timers {
     /// Returns what the peer must do, in that order.
     pub fn fire(&mut self, now: Instant) -> impl Iterator<Item = TimerAction> {
         let mut actions = [None; 5];
-        for timer in Timer::ALL {
+        for (slot, timer) in actions.iter_mut().zip(Timer::ALL) {
             if self.deadlines[timer as usize].is_some_and(|d| d <= now) {
                 self.stop(timer);
-                actions[timer as usize] = self.expired(timer, now);
+                *slot = self.expired(timer, now);
             }
         }
         actions.into_iter().flatten()
@@ -402,9 +404,9 @@ mod tests {
         assert_eq!(
             all,
             [
+                TimerAction::ZeroKeyMaterial,
                 TimerAction::RetransmitInitiation,
                 TimerAction::SendKeepalive,
-                TimerAction::ZeroKeyMaterial,
                 TimerAction::PersistentKeepalive
             ]
         );

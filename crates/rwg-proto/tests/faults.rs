@@ -276,3 +276,31 @@ fn simultaneous_initiation_converges_and_keeps_one_session_each_way() {
     }
     assert_eq!(sim.wire_of_type(INITIATION).count(), initiations, "settled");
 }
+
+#[test]
+fn a_late_wake_up_erases_keys_before_it_starts_the_new_handshake() {
+    // Found by the `peer` fuzz target: when key erasure and a handshake timer come due in the
+    // same handle_timeout (a driver woken 9 minutes late), erasing after sending forgot the
+    // initiation just sent, and the answer was refused until the next retry 5 s later.
+    let mut sim = established(11);
+    sim.run_for(KEEPALIVE_TIMEOUT + secs(2)); // B's passive keepalive is out: B has no timer due
+    sim.nodes[B].online = false;
+    sim.send(A, B, b"unanswered"); // arms A's new-handshake timer (15 s)
+    let a_addr = sim.nodes[A].addr;
+    let from_a = |sim: &Sim| {
+        sim.wire_of_type(INITIATION)
+            .filter(|r| r.from == a_addr)
+            .count()
+    };
+    let initiations = from_a(&sim);
+    sim.nodes[B].online = true;
+    sim.now += ZERO_KEY_MATERIAL_AFTER + secs(1); // nothing ran meanwhile
+    sim.run_for(secs(1));
+    assert_eq!(from_a(&sim), initiations + 1);
+    assert_eq!(sim.drop_count(A, DropReason::UnexpectedMessage), 0);
+    assert_eq!(
+        sim.handshakes_completed(A),
+        2,
+        "completed at once, not after a retry"
+    );
+}
