@@ -545,7 +545,6 @@ impl Sim {
             // The only drop a peer reports through the sink: a staged packet made room.
             assert_eq!(reason, DropReason::StagedOverflow);
         }
-        let zeroed = events.iter().any(|e| matches!(e, Event::KeysZeroed { .. }));
         for event in events {
             match event {
                 Event::HandshakeCompleted { peer } => {
@@ -618,12 +617,10 @@ impl Sim {
                 plain,
             });
         }
-        // The initiation just sent is the one in flight. Known exception (a finding of this
-        // target, see README.md): when a retransmission or new handshake and the key erasure
-        // are due in the same `handle_timeout` (after a suspend), the initiation goes out and
-        // the erasure then forgets it; its response is refused and the session waits for the
-        // next retransmission, REKEY_TIMEOUT later.
-        if let Some(index) = last_initiation.filter(|_| !zeroed) {
+        // The initiation just sent is the one in flight, also when the key erasure came due in
+        // the same `handle_timeout` (this target found the case where the erasure ran after
+        // the initiation and forgot it; the timers now erase first).
+        if let Some(index) = last_initiation {
             assert_eq!(s.peer.handshake_index(), Some(index));
         }
         for f in flights {
