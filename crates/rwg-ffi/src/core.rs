@@ -17,11 +17,9 @@ use rwg_proto::Instant;
 
 use crate::error::RwgError;
 use crate::types::{
-    RwgCoreStats, RwgDropReason, RwgEvent, RwgOutcome, RwgPeerStats, RwgResult, RWG_NO_DEADLINE,
+    RwgCounters, RwgDropReason, RwgEvent, RwgOutcome, RwgPeerStats, RwgResult, RWG_MAX_PACKET,
+    RWG_NO_DEADLINE,
 };
-
-/// The longest IP packet (and the longest datagram) there is.
-pub const MAX_PACKET: usize = 65535;
 
 /// `handle_timeout` runs a budget of due peers per call; a tick calls it at most this many
 /// times, and if peers are still due the deadline stays in the past for the caller's next tick.
@@ -68,7 +66,7 @@ impl Core {
 
     /// Sets the MTU that padding rounds up to (576 to 65535).
     pub fn set_mtu(&self, mtu: u32) -> Result<(), RwgError> {
-        if !(576..=MAX_PACKET as u32).contains(&mtu) {
+        if !(576..=RWG_MAX_PACKET as u32).contains(&mtu) {
             return Err(RwgError::InvalidArgument);
         }
         self.device.set_mtu(mtu as usize);
@@ -146,7 +144,7 @@ impl Core {
         packet: &[u8],
         out: &mut [u8],
     ) -> Result<RwgResult, RwgError> {
-        if packet.len() > MAX_PACKET {
+        if packet.len() > RWG_MAX_PACKET {
             return Err(RwgError::InvalidArgument);
         }
         let needed = HEADROOM + packet.len() + TAILROOM;
@@ -180,7 +178,7 @@ impl Core {
         datagram: &[u8],
         out: &mut [u8],
     ) -> Result<RwgResult, RwgError> {
-        if datagram.len() > MAX_PACKET {
+        if datagram.len() > RWG_MAX_PACKET {
             return Err(RwgError::InvalidArgument);
         }
         let Some(buf) = out.get_mut(..datagram.len()) else {
@@ -274,9 +272,9 @@ impl Core {
     }
 
     /// The device's counters.
-    pub fn stats(&self) -> RwgCoreStats {
+    pub fn stats(&self) -> RwgCounters {
         let c = self.device.counters();
-        RwgCoreStats {
+        RwgCounters {
             peers: self.device.stats().peers as u64,
             initiations_sent: c.initiations_sent,
             responses_sent: c.responses_sent,

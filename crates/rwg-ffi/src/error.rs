@@ -43,25 +43,25 @@ pub enum RwgError {
     Internal = -13,
 }
 
-impl RwgError {
-    /// Every code, for tests and for `rwg_strerror`.
-    pub const ALL: [RwgError; 14] = [
-        RwgError::Ok,
-        RwgError::NullPointer,
-        RwgError::InvalidHandle,
-        RwgError::BufferTooSmall,
-        RwgError::InvalidArgument,
-        RwgError::InvalidConfig,
-        RwgError::UnknownPeer,
-        RwgError::Resolve,
-        RwgError::AddressInUse,
-        RwgError::NotTun,
-        RwgError::Io,
-        RwgError::TunnelStopped,
-        RwgError::Unsupported,
-        RwgError::Internal,
-    ];
+/// Every code (outside the enum, so that the header does not list it as a constant).
+const ALL: [RwgError; 14] = [
+    RwgError::Ok,
+    RwgError::NullPointer,
+    RwgError::InvalidHandle,
+    RwgError::BufferTooSmall,
+    RwgError::InvalidArgument,
+    RwgError::InvalidConfig,
+    RwgError::UnknownPeer,
+    RwgError::Resolve,
+    RwgError::AddressInUse,
+    RwgError::NotTun,
+    RwgError::Io,
+    RwgError::TunnelStopped,
+    RwgError::Unsupported,
+    RwgError::Internal,
+];
 
+impl RwgError {
     /// A short description, as `rwg_strerror` returns it.
     pub fn message(self) -> &'static CStr {
         match self {
@@ -86,7 +86,7 @@ impl RwgError {
 
     /// The code for an integer, if it is one.
     pub fn from_code(code: i32) -> Option<RwgError> {
-        RwgError::ALL.into_iter().find(|e| *e as i32 == code)
+        ALL.into_iter().find(|e| *e as i32 == code)
     }
 }
 
@@ -102,7 +102,7 @@ mod tests {
     #[test]
     fn codes_are_distinct_zero_or_negative_and_named() {
         let mut seen = std::collections::BTreeSet::new();
-        for e in RwgError::ALL {
+        for e in ALL {
             let code = e as i32;
             assert!(code <= 0, "{e:?}");
             assert!(seen.insert(code), "{e:?} reuses {code}");
@@ -110,11 +110,8 @@ mod tests {
             assert_ne!(strerror(code), strerror(1), "{e:?} has the unknown message");
         }
         // Contiguous: a code added later must be added to ALL as well.
-        assert_eq!(seen.len(), RwgError::ALL.len());
-        assert_eq!(
-            *seen.first().expect("codes"),
-            -(RwgError::ALL.len() as i32 - 1)
-        );
+        assert_eq!(seen.len(), ALL.len());
+        assert_eq!(*seen.first().expect("codes"), -(ALL.len() as i32 - 1));
         assert_eq!(strerror(1), c"unknown error code");
         assert_eq!(strerror(i32::MIN), c"unknown error code");
     }

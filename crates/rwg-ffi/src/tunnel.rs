@@ -35,6 +35,7 @@ pub use stub::Tunnel;
 
 #[cfg(feature = "tunnel")]
 mod imp {
+    use std::net::{IpAddr, SocketAddr};
     use std::os::fd::{AsRawFd, OwnedFd, RawFd};
     use std::sync::{Arc, Mutex, PoisonError, Weak};
     use std::time::{Duration, Instant};
@@ -42,7 +43,9 @@ mod imp {
     use rwg_device::driver::{Driver, DriverConfig};
     use rwg_device::pipeline::DataPlaneConfig;
     use rwg_device::tun::{Tun, TunError};
-    use rwg_device::uapi::{format_get, Response, UapiDevice, UapiSession, MAX_LINE_LEN};
+    use rwg_device::uapi::{
+        format_get, DeviceSnapshot, Errno, Response, UapiDevice, UapiSession, MAX_LINE_LEN,
+    };
     use rwg_device::{Shutdown, ShutdownHandle};
     use zeroize::{Zeroize, Zeroizing};
 
@@ -69,6 +72,8 @@ mod imp {
                 TunnelConfig::Uapi(text) => Zeroizing::new(text.to_owned()),
                 TunnelConfig::WgQuick(text) => crate::config::wg_quick_to_uapi(text)?,
             };
+            // A malformed configuration is refused before anything is bound or adopted.
+            run_set(&mut Validator, &body)?;
             let tun = Tun::from_fd(tun).map_err(|e| {
                 tracing::warn!("TUN descriptor: {e}");
                 match e {
@@ -198,9 +203,66 @@ mod imp {
         }
     }
 
+    /// Applies the lines of a `set` request. They are first run against a [`Validator`], so
+    /// that a malformed request changes nothing (on the socket, lines before a bad one stay
+    /// applied); what can only fail while applying (a port in use) may still leave the lines
+    /// before it applied.
+    fn apply_set(device: &mut dyn UapiDevice, body: &str) -> Result<(), RwgError> {
+        run_set(&mut Validator, body)?;
+        run_set(device, body)
+    }
+
+    /// A device that accepts every operation and keeps nothing: the session still checks
+    /// every key and value.
+    struct Validator;
+
+    impl UapiDevice for Validator {
+        fn snapshot(&self) -> DeviceSnapshot {
+            DeviceSnapshot::default()
+        }
+        fn own_public_key(&self) -> Option<[u8; 32]> {
+            None
+        }
+        fn set_private_key(&mut self, _: Option<[u8; 32]>) -> Result<(), Errno> {
+            Ok(())
+        }
+        fn set_listen_port(&mut self, _: u16) -> Result<(), Errno> {
+            Ok(())
+        }
+        fn set_fwmark(&mut self, _: u32) -> Result<(), Errno> {
+            Ok(())
+        }
+        fn remove_all_peers(&mut self) {}
+        fn has_peer(&self, _: &[u8; 32]) -> bool {
+            false
+        }
+        fn create_peer(&mut self, _: &[u8; 32]) -> Result<(), Errno> {
+            Ok(())
+        }
+        fn remove_peer(&mut self, _: &[u8; 32]) {}
+        fn set_preshared_key(&mut self, _: &[u8; 32], _: [u8; 32]) -> Result<(), Errno> {
+            Ok(())
+        }
+        fn set_endpoint(&mut self, _: &[u8; 32], _: SocketAddr) -> Result<(), Errno> {
+            Ok(())
+        }
+        fn set_persistent_keepalive(&mut self, _: &[u8; 32], _: u16) -> Result<(), Errno> {
+            Ok(())
+        }
+        fn clear_allowed_ips(&mut self, _: &[u8; 32]) -> Result<(), Errno> {
+            Ok(())
+        }
+        fn add_allowed_ip(&mut self, _: &[u8; 32], _: IpAddr, _: u8) -> Result<(), Errno> {
+            Ok(())
+        }
+        fn remove_allowed_ip(&mut self, _: &[u8; 32], _: IpAddr, _: u8) -> Result<(), Errno> {
+            Ok(())
+        }
+    }
+
     /// Runs the lines of a `set` request through a UAPI session, as the configuration socket
     /// would. Empty lines are skipped: on the socket one would end the request.
-    fn apply_set(device: &mut dyn UapiDevice, body: &str) -> Result<(), RwgError> {
+    fn run_set(device: &mut dyn UapiDevice, body: &str) -> Result<(), RwgError> {
         let mut session = UapiSession::new();
         session.handle_line("set=1", device);
         for (number, line) in body.lines().enumerate() {
@@ -268,14 +330,24 @@ mod imp {
             let peers = driver.core().peers();
             assert_eq!(peers.len(), 1);
             assert_eq!(peers[0].allowed_ips.len(), 1);
-            for bad in ["bogus=1", "no equals sign", "listen_port=70000", "set=1"] {
+            let k3 = "33".repeat(32);
+            for bad in [
+                "bogus=1".to_owned(),
+                "no equals sign".to_owned(),
+                "listen_port=70000".to_owned(),
+                "set=1".to_owned(),
+                // Good lines before a bad one are not applied either.
+                format!("replace_peers=true\npublic_key={k3}\nallowed_ip=10.0.0.0/33"),
+            ] {
                 assert_eq!(
-                    apply_set(&mut config, bad),
+                    apply_set(&mut config, &bad),
                     Err(RwgError::InvalidConfig),
                     "{bad}"
                 );
             }
-            assert_eq!(driver.core().peers().len(), 1, "nothing changed");
+            let peers = driver.core().peers();
+            assert_eq!(peers.len(), 1, "nothing changed");
+            assert_eq!(peers[0].public_key.as_bytes(), &[0x22; 32]);
             let taken = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
             let port = taken.local_addr().expect("addr").port();
             assert_eq!(

@@ -20,12 +20,15 @@ pub const RWG_KEY_BASE64_SIZE: usize = 45;
 pub const RWG_MAX_OVERHEAD: usize = 47;
 const _: () = assert!(RWG_MAX_OVERHEAD == HEADROOM + TAILROOM);
 
+/// The longest IP packet, and the longest datagram, the data-path functions take.
+pub const RWG_MAX_PACKET: usize = 65535;
+
 /// `rwg_core_next_deadline` when no timer is armed.
 pub const RWG_NO_DEADLINE: u64 = u64::MAX;
 
-/// [`RwgAddr::family`] of an IPv4 address (the first 4 bytes of `ip`).
+/// `rwg_addr.family` of an IPv4 address (the first 4 bytes of `ip`).
 pub const RWG_FAMILY_IPV4: u8 = 4;
-/// [`RwgAddr::family`] of an IPv6 address.
+/// `rwg_addr.family` of an IPv6 address.
 pub const RWG_FAMILY_IPV6: u8 = 6;
 
 /// A core created by `rwg_core_new`. Copy it freely; it is an id, not a pointer.
@@ -111,7 +114,7 @@ impl From<SocketAddr> for RwgAddr {
     }
 }
 
-/// What a data-path call or a poll produced ([`RwgResult::kind`]).
+/// What a data-path call or a poll produced (`rwg_result.kind`).
 #[repr(i32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RwgOutcome {
@@ -132,7 +135,7 @@ pub enum RwgOutcome {
     Dropped = 6,
 }
 
-/// Why a packet or datagram was dropped ([`RwgResult::drop_reason`], `rwg_core_dropped`).
+/// Why a packet or datagram was dropped (`rwg_result.drop_reason`, `rwg_core_dropped`).
 /// Every reason but `BUFFER_TOO_SMALL` and the queue limits means the network (or the peer)
 /// sent something it should not have, or the packet had nowhere to go.
 #[repr(i32)]
@@ -250,7 +253,7 @@ impl RwgResult {
     }
 }
 
-/// Kinds of [`RwgEvent`].
+/// Kinds of `rwg_event`.
 #[repr(i32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RwgEventKind {
@@ -322,10 +325,10 @@ pub struct RwgPeerStats {
     pub allowed_ips: u32,
 }
 
-/// What a core has done since it was created (`rwg_core_stats`).
+/// What a core has done since it was created (`rwg_core_counters`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct RwgCoreStats {
+pub struct RwgCounters {
     /// Peers configured now.
     pub peers: u64,
     /// Handshake initiations sent (first attempts and retries).

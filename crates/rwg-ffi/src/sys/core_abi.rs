@@ -11,7 +11,7 @@ use super::{guard, ptr};
 use crate::core::Core;
 use crate::error::RwgError;
 use crate::handles::HandleTable;
-use crate::types::{RwgAddr, RwgCore, RwgCoreStats, RwgEvent, RwgPeerStats, RwgResult};
+use crate::types::{RwgAddr, RwgCore, RwgCounters, RwgEvent, RwgPeerStats, RwgResult};
 
 static CORES: HandleTable<Core> = HandleTable::new();
 
@@ -24,6 +24,8 @@ fn core(handle: RwgCore) -> Result<std::sync::Arc<Core>, RwgError> {
 /// system. Free the core with `rwg_core_free`.
 ///
 /// Errors: `RWG_ERROR_INVALID_ARGUMENT` for the all-zero key.
+///
+/// Thread-safe.
 ///
 /// # Safety
 /// `private_key` is NULL or points to 32 readable bytes; `out` is NULL or points to a
@@ -44,6 +46,8 @@ pub unsafe extern "C" fn rwg_core_new(private_key: *const u8, out: *mut RwgCore)
 /// Frees a core: its handle is invalid from now on (`RWG_ERROR_INVALID_HANDLE`, also for a
 /// second free). A call in progress on another thread finishes first; the memory and keys go
 /// when it does.
+///
+/// Thread-safe.
 #[no_mangle]
 pub extern "C" fn rwg_core_free(core: RwgCore) -> RwgError {
     guard("rwg_core_free", || CORES.remove(core.id).map(drop))
@@ -54,6 +58,8 @@ pub extern "C" fn rwg_core_free(core: RwgCore) -> RwgError {
 /// newer than the last it saw, also across restarts of this app) and
 /// `last_handshake_unix_ns` derive from it: call it once after `rwg_core_new`, and again
 /// when the system clock was set.
+///
+/// Thread-safe.
 #[no_mangle]
 pub extern "C" fn rwg_core_set_wall_clock(core: RwgCore, now_ns: u64, unix_ns: u64) -> RwgError {
     guard("rwg_core_set_wall_clock", || {
@@ -64,6 +70,8 @@ pub extern "C" fn rwg_core_set_wall_clock(core: RwgCore, now_ns: u64, unix_ns: u
 
 /// Sets the MTU (576 to 65535) that packets are padded up to (default 1420).
 /// Errors: `RWG_ERROR_INVALID_ARGUMENT` out of range.
+///
+/// Thread-safe.
 #[no_mangle]
 pub extern "C" fn rwg_core_set_mtu(core: RwgCore, mtu: u32) -> RwgError {
     guard("rwg_core_set_mtu", || self::core(core)?.set_mtu(mtu))
@@ -71,6 +79,8 @@ pub extern "C" fn rwg_core_set_mtu(core: RwgCore, mtu: u32) -> RwgError {
 
 /// Adds a peer by its 32-byte public key (copied). Adding one that exists changes nothing.
 /// Errors: `RWG_ERROR_INVALID_ARGUMENT` for the core's own public key.
+///
+/// Thread-safe.
 ///
 /// # Safety
 /// `public_key` is NULL or points to 32 readable bytes.
@@ -86,6 +96,8 @@ pub unsafe extern "C" fn rwg_core_add_peer(core: RwgCore, public_key: *const u8)
 /// Removes a peer with its allowed IPs and sessions.
 /// Errors: `RWG_ERROR_UNKNOWN_PEER`.
 ///
+/// Thread-safe.
+///
 /// # Safety
 /// `public_key` is NULL or points to 32 readable bytes.
 #[no_mangle]
@@ -99,6 +111,8 @@ pub unsafe extern "C" fn rwg_core_remove_peer(core: RwgCore, public_key: *const 
 
 /// Sets a peer's 32-byte preshared key (copied; all zeros: none).
 /// Errors: `RWG_ERROR_UNKNOWN_PEER`.
+///
+/// Thread-safe.
 ///
 /// # Safety
 /// `public_key` and `preshared_key` are each NULL or point to 32 readable bytes.
@@ -118,6 +132,8 @@ pub unsafe extern "C" fn rwg_core_set_preshared_key(
 /// Sets where a peer is reached (`rwg_addr_parse` makes an `rwg_addr` of text). The core
 /// also learns it from the peer's authentic datagrams (roaming).
 /// Errors: `RWG_ERROR_UNKNOWN_PEER`; `RWG_ERROR_INVALID_ARGUMENT` for a bad family.
+///
+/// Thread-safe.
 ///
 /// # Safety
 /// `public_key` is NULL or points to 32 readable bytes; `endpoint` is NULL or points to a
@@ -141,6 +157,8 @@ pub unsafe extern "C" fn rwg_core_set_endpoint(
 /// single host. A prefix another peer had moves to this one.
 /// Errors: `RWG_ERROR_UNKNOWN_PEER`; `RWG_ERROR_INVALID_ARGUMENT` if `prefix` is not one.
 ///
+/// Thread-safe.
+///
 /// # Safety
 /// `public_key` is NULL or points to 32 readable bytes; `prefix` is NULL or a NUL-terminated
 /// string.
@@ -161,6 +179,8 @@ pub unsafe extern "C" fn rwg_core_add_allowed_ip(
 /// Sets a peer's persistent keepalive interval in seconds (0: off). Turning it on queues a
 /// keepalive (or a handshake) at once: drain `rwg_core_poll_transmit`.
 /// Errors: `RWG_ERROR_UNKNOWN_PEER`.
+///
+/// Thread-safe.
 ///
 /// # Safety
 /// `public_key` is NULL or points to 32 readable bytes.
@@ -189,6 +209,8 @@ pub unsafe extern "C" fn rwg_core_set_persistent_keepalive(
 ///
 /// Errors: `RWG_ERROR_BUFFER_TOO_SMALL`; `RWG_ERROR_INVALID_ARGUMENT` if the buffers overlap
 /// or `packet_len` exceeds 65535.
+///
+/// Thread-safe: several threads may encrypt and decrypt on one core at once.
 ///
 /// # Safety
 /// `packet` is NULL (with `packet_len` 0) or valid for `packet_len` bytes of reads; `out`
@@ -234,6 +256,8 @@ pub unsafe extern "C" fn rwg_core_encapsulate(
 /// Errors: `RWG_ERROR_BUFFER_TOO_SMALL`; `RWG_ERROR_INVALID_ARGUMENT` if the buffers overlap,
 /// `datagram_len` exceeds 65535 or `source` has no valid family.
 ///
+/// Thread-safe: several threads may encrypt and decrypt on one core at once.
+///
 /// # Safety
 /// `source` is NULL or points to a readable `rwg_addr`; `datagram` is NULL (with length 0)
 /// or valid for `datagram_len` bytes of reads; `out` is NULL (with size 0) or valid for
@@ -273,6 +297,8 @@ pub unsafe extern "C" fn rwg_core_decapsulate(
 /// Runs what is due at `now_ns`: timers (handshake retries, keepalives, rekeys, key
 /// erasure). Call it when `now_ns` reaches `rwg_core_next_deadline`, then drain
 /// `rwg_core_poll_transmit` and `rwg_core_poll_event`.
+///
+/// Thread-safe.
 #[no_mangle]
 pub extern "C" fn rwg_core_tick(core: RwgCore, now_ns: u64) -> RwgError {
     guard("rwg_core_tick", || {
@@ -284,6 +310,8 @@ pub extern "C" fn rwg_core_tick(core: RwgCore, now_ns: u64) -> RwgError {
 /// Writes to `out` when `rwg_core_tick` must run next, on the caller's clock:
 /// `RWG_NO_DEADLINE` if no timer is armed; a time already past means now. It moves earlier
 /// after input (a handshake to retry, a keepalive to send): read it again after each call.
+///
+/// Thread-safe.
 ///
 /// # Safety
 /// `out` is NULL or points to a writable `uint64_t`.
@@ -302,9 +330,11 @@ pub unsafe extern "C" fn rwg_core_next_deadline(core: RwgCore, out: *mut u64) ->
 /// that waited for a handshake) into `out`: `result->kind` is `TRANSMIT` (send `out[0..len]`
 /// to `addr`) or `NONE` (nothing left). Call until `NONE`.
 ///
-/// A datagram longer than `out_size` is dropped and counted (`RWG_DROP_BUFFER_TOO_SMALL`):
+/// A datagram longer than `out_size` is dropped and counted (`RWG_DROP_REASON_BUFFER_TOO_SMALL`):
 /// give at least the largest packet passed to `rwg_core_encapsulate` plus
 /// `RWG_MAX_OVERHEAD` (handshake messages are at most 148 bytes).
+///
+/// Thread-safe: each datagram is handed out once, to one of the callers.
 ///
 /// # Safety
 /// `out` is NULL (with size 0) or valid for `out_size` bytes of writes; `result` is NULL or
@@ -331,6 +361,8 @@ pub unsafe extern "C" fn rwg_core_poll_transmit(
 /// `kind` is `RWG_EVENT_KIND_NONE` when there is none. Beyond 1024 events that nobody polls, the
 /// oldest are dropped.
 ///
+/// Thread-safe: each event is handed out once, to one of the callers.
+///
 /// # Safety
 /// `out` is NULL or points to a writable `rwg_event`.
 #[no_mangle]
@@ -346,6 +378,8 @@ pub unsafe extern "C" fn rwg_core_poll_event(core: RwgCore, out: *mut RwgEvent) 
 
 /// Writes a peer's counters and settings to `out`.
 /// Errors: `RWG_ERROR_UNKNOWN_PEER`.
+///
+/// Thread-safe.
 ///
 /// # Safety
 /// `public_key` is NULL or points to 32 readable bytes; `out` is NULL or points to a
@@ -369,14 +403,16 @@ pub unsafe extern "C" fn rwg_core_peer_stats(
 
 /// Writes the core's counters to `out`.
 ///
+/// Thread-safe.
+///
 /// # Safety
-/// `out` is NULL or points to a writable `rwg_core_stats`.
+/// `out` is NULL or points to a writable `rwg_counters`.
 #[no_mangle]
-pub unsafe extern "C" fn rwg_core_stats(core: RwgCore, out: *mut RwgCoreStats) -> RwgError {
-    guard("rwg_core_stats", || {
+pub unsafe extern "C" fn rwg_core_counters(core: RwgCore, out: *mut RwgCounters) -> RwgError {
+    guard("rwg_core_counters", || {
         let out = ptr::out(out)?;
         let stats = self::core(core)?.stats();
-        // SAFETY: `out` points to a writable `rwg_core_stats` (the caller's promise).
+        // SAFETY: `out` points to a writable `rwg_counters` (the caller's promise).
         unsafe { out.write(stats) };
         Ok(())
     })
@@ -385,6 +421,8 @@ pub unsafe extern "C" fn rwg_core_stats(core: RwgCore, out: *mut RwgCoreStats) -
 /// Writes to `out` how many packets and datagrams were dropped for `reason`
 /// (an `rwg_drop_reason` other than `NONE` and `OTHER`).
 /// Errors: `RWG_ERROR_INVALID_ARGUMENT` for another value.
+///
+/// Thread-safe.
 ///
 /// # Safety
 /// `out` is NULL or points to a writable `uint64_t`.

@@ -83,6 +83,8 @@ unsafe fn start(
 /// `RWG_ERROR_NOT_TUN`, `RWG_ERROR_ADDRESS_IN_USE` (the listen port), `RWG_ERROR_IO`,
 /// `RWG_ERROR_UNSUPPORTED` (a build without the tunnel level).
 ///
+/// Thread-safe.
+///
 /// # Safety
 /// `config` is NULL or a NUL-terminated string; `out` is NULL or points to a writable
 /// `rwg_tunnel`; `tun_fd` is a descriptor the caller owns and gives up.
@@ -107,6 +109,8 @@ pub unsafe extern "C" fn rwg_tunnel_start(
 ///
 /// Errors: as `rwg_tunnel_start`, and `RWG_ERROR_RESOLVE`.
 ///
+/// Thread-safe.
+///
 /// # Safety
 /// As for `rwg_tunnel_start`.
 #[no_mangle]
@@ -120,8 +124,11 @@ pub unsafe extern "C" fn rwg_tunnel_start_wg_quick(
 }
 
 /// Reconfigures a running tunnel with the lines of a UAPI `set` request (as for
-/// `rwg_tunnel_start`): sessions of peers that stay are kept. Applied line by line, as on the
-/// configuration socket: lines before a bad one stay applied.
+/// `rwg_tunnel_start`): sessions of peers that stay are kept. A malformed request (an unknown
+/// key, a bad value) changes nothing; one that fails while applying (a port in use) leaves the
+/// lines before the failing one applied, as on the configuration socket.
+///
+/// Thread-safe; `set` and `get` calls on one tunnel run one at a time.
 ///
 /// Errors: `RWG_ERROR_INVALID_CONFIG`, `RWG_ERROR_ADDRESS_IN_USE`, `RWG_ERROR_IO`.
 ///
@@ -145,6 +152,8 @@ pub unsafe extern "C" fn rwg_tunnel_set(tunnel: RwgTunnel, config: *const c_char
 /// nothing is written to `out` and the result is `RWG_ERROR_BUFFER_TOO_SMALL`: call again with
 /// a larger buffer (the state may have grown meanwhile). `out` may be NULL when `out_size` is
 /// 0, to ask for the size. The text holds the private key: the caller should wipe it.
+///
+/// Thread-safe; `set` and `get` calls on one tunnel run one at a time.
 ///
 /// # Safety
 /// `out` is NULL (with `out_size` 0) or valid for `out_size` bytes of writes; `needed` is NULL
@@ -178,6 +187,8 @@ pub unsafe extern "C" fn rwg_tunnel_get(
 ///
 /// Errors: `RWG_ERROR_ADDRESS_IN_USE` if the port was taken meanwhile (the tunnel then sends
 /// from a new port).
+///
+/// Thread-safe; packets keep flowing (from a stand-in port) while it runs.
 #[no_mangle]
 pub extern "C" fn rwg_tunnel_bump_sockets(tunnel: RwgTunnel) -> RwgError {
     guard("rwg_tunnel_bump_sockets", || {
@@ -189,6 +200,8 @@ pub extern "C" fn rwg_tunnel_bump_sockets(tunnel: RwgTunnel) -> RwgError {
 /// does not have), for an app whose VPN routes would capture the tunnel's own datagrams
 /// (Android: `VpnService.protect(fd)`). The tunnel owns them: do not close them. They change
 /// with `listen_port` and after `rwg_tunnel_bump_sockets`.
+///
+/// Thread-safe.
 ///
 /// # Safety
 /// `ipv4` and `ipv6` are each NULL or point to a writable `int32_t`.
@@ -213,6 +226,8 @@ pub unsafe extern "C" fn rwg_tunnel_socket_fds(
 /// `RWG_ERROR_OK` while the tunnel runs; `RWG_ERROR_TUNNEL_STOPPED` once it stopped on its own
 /// (the TUN interface went away, an I/O thread failed: the reason was logged). A stopped
 /// tunnel still needs `rwg_tunnel_stop` to release its handle.
+///
+/// Thread-safe.
 #[no_mangle]
 pub extern "C" fn rwg_tunnel_status(tunnel: RwgTunnel) -> RwgError {
     guard("rwg_tunnel_status", || self::tunnel(tunnel)?.status())
@@ -224,6 +239,8 @@ pub extern "C" fn rwg_tunnel_status(tunnel: RwgTunnel) -> RwgError {
 ///
 /// Errors: `RWG_ERROR_IO` if the threads did not exit within 5 seconds (the handle is
 /// released anyway; they exit later).
+///
+/// Thread-safe: calls in progress on the tunnel on other threads finish first.
 #[no_mangle]
 pub extern "C" fn rwg_tunnel_stop(tunnel: RwgTunnel) -> RwgError {
     guard("rwg_tunnel_stop", || {
