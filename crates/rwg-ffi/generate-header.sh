@@ -3,6 +3,8 @@
 # With --check, writes nothing and fails if the committed header is not what cbindgen makes.
 set -euo pipefail
 cd "$(dirname "$0")"
+# cargo install puts cbindgen under ~/.cargo/bin, which sudo's PATH usually lacks.
+PATH=$PATH:${CARGO_HOME:-$HOME/.cargo}/bin
 command -v cbindgen >/dev/null || { echo "generate-header: cbindgen not found (scripts/install-deps installs it)" >&2; exit 1; }
 if [[ ${1:-} == --check ]]; then
 	fresh=$(mktemp)

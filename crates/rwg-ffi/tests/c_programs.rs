@@ -11,6 +11,7 @@
 //!   wireguard-go in another.
 
 use std::io::Write as _;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -58,7 +59,10 @@ enum Link {
 /// Compiles `tests/c/<source>` into `<name>` with `compiler` and `flags`, linked with the
 /// library; panics with the compiler's output if it fails.
 fn compile(compiler: &str, flags: &[&str], source: &str, name: &str, link: Link) -> PathBuf {
-    let out_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("c");
+    // One directory per user: scripts/test runs the root tests through sudo, and a directory
+    // root made would be read-only for the next run as the user.
+    let uid = std::fs::metadata("/proc/self").map_or(0, |m| m.uid());
+    let out_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("c-{uid}"));
     std::fs::create_dir_all(&out_dir).expect("output directory");
     let out = out_dir.join(name);
     let lib = lib_dir();
