@@ -32,14 +32,12 @@ fn crate_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Where cargo put the library: the directory above this test's `deps/`.
+/// Where cargo put the library it built for this test: `target/<profile>/deps`, next to this
+/// test's executable. (Not `target/<profile>`: `cargo test` does not copy the library there,
+/// so what is there may be an older `cargo build`'s.)
 fn lib_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>")
-        .to_path_buf();
+    let dir = exe.parent().expect("target/<profile>/deps").to_path_buf();
     for lib in ["librwg_ffi.a", "librwg_ffi.so"] {
         assert!(
             dir.join(lib).exists(),
@@ -121,7 +119,10 @@ fn wait(mut child: Child, limit: Duration) -> Output {
 
 /// Runs a compiled program to completion; panics with its output unless it succeeded.
 fn run(program: &Path, expect_prefix: &str) -> String {
+    // cargo's LD_LIBRARY_PATH would win over the program's run path and may name a directory
+    // with an older copy of the library.
     let child = Command::new(program)
+        .env_remove("LD_LIBRARY_PATH")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
