@@ -9,6 +9,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
 #include <unistd.h>
@@ -33,6 +35,44 @@ static void on_log(void *context, int32_t level, const char *message) {
 	}
 	log_lines++;
 	pthread_mutex_unlock(&log_lock);
+}
+
+/* Threads that use one core until its handle goes away under them. */
+#define USERS 4
+static rwg_core shared_core;
+static atomic_int calls_before_free;
+
+static void *use_until_freed(void *arg) {
+	(void)arg;
+	uint8_t garbage[64], out[64];
+	memset(garbage, 1, sizeof garbage);
+	rwg_addr from;
+	OK(rwg_addr_parse("192.0.2.3:3", &from));
+	for (long i = 0;; i++) {
+		rwg_result r;
+		rwg_counters c;
+		rwg_error e = i % 2 ? rwg_core_decapsulate(shared_core, 1, &from, garbage, sizeof garbage,
+		                                           out, sizeof out, &r)
+		                    : rwg_core_counters(shared_core, &c);
+		if (e == RWG_ERROR_INVALID_HANDLE) break;
+		EXPECT(RWG_ERROR_OK, e);
+		atomic_fetch_add(&calls_before_free, 1);
+	}
+	/* Ids are never reused: once gone, always gone. */
+	for (int i = 0; i < 1000; i++) EXPECT(RWG_ERROR_INVALID_HANDLE, rwg_core_tick(shared_core, 1));
+	return NULL;
+}
+
+/* Frees a core while threads are calling it: every call returns OK or INVALID_HANDLE, and
+ * each thread stops once the handle is gone. */
+static void free_while_in_use(const uint8_t *private_key) {
+	OK(rwg_core_new(private_key, &shared_core));
+	pthread_t users[USERS];
+	for (int i = 0; i < USERS; i++) CHECK(pthread_create(&users[i], NULL, use_until_freed, NULL) == 0);
+	while (atomic_load(&calls_before_free) < 1000 * USERS) sched_yield();
+	OK(rwg_core_free(shared_core));
+	for (int i = 0; i < USERS; i++) CHECK(pthread_join(users[i], NULL) == 0);
+	EXPECT(RWG_ERROR_INVALID_HANDLE, rwg_core_free(shared_core));
 }
 
 static int is_open(int fd) { return fcntl(fd, F_GETFD) >= 0 || errno != EBADF; }
@@ -243,6 +283,7 @@ int main(void) {
 	EXPECT(RWG_ERROR_NULL_POINTER, rwg_tunnel_set(not_a_tunnel, NULL));
 	OK(rwg_core_tick(fresh, 1));
 	OK(rwg_core_free(fresh));
+	free_while_in_use(private_key);
 
 	/* Tunnel starts that fail: the descriptor is the library's, closed on failure. */
 	rwg_tunnel t = {77};
