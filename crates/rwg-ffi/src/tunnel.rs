@@ -13,11 +13,7 @@
 //! `CAP_NET_ADMIN`.
 //!
 //! Without the `tunnel` feature (platforms rwg-device does not support yet) every entry
-//! point returns [`RwgError::Unsupported`].
-
-use std::os::fd::OwnedFd;
-
-use crate::error::RwgError;
+//! point returns [`RwgError::Unsupported`](crate::error::RwgError::Unsupported).
 
 /// Where a tunnel's configuration comes from.
 #[derive(Clone, Copy, Debug)]
@@ -78,7 +74,6 @@ mod imp {
                 tracing::warn!("TUN descriptor: {e}");
                 match e {
                     TunError::NotTun => RwgError::NotTun,
-                    TunError::Gone => RwgError::NotTun,
                     _ => RwgError::Io,
                 }
             })?;
@@ -407,9 +402,4 @@ mod stub {
             match *tunnel {}
         }
     }
-}
-
-/// Starts a tunnel; see [`Tunnel::start`].
-pub fn start(config: TunnelConfig<'_>, tun: OwnedFd) -> Result<Tunnel, RwgError> {
-    Tunnel::start(config, tun)
 }

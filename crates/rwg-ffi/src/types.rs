@@ -188,7 +188,7 @@ pub enum RwgDropReason {
 }
 
 impl RwgDropReason {
-    /// Every reason the core has, in the order of its counters.
+    /// The code of one of the core's reasons.
     pub(crate) fn of(reason: DropReason) -> RwgDropReason {
         match reason {
             DropReason::Malformed => RwgDropReason::Malformed,

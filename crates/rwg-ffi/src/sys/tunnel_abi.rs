@@ -59,7 +59,7 @@ unsafe fn start(
         } else {
             TunnelConfig::Uapi(text)
         };
-        let id = TUNNELS.insert(crate::tunnel::start(config, tun)?);
+        let id = TUNNELS.insert(Tunnel::start(config, tun)?);
         // SAFETY: `out` points to a writable `rwg_tunnel` (the caller's promise).
         unsafe { out.write(RwgTunnel { id }) };
         Ok(())
