@@ -1,5 +1,5 @@
 //! The core level: the sans-IO [`Device`] in the terms of the C ABI — keys as 32-byte arrays,
-//! addresses as [`RwgAddr`], one packet at a time with separate input and output buffers.
+//! addresses as [`RwgAddr`](crate::types::RwgAddr), one packet at a time with separate input and output buffers.
 //!
 //! The C functions (`rwg_core_*`) check pointers and lengths and call these methods; the
 //! polling order is the core's (see [`rwg_proto`]): after feeding input, drain

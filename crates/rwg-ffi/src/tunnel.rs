@@ -1,5 +1,5 @@
 //! The tunnel level: a whole WireGuard interface on a TUN descriptor the app got from the
-//! operating system, run by rwg-device's [`Driver`] on threads the library owns (a TUN
+//! operating system, run by rwg-device's `Driver` on threads the library owns (a TUN
 //! reader, a UDP reader per address family, the control thread, crypto workers).
 //!
 //! Configuration is the UAPI `set`/`get` language that `wg(8)` speaks over the daemon's
