@@ -12,6 +12,7 @@ if [[ ${1:-} == --check ]]; then
 	cbindgen --quiet --config cbindgen.toml --crate rwg-ffi --output "$fresh"
 	if ! diff -u include/rwg.h "$fresh"; then
 		echo "generate-header: include/rwg.h is out of date: run crates/rwg-ffi/generate-header.sh and commit it" >&2
+		echo "generate-header: (made with $(cbindgen --version); scripts/install-deps installs the version the header was made with)" >&2
 		exit 1
 	fi
 	echo "generate-header: include/rwg.h is current"
