@@ -27,6 +27,9 @@ use crate::udp::UdpSockets;
 
 /// The control thread re-reads the TUN's MTU at least this often.
 const MTU_REFRESH: Duration = Duration::from_secs(30);
+/// How long [`Driver::rebind_sockets`] waits for the old sockets' readers to let go of the port
+/// (they look at their generation at least once a second).
+const REBIND_WAIT: Duration = Duration::from_secs(3);
 
 /// State shared by the driver's threads and the configuration socket.
 #[derive(Debug)]
@@ -84,7 +87,9 @@ impl Driver {
         Arc::clone(&self.core)
     }
 
-    pub(crate) fn sockets(&self) -> Arc<UdpSockets> {
+    /// The UDP sockets in use now (an app protects their descriptors from its own VPN routes;
+    /// they change when the port does or after [`rebind_sockets`](Self::rebind_sockets)).
+    pub fn sockets(&self) -> Arc<UdpSockets> {
         Arc::clone(&self.sockets.read().unwrap_or_else(|e| e.into_inner()))
     }
 
@@ -114,6 +119,75 @@ impl Driver {
         {
             h.shutdown(Shutdown::Failed(why));
         }
+    }
+
+    /// Asks every thread of this driver to exit: the control thread at once, the readers
+    /// within a second. Returns without waiting; the threads hold the driver until they exit,
+    /// so an embedder that waits for the last `Arc<Driver>` to go (a `Weak` that no longer
+    /// upgrades) waits for them, and for the TUN descriptor and the sockets to be closed.
+    pub fn request_stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        self.waker.wake();
+    }
+
+    /// After a network change (an app's "network changed" callback): new UDP sockets on the
+    /// same port, then a handshake with every peer that has an endpoint, so that each learns
+    /// where we are now. Sessions are kept.
+    ///
+    /// The readers of the old sockets hold copies of them until they notice the new
+    /// generation, so the port is bound again only once they let go of it; meanwhile datagrams
+    /// go out of a stand-in pair on a fresh port. If the port is still taken after
+    /// [`REBIND_WAIT`] (another program took it), the stand-in stays in use and this fails.
+    pub fn rebind_sockets(self: &Arc<Self>) -> Result<(), StartError> {
+        let port = self.sockets().port();
+        let stand_in = self.bind_like_current(0)?;
+        self.replace_sockets(stand_in);
+        let deadline = std::time::Instant::now() + REBIND_WAIT;
+        let sockets = loop {
+            match self.bind_like_current(port) {
+                Ok(s) => break s,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    tracing::trace!(error = %e, "port still held by the old sockets' readers");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => {
+                    let _ = self.spawn_udp_readers();
+                    return Err(e);
+                }
+            }
+        };
+        self.replace_sockets(sockets);
+        self.spawn_udp_readers()
+            .map_err(|e| StartError(format!("cannot start UDP readers: {e}")))?;
+        let now = self.clock.now();
+        for peer in self.core.peers() {
+            if peer.endpoint.is_some() {
+                // Refused only within REKEY_TIMEOUT of the last attempt, which is as good.
+                let _ = self.core.initiate_handshake(now, &peer.public_key);
+            }
+        }
+        tracing::info!(port, "UDP sockets rebound");
+        Ok(())
+    }
+
+    /// A new pair on `port` with the current sockets' switches and fwmark.
+    fn bind_like_current(&self, port: u16) -> Result<UdpSockets, StartError> {
+        let mut new = UdpSockets::bind(port).map_err(|e| StartError(e.to_string()))?;
+        configure_sockets(&new, &self.config);
+        let mark = self.fwmark.load(Ordering::Relaxed);
+        if mark != 0 {
+            new.set_fwmark(mark)
+                .map_err(|e| StartError(format!("cannot set the fwmark: {e}")))?;
+        }
+        Ok(new)
+    }
+
+    /// Puts `new` in place of the current sockets; readers of the old ones exit.
+    fn replace_sockets(&self, new: UdpSockets) {
+        let mut sockets = self.sockets.write().unwrap_or_else(|e| e.into_inner());
+        self.core.set_listen_port(new.port());
+        *sockets = Arc::new(new);
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Starts the packet threads; the shape [`crate::Daemon::run_with`] expects.

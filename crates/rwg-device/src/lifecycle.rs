@@ -53,8 +53,9 @@ impl std::error::Error for StartError {}
 pub struct ShutdownHandle(mpsc::Sender<Shutdown>);
 
 impl ShutdownHandle {
-    /// A handle and the receiving end its requests arrive at.
-    pub(crate) fn channel() -> (ShutdownHandle, mpsc::Receiver<Shutdown>) {
+    /// A handle and the receiving end its requests arrive at (public for embedders that start
+    /// a [`Driver`](crate::driver::Driver) without a [`Daemon`](crate::Daemon)).
+    pub fn channel() -> (ShutdownHandle, mpsc::Receiver<Shutdown>) {
         let (tx, rx) = mpsc::channel();
         (ShutdownHandle(tx), rx)
     }

@@ -387,3 +387,43 @@ fn configuration_wakes_the_control_thread_only_for_work() {
         ("203.0.113.8:1031".parse().expect("addr"), INITIATION_LEN, 1)
     );
 }
+
+#[test]
+fn rebind_returns_to_the_same_port_once_the_old_readers_let_go() {
+    let dev = driver_config();
+    let d = driver(&dev);
+    let endpoint: SocketAddr = "127.0.0.1:9".parse().expect("addr");
+    let body = format!("private_key={K1}\npublic_key={K2}\nendpoint={endpoint}\n");
+    assert_eq!(set(&dev, &body), "errno=0\n\n");
+    let mut out = vec![0u8; 2048];
+    assert!(d.core.poll_transmit(&mut out).is_none(), "nothing sent yet");
+    let port = d.sockets().port();
+    let generation = d.generation.load(Ordering::Acquire);
+
+    // A reader's copy of the old IPv4 socket keeps the port bound until the reader lets go.
+    let reader_copy = d.sockets().v4().expect("IPv4").try_clone().expect("dup");
+    let rebinder = std::thread::spawn({
+        let d = Arc::clone(&d);
+        move || d.rebind_sockets()
+    });
+    let started = Instant::now();
+    while d.sockets().port() == port {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "no stand-in sockets"
+        );
+        std::thread::yield_now();
+    }
+    assert!(port_held(port), "the reader's copy holds the old port");
+    drop(reader_copy);
+    rebinder.join().expect("no panic").expect("rebound");
+
+    assert_eq!(d.sockets().port(), port);
+    assert_eq!(snap(&dev).listen_port, port);
+    assert_eq!(d.generation.load(Ordering::Acquire), generation + 2);
+    let t = d.core.poll_transmit(&mut out).expect("an initiation");
+    assert_eq!(
+        (t.destination, t.len, out[0]),
+        (endpoint, INITIATION_LEN, 1)
+    );
+}
