@@ -229,7 +229,7 @@ fn interface_line(b: &mut InterfaceBuilder, key: &str, value: &str) -> Result<()
             b.post_down.push(value.to_owned());
             Ok(())
         }
-        _ => Err(ErrorKind::UnknownKey(key.to_owned())),
+        _ => Err(ErrorKind::UnknownKey(shown_name(key))),
     }
 }
 
@@ -260,7 +260,7 @@ fn peer_line(b: &mut PeerBuilder, key: &str, value: &str) -> Result<(), ErrorKin
             let k = parse_keepalive(value).map_err(invalid("PersistentKeepalive"))?;
             set_once(&mut b.persistent_keepalive, "PersistentKeepalive", k)
         }
-        _ => Err(ErrorKind::UnknownKey(key.to_owned())),
+        _ => Err(ErrorKind::UnknownKey(shown_name(key))),
     }
 }
 
@@ -312,7 +312,7 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
                     ..PeerBuilder::default()
                 });
             } else {
-                return Err(err(ErrorKind::UnknownSection(name.to_owned())));
+                return Err(err(ErrorKind::UnknownSection(shown_name(name))));
             }
             continue;
         }
@@ -361,6 +361,21 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         },
         peers,
     })
+}
+
+/// The name of an unknown key or section as an error may show it. Every real name is short; a
+/// long one is most likely a key pasted on a line of its own (a base64 key ends in `=`, so the
+/// line parses as `Key = `), and an error must never print key material.
+fn shown_name(name: &str) -> String {
+    const LONGEST_SHOWN: usize = 24;
+    if name.chars().count() <= LONGEST_SHOWN {
+        name.to_owned()
+    } else {
+        format!(
+            "(a {}-character name, not shown in case it is a key)",
+            name.chars().count()
+        )
+    }
 }
 
 #[cfg(test)]
