@@ -475,6 +475,7 @@ impl Harness {
                 destination,
                 len,
                 segment_size,
+                ..
             } = t;
             assert!(
                 destination == self.peer_addr || destination == addr_stranger(),

@@ -288,13 +288,18 @@ impl Driver {
 struct UdpOut<'a>(&'a Driver);
 
 impl Transmitter for UdpOut<'_> {
-    fn transmit(&mut self, t: &Transmit, datagrams: &[u8]) {
+    fn transmit(&mut self, t: &Transmit, datagrams: &[u8]) -> usize {
         let sockets = self.0.sockets();
+        let mut sent = 0;
         for d in t.datagrams(datagrams) {
-            if let Err(e) = sockets.send_to(d, t.destination) {
-                tracing::debug!(error = %e, destination = %t.destination, "send failed");
+            match sockets.send_to(d, t.destination) {
+                Ok(()) => sent += d.len(),
+                Err(e) => {
+                    tracing::debug!(error = %e, destination = %t.destination, "send failed")
+                }
             }
         }
+        sent
     }
 }
 

@@ -26,7 +26,7 @@ use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::Ordering;
 
-use rwg_proto::device::{Received, Sent, HEADROOM, TAILROOM};
+use rwg_proto::device::{PeerId, Received, Sent, HEADROOM, TAILROOM};
 
 use crate::driver::Driver;
 use crate::lifecycle::{Shutdown, ShutdownHandle};
@@ -176,6 +176,7 @@ pub(crate) fn tun_to_udp(d: &Driver, tun: &Tun, shutdown: &ShutdownHandle, crypt
     let mut slots: Vec<u8> = Vec::new();
     let mut lens = vec![0usize; SEND_SLOTS];
     let mut scratch = Scratch::new(SEND_SLOTS);
+    let mut sent: Vec<usize> = Vec::with_capacity(SEND_SLOTS);
     // A packet read but not yet segmented because the batch was full.
     let mut held: Option<usize> = None;
     while !d.stopping() {
@@ -276,6 +277,9 @@ pub(crate) fn tun_to_udp(d: &Driver, tun: &Tun, shutdown: &ShutdownHandle, crypt
         let sockets = d.sockets();
         let mut parts: Vec<&[u8]> = Vec::with_capacity(count);
         let mut msgs: Vec<OutMsg> = Vec::new();
+        // The peer of each message: a GSO run holds one peer's datagrams only, so that what
+        // the socket refuses can be taken off the right peer's tx_bytes.
+        let mut peers: Vec<PeerId> = Vec::new();
         let udp_gso = d.config().udp_gso;
         for t in &tasks {
             let (Some(job), true) = (&t.job, t.sealed > 0) else {
@@ -285,6 +289,7 @@ pub(crate) fn tun_to_udp(d: &Driver, tun: &Tun, shutdown: &ShutdownHandle, crypt
             let data = &t.slot[..t.sealed];
             let gso = udp_gso && sockets.gso_enabled(&to);
             let joins = gso
+                && peers.last() == Some(&job.peer())
                 && msgs.last().is_some_and(|m: &OutMsg| {
                     let seg = usize::from(m.segment);
                     let last_len = parts[m.parts.end - 1].len();
@@ -306,6 +311,7 @@ pub(crate) fn tun_to_udp(d: &Driver, tun: &Tun, shutdown: &ShutdownHandle, crypt
                     parts: at..at + 1,
                     segment: if gso { data.len() as u16 } else { 0 },
                 });
+                peers.push(job.peer());
             }
         }
         // A run of one needs no GSO header.
@@ -314,7 +320,15 @@ pub(crate) fn tun_to_udp(d: &Driver, tun: &Tun, shutdown: &ShutdownHandle, crypt
                 m.segment = 0;
             }
         }
-        sockets.send_msgs(&msgs, &parts, &mut scratch);
+        sent.clear();
+        sent.resize(msgs.len(), 0);
+        sockets.send_msgs(&msgs, &parts, &mut scratch, &mut sent);
+        for ((m, peer), &took) in msgs.iter().zip(&peers).zip(&sent) {
+            let wanted: usize = parts[m.parts.clone()].iter().map(|p| p.len()).sum();
+            if took < wanted {
+                d.core().report_unsent(*peer, (wanted - took) as u64);
+            }
+        }
     }
 }
 

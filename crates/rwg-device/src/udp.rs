@@ -209,8 +209,16 @@ impl UdpSockets {
     /// out of the IPv4 socket and IPv6 ones out of the IPv6 socket, with as few `sendmmsg`
     /// calls as the order allows. A GSO run the kernel refuses with EIO or EINVAL (no GSO on the
     /// path) turns GSO off for that socket, logged once, and goes out datagram by datagram;
-    /// any other failure drops that message. Returns the UDP payload bytes the kernel took.
-    pub(crate) fn send_msgs(&self, msgs: &[OutMsg], parts: &[&[u8]], scratch: &mut Scratch) -> u64 {
+    /// any other failure drops that message. `sent[i]` gets the UDP payload bytes the kernel
+    /// took of message `i`; the total is returned.
+    pub(crate) fn send_msgs(
+        &self,
+        msgs: &[OutMsg],
+        parts: &[&[u8]],
+        scratch: &mut Scratch,
+        sent: &mut [usize],
+    ) -> u64 {
+        sent.iter_mut().for_each(|s| *s = 0);
         let mut sent_bytes = 0u64;
         let mut i = 0;
         while i < msgs.len() {
@@ -253,7 +261,11 @@ impl UdpSockets {
                         // datagrams still go, one by one.
                         let too_big = m.segment != 0 && e.raw_os_error() == Some(libc::EMSGSIZE);
                         if gso_refused || too_big {
-                            sent_bytes += self.send_unsegmented(sock, m, parts, scratch);
+                            let bytes = self.send_unsegmented(sock, m, parts, scratch);
+                            sent_bytes += bytes;
+                            if let Some(s) = sent.get_mut(j) {
+                                *s = bytes as usize;
+                            }
                         } else {
                             tracing::debug!(error = %e, destination = %m.to, "send failed");
                         }

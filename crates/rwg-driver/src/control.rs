@@ -23,8 +23,9 @@ pub trait Transmitter {
     /// Sends `transmit.len` bytes of `datagrams` to `transmit.destination`: one datagram, or
     /// several of `transmit.segment_size` bytes back to back (the last possibly shorter), which
     /// a sender with UDP GSO passes to one system call and any other sends one by one
-    /// ([`Transmit::datagrams`]).
-    fn transmit(&mut self, transmit: &Transmit, datagrams: &[u8]);
+    /// ([`Transmit::datagrams`]). Returns how many of the bytes the socket took: the rest is
+    /// taken off the peer's `tx_bytes`.
+    fn transmit(&mut self, transmit: &Transmit, datagrams: &[u8]) -> usize;
 }
 
 /// Something to call for each event, besides logging it.
@@ -103,7 +104,10 @@ impl Driver {
     /// Sends every queued datagram and reports every queued event.
     pub fn flush(&mut self, out: &mut dyn Transmitter) {
         while let Some(t) = self.device.poll_transmit_batch(&mut self.buf, MAX_SEGMENTS) {
-            out.transmit(&t, &self.buf[..t.len]);
+            let sent = out.transmit(&t, &self.buf[..t.len]);
+            if let (Some(peer), true) = (t.peer, sent < t.len) {
+                self.device.report_unsent(peer, (t.len - sent) as u64);
+            }
         }
         while let Some(event) = self.device.poll_event() {
             log_event(&event);
@@ -168,10 +172,11 @@ mod tests {
     #[derive(Default)]
     struct Collect(Vec<(SocketAddr, Vec<u8>)>);
     impl Transmitter for Collect {
-        fn transmit(&mut self, t: &Transmit, datagrams: &[u8]) {
+        fn transmit(&mut self, t: &Transmit, datagrams: &[u8]) -> usize {
             for d in t.datagrams(datagrams) {
                 self.0.push((t.destination, d.to_vec()));
             }
+            t.len
         }
     }
 
@@ -250,8 +255,9 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
         struct Chan(std::sync::mpsc::Sender<Vec<u8>>);
         impl Transmitter for Chan {
-            fn transmit(&mut self, t: &Transmit, d: &[u8]) {
+            fn transmit(&mut self, t: &Transmit, d: &[u8]) -> usize {
                 let _ = self.0.send(d[..t.len].to_vec());
+                t.len
             }
         }
         let (a2, w2, s2) = (a.clone(), wakeup.clone(), stop.clone());

@@ -29,7 +29,9 @@
 //!
 //! struct Nowhere;
 //! impl Transmitter for Nowhere {
-//!     fn transmit(&mut self, _t: &Transmit, _datagrams: &[u8]) {}
+//!     fn transmit(&mut self, _t: &Transmit, _datagrams: &[u8]) -> usize {
+//!         0
+//!     }
 //! }
 //! let device = Arc::new(Device::new(Box::new(rand_chacha::ChaCha20Rng::seed_from_u64(1))));
 //! let mut driver = Driver::new(device, Clock::new());

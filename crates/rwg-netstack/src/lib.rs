@@ -40,10 +40,11 @@
 //! /// The control path's datagrams go out of the UDP socket.
 //! struct Udp<'a>(&'a std::net::UdpSocket);
 //! impl Transmitter for Udp<'_> {
-//!     fn transmit(&mut self, t: &Transmit, datagrams: &[u8]) {
-//!         for d in t.datagrams(datagrams) {
-//!             let _ = self.0.send_to(d, t.destination);
-//!         }
+//!     fn transmit(&mut self, t: &Transmit, datagrams: &[u8]) -> usize {
+//!         t.datagrams(datagrams)
+//!             .filter(|d| self.0.send_to(d, t.destination).is_ok())
+//!             .map(<[u8]>::len)
+//!             .sum()
 //!     }
 //! }
 //!

@@ -119,16 +119,19 @@ impl Glue {
         self.clock.now()
     }
 
-    fn send(&self, datagram: &[u8], to: SocketAddr) {
+    /// Sends one datagram; returns whether the socket took it.
+    fn send(&self, datagram: &[u8], to: SocketAddr) -> bool {
         match self.sender.send_to(datagram, to) {
             Ok(_) => {
                 self.counters.tx_datagrams.fetch_add(1, Ordering::Relaxed);
                 self.counters
                     .tx_bytes
                     .fetch_add(datagram.len() as u64, Ordering::Relaxed);
+                true
             }
             Err(_) => {
                 self.counters.tx_errors.fetch_add(1, Ordering::Relaxed);
+                false
             }
         }
     }
@@ -138,10 +141,11 @@ impl Glue {
 struct GlueOut<'a>(&'a Glue);
 
 impl Transmitter for GlueOut<'_> {
-    fn transmit(&mut self, t: &Transmit, datagrams: &[u8]) {
-        for d in t.datagrams(datagrams) {
-            self.0.send(d, t.destination);
-        }
+    fn transmit(&mut self, t: &Transmit, datagrams: &[u8]) -> usize {
+        t.datagrams(datagrams)
+            .filter(|d| self.0.send(d, t.destination))
+            .map(<[u8]>::len)
+            .sum()
     }
 }
 
@@ -168,15 +172,24 @@ impl PacketTunnel for WireGuardTunnel {
             buf.resize(needed, 0);
         }
         buf[HEADROOM..HEADROOM + packet.len()].copy_from_slice(packet);
-        let sent = glue
+        let capacity = buf.len();
+        let job = glue
             .device
             .data_path()
-            .encapsulate(glue.now(), &mut buf, packet.len());
-        match sent {
-            Sent::Transmit { destination, len } => glue.send(&buf[..len], destination),
+            .prepare_send(glue.now(), packet, capacity);
+        match job {
+            Ok(job) => {
+                let Ok(len) = job.seal(&mut buf, packet.len()) else {
+                    return;
+                };
+                // A datagram the socket refused is not counted as sent to the peer.
+                if !glue.send(&buf[..len], job.destination) {
+                    glue.device.report_unsent(job.peer(), len as u64);
+                }
+            }
             // The handshake it needs is the control path's: the device wakes the glue task.
-            Sent::Staged => {}
-            Sent::Dropped(_) => {
+            Err(Sent::Staged) => {}
+            Err(_) => {
                 glue.counters
                     .packets_dropped
                     .fetch_add(1, Ordering::Relaxed);

@@ -63,7 +63,7 @@ pub use crate::constants::{
 };
 pub use crate::outbox::Transmit;
 pub use crate::outcome::{DropReason, Event, Received, Sent};
-pub use crate::peer::{SendJob, HEADROOM, TAILROOM};
+pub use crate::peer::{HEADROOM, TAILROOM};
 
 /// Identifies a peer inside a device. Never reused while the device lives; peers are listed in
 /// the order of their ids, which is the order they were added.
@@ -317,7 +317,8 @@ impl Sink for ControlSink<'_> {
         }
     }
     fn transmit(&mut self, destination: SocketAddr, datagram: &[u8]) {
-        self.device.push_transmit(destination, datagram);
+        self.device
+            .push_transmit(destination, datagram, Some(self.peer));
     }
     fn event(&mut self, event: Event) {
         self.device.push_event(event);
@@ -331,6 +332,7 @@ impl Sink for ControlSink<'_> {
 /// control path.
 struct DataSink<'a> {
     device: &'a Device,
+    peer: PeerId,
 }
 
 impl Sink for DataSink<'_> {
@@ -341,7 +343,8 @@ impl Sink for DataSink<'_> {
         self.device.retired.lock().push(index);
     }
     fn transmit(&mut self, destination: SocketAddr, datagram: &[u8]) {
-        self.device.push_transmit(destination, datagram);
+        self.device
+            .push_transmit(destination, datagram, Some(self.peer));
     }
     fn event(&mut self, event: Event) {
         self.device.push_event(event);
@@ -1021,12 +1024,25 @@ impl Device {
         event
     }
 
+    /// The socket did not take `bytes` of what was counted as sent to `peer` (a send failed):
+    /// its `tx_bytes` goes back down, so that it counts only what went out, as the kernel's
+    /// does. The peer is named by [`Transmit::peer`] for datagrams from the outbox and by
+    /// [`SendJob::peer`] on the data path; a caller of the one-shot
+    /// [`handle_packet`](Self::handle_packet) that needs this exactness uses
+    /// [`data_path`](Self::data_path) instead.
+    pub fn report_unsent(&self, peer: PeerId, bytes: u64) {
+        let shared = self.shared.read();
+        if let Some(cell) = shared.peers.get(&peer) {
+            cell.state.lock().peer.uncount_tx(bytes);
+        }
+    }
+
     /// Whether datagrams or events wait to be polled. A cheap atomic load.
     pub fn has_output(&self) -> bool {
         self.output_pending.load(Ordering::Acquire)
     }
 
-    fn push_transmit(&self, destination: SocketAddr, datagram: &[u8]) {
+    fn push_transmit(&self, destination: SocketAddr, datagram: &[u8], peer: Option<PeerId>) {
         // Counted by type here, the one place every handshake message leaves through.
         let c = &self.counters;
         match datagram.first() {
@@ -1035,7 +1051,7 @@ impl Device {
             Some(3) => c.cookie_replies_sent.fetch_add(1, Ordering::Relaxed),
             _ => 0,
         };
-        let queued = self.outbox.lock().push(destination, datagram);
+        let queued = self.outbox.lock().push(destination, datagram, peer);
         if !queued {
             self.count_drop(DropReason::QueueFull);
             return;
@@ -1120,7 +1136,7 @@ impl Device {
                     source,
                     &mut reply,
                 );
-                self.push_transmit(source, &reply);
+                self.push_transmit(source, &reply, None);
                 return Received::Handshake;
             }
             MacVerdict::ValidMacAndCookie => {
@@ -1175,6 +1191,42 @@ pub struct DataPath<'a> {
 impl fmt::Debug for DataPath<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DataPath").finish_non_exhaustive()
+    }
+}
+
+/// A transport message ready to be sealed: counter reserved, key copied. Seal it on any thread.
+#[derive(Debug)]
+pub struct SendJob {
+    inner: crate::peer::SendJob,
+    peer: PeerId,
+    /// The peer's endpoint.
+    pub destination: SocketAddr,
+}
+
+impl SendJob {
+    /// Bytes the whole message occupies in the buffer.
+    pub fn message_len(&self) -> usize {
+        self.inner.message_len()
+    }
+
+    /// The counter (nonce) reserved for this message.
+    pub fn counter(&self) -> u64 {
+        self.inner.counter()
+    }
+
+    /// Encrypts in place: `buf[HEADROOM..HEADROOM + packet_len]` holds the packet given to
+    /// `prepare_send`. Returns the message length (at the start of `buf`).
+    pub fn seal(
+        &self,
+        buf: &mut [u8],
+        packet_len: usize,
+    ) -> Result<usize, crate::keypair::BufferTooSmall> {
+        self.inner.seal(buf, packet_len)
+    }
+
+    /// The peer it is for (to [`report_unsent`](Device::report_unsent) if the send fails).
+    pub fn peer(&self) -> PeerId {
+        self.peer
     }
 }
 
@@ -1254,13 +1306,22 @@ impl DataPath<'_> {
             packet,
             capacity,
             self.shared.mtu,
-            &mut DataSink { device },
+            &mut DataSink { device, peer: id },
         );
         device.reschedule(id, &mut st);
-        if let Err(Sent::Dropped(reason)) = result {
-            device.count_drop(reason);
+        match result {
+            Ok(inner) => Ok(SendJob {
+                destination: inner.destination,
+                inner,
+                peer: id,
+            }),
+            Err(sent) => {
+                if let Sent::Dropped(reason) = sent {
+                    device.count_drop(reason);
+                }
+                Err(sent)
+            }
         }
-        result
     }
 
     /// [`Device::handle_datagram`] within this batch. Handshake messages are queued for
@@ -1326,7 +1387,10 @@ impl DataPath<'_> {
                 &job.inner,
                 buf.len(),
                 self.shared.mtu,
-                &mut DataSink { device },
+                &mut DataSink {
+                    device,
+                    peer: job.peer,
+                },
             );
             device.reschedule(job.peer, &mut st);
             d
@@ -1512,6 +1576,42 @@ mod tests {
         b.data_path()
             .decapsulate(later, A_ADDR.parse().expect("addr"), &mut buf[..n]);
         assert_eq!(wakes.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn datagrams_the_socket_refused_are_not_counted_as_sent() {
+        let (a, b, kb) = pair();
+        let now = Instant::from_nanos(1);
+        // No session yet: the packet is staged and the initiation queued.
+        let (mut buf, len) = packet_buf();
+        assert!(matches!(a.handle_packet(now, &mut buf, len), Sent::Staged));
+        let mut out = [0u8; 2048];
+        let t = a.poll_transmit(&mut out).expect("initiation");
+        assert_eq!(out[0], 1);
+        let to_b = t.peer.expect("an initiation belongs to its peer");
+        let sent = a.peer(&kb).expect("peer").tx_bytes;
+        assert_eq!(sent, t.len as u64);
+        // The socket refused it: it does not count.
+        a.report_unsent(to_b, t.len as u64);
+        assert_eq!(a.peer(&kb).expect("peer").tx_bytes, 0);
+        // Deliver it anyway, then the response; the staged packet leaves with the peer's id.
+        b.handle_datagram(now, A_ADDR.parse().expect("addr"), &mut out[..t.len]);
+        let r = b.poll_transmit(&mut out).expect("response");
+        assert_eq!(out[0], 2);
+        assert!(r.peer.is_some());
+        a.handle_datagram(now, B_ADDR.parse().expect("addr"), &mut out[..r.len]);
+        let d = a.poll_transmit(&mut out).expect("the staged packet");
+        assert_eq!(out[0], 4);
+        assert_eq!(d.peer, Some(to_b));
+        let before = a.peer(&kb).expect("peer").tx_bytes;
+        assert_eq!(before, d.len as u64);
+        a.report_unsent(to_b, d.len as u64);
+        assert_eq!(a.peer(&kb).expect("peer").tx_bytes, 0);
+        // Never below zero, and a peer that is gone is ignored.
+        a.report_unsent(to_b, 1 << 40);
+        assert_eq!(a.peer(&kb).expect("peer").tx_bytes, 0);
+        a.remove_peer(&kb);
+        a.report_unsent(to_b, 1);
     }
 
     #[test]

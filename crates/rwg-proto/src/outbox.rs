@@ -11,6 +11,7 @@ use alloc::vec::Vec;
 use core::net::SocketAddr;
 
 use crate::constants::{MAX_EVENTS, MAX_OUTBOX_DATAGRAMS};
+use crate::device::PeerId;
 use crate::outcome::Event;
 
 /// Datagrams to send, produced by [`Device::poll_transmit`](crate::device::Device::poll_transmit)
@@ -24,6 +25,10 @@ pub struct Transmit {
     /// The length of each datagram: `len` is a run of datagrams of this size, the last one
     /// possibly shorter (the rule of UDP GSO). Equal to `len` for a single datagram.
     pub segment_size: usize,
+    /// The peer they are for (`None`: a cookie reply, which belongs to no peer). If the socket
+    /// refuses them, tell the device with [`Device::report_unsent`](crate::device::Device::report_unsent),
+    /// so that the peer's `tx_bytes` counts only what went out.
+    pub peer: Option<PeerId>,
 }
 
 impl Transmit {
@@ -42,18 +47,24 @@ pub(crate) struct Outbox {
     /// The bytes of the datagrams not yet popped start at `head`.
     bytes: Vec<u8>,
     head: usize,
-    datagrams: VecDeque<(SocketAddr, usize)>,
+    datagrams: VecDeque<(SocketAddr, usize, Option<PeerId>)>,
     events: VecDeque<Event>,
 }
 
 impl Outbox {
     /// Queues a datagram; returns false (dropping it) if the outbox is full.
-    pub(crate) fn push(&mut self, destination: SocketAddr, datagram: &[u8]) -> bool {
+    pub(crate) fn push(
+        &mut self,
+        destination: SocketAddr,
+        datagram: &[u8],
+        peer: Option<PeerId>,
+    ) -> bool {
         if self.datagrams.len() >= MAX_OUTBOX_DATAGRAMS {
             return false;
         }
         self.bytes.extend_from_slice(datagram);
-        self.datagrams.push_back((destination, datagram.len()));
+        self.datagrams
+            .push_back((destination, datagram.len(), peer));
         true
     }
 
@@ -89,7 +100,7 @@ impl Outbox {
         max_segments: usize,
     ) -> (Option<Transmit>, usize) {
         let mut too_long = 0;
-        while let Some(&(destination, size)) = self.datagrams.front() {
+        while let Some(&(destination, size, peer)) = self.datagrams.front() {
             if size > buf.len() {
                 self.take(size);
                 too_long += 1;
@@ -97,9 +108,10 @@ impl Outbox {
             }
             let mut len = 0;
             let mut count = 0;
-            while let Some(&(d, s)) = self.datagrams.front() {
+            while let Some(&(d, s, p)) = self.datagrams.front() {
                 let fits = len + s <= buf.len();
-                if d != destination || s > size || !fits || count >= max_segments.max(1) {
+                let same = d == destination && p == peer;
+                if !same || s > size || !fits || count >= max_segments.max(1) {
                     break;
                 }
                 buf[len..len + s].copy_from_slice(&self.bytes[self.head..self.head + s]);
@@ -115,6 +127,7 @@ impl Outbox {
                     destination,
                     len,
                     segment_size: size,
+                    peer,
                 }),
                 too_long,
             );
@@ -154,7 +167,7 @@ mod tests {
             (2, 100, 5), // other destination
             (2, 148, 6), // longer: starts a new batch
         ] {
-            assert!(o.push(addr(port), &alloc::vec![fill; len]));
+            assert!(o.push(addr(port), &alloc::vec![fill; len], None));
         }
         let mut buf = [0u8; 4096];
         let (t, _) = o.pop_batch(&mut buf, 64);
@@ -177,7 +190,7 @@ mod tests {
     fn batches_respect_the_buffer_and_the_segment_limit() {
         let mut o = Outbox::default();
         for i in 0..10u8 {
-            o.push(addr(1), &[i; 32]);
+            o.push(addr(1), &[i; 32], None);
         }
         let mut buf = [0u8; 100];
         let (t, _) = o.pop_batch(&mut buf, 64);
@@ -186,7 +199,7 @@ mod tests {
         assert_eq!(t.map(|t| t.len), Some(64), "two segments at most");
         assert_eq!(buf[0], 3);
         // A datagram longer than the buffer is dropped and counted, the next one served.
-        o.push(addr(1), &[0xee; 200]);
+        o.push(addr(1), &[0xee; 200], None);
         let mut small = [0u8; 40];
         let mut got = 0;
         let mut dropped = 0;
@@ -205,9 +218,9 @@ mod tests {
     fn full_outbox_refuses_and_events_keep_the_newest() {
         let mut o = Outbox::default();
         for _ in 0..MAX_OUTBOX_DATAGRAMS {
-            assert!(o.push(addr(1), &[0; 1]));
+            assert!(o.push(addr(1), &[0; 1], None));
         }
-        assert!(!o.push(addr(1), &[0; 1]));
+        assert!(!o.push(addr(1), &[0; 1], None));
         let peer = crate::crypto::PublicKey::from_bytes([1; 32]);
         for port in 0..(MAX_EVENTS + 5) as u16 {
             o.push_event(Event::EndpointChanged {

@@ -270,6 +270,10 @@ impl Peer {
     pub fn rx_bytes(&self) -> u64 {
         self.rx_bytes
     }
+    /// Bytes counted as sent that the socket did not take after all.
+    pub fn uncount_tx(&mut self, bytes: u64) {
+        self.tx_bytes = self.tx_bytes.saturating_sub(bytes);
+    }
     /// Packets waiting for a session.
     pub fn staged_len(&self) -> usize {
         self.staged.len()
