@@ -470,11 +470,13 @@ impl Proxy {
         Proxy { child, lines }
     }
 
-    /// The first log line containing `what` (bounded: a hang guard, not a speed requirement).
+    /// The first log line containing `what` within 20 s (a hang guard, not a speed requirement).
     fn wait_line(&self, what: &str) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
         let mut seen = Vec::new();
         loop {
-            match self.lines.recv_timeout(Duration::from_secs(20)) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
                 Ok(line) if line.contains(what) => return line,
                 Ok(line) => seen.push(line),
                 Err(e) => panic!("no log line with {what:?} ({e}); got:\n{}", seen.join("\n")),
@@ -588,15 +590,36 @@ fn proxy_metrics_on_a_taken_port_is_an_error() {
     .expect("write config");
     let taken = TcpListener::bind("127.0.0.1:0").expect("listener");
     let addr = taken.local_addr().expect("addr").to_string();
-    let o = rwg(&[
-        "proxy",
-        "--config",
-        conf.to_str().expect("utf-8"),
-        "--socks5",
-        "127.0.0.1:0",
-        "--metrics",
-        &addr,
-    ]);
+    let mut child = Command::new(RWG)
+        .args([
+            "proxy",
+            "--config",
+            conf.to_str().expect("utf-8"),
+            "--socks5",
+            "127.0.0.1:0",
+            "--metrics",
+            &addr,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("rwg proxy");
+    // It must give up by itself; a proxy that serves on regardless is killed and fails the test.
+    let mut status = None;
+    for _ in 0..400 {
+        status = child.try_wait().expect("try_wait");
+        if status.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("rwg proxy still runs 20 s after being given a taken metrics port");
+    }
+    let o = child.wait_with_output().expect("output");
     assert_eq!(o.status.code(), Some(1));
     let err = stderr(&o);
     assert!(
