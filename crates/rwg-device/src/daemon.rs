@@ -119,10 +119,14 @@ impl Daemon {
         let spawn_err = |what: &str, e: std::io::Error| StartError(format!("{what}: {e}"));
         let device = Arc::new(Mutex::new(device));
 
-        let watch = self
-            .uapi
-            .watch()
-            .map_err(|e| spawn_err("cannot watch the configuration socket", e))?;
+        let watch = match self.uapi.watch() {
+            Ok(w) => w,
+            // Deleted between binding and watching: the stop it asks for, not a failure.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Shutdown::SocketDeleted)
+            }
+            Err(e) => return Err(spawn_err("cannot watch the configuration socket", e)),
+        };
         let h = handle.clone();
         std::thread::Builder::new()
             .name("uapi-watch".into())

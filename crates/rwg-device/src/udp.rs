@@ -2,7 +2,10 @@
 //!
 //! Port 0 picks a free port for IPv4 and then asks for the same one on IPv6; if another program
 //! holds that IPv6 port we try again with a new pick a few times. Either family may be missing
-//! on a host (no IPv6), but not both. The API moves slices of datagrams so that
+//! on a host, but not both: IPv6 switched off by sysctl (`net.ipv6.conf.all.disable_ipv6`, also
+//! what the boot option `ipv6.disable_ipv6=1` sets) or absent from the kernel (`ipv6.disable=1`),
+//! or a family the process may not use (systemd's `RestrictAddressFamilies=`). The device then
+//! runs on the other family and logs one warning. The API moves slices of datagrams so that
 //! recvmmsg/sendmmsg can replace the one-at-a-time calls without changing callers.
 
 use std::fmt;
@@ -54,7 +57,9 @@ impl fmt::Display for BindError {
 impl std::error::Error for BindError {}
 
 /// Address families unavailable on this host: binding them fails with these, and we go on
-/// with the other family.
+/// with the other family. EAFNOSUPPORT is what a kernel booted with `ipv6.disable=1` answers
+/// for IPv6, and what a service confined by systemd's `RestrictAddressFamilies=` (a seccomp
+/// filter) answers for a family it may not use.
 fn family_unsupported(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
@@ -62,51 +67,142 @@ fn family_unsupported(e: &io::Error) -> bool {
     )
 }
 
-fn bind_pair(port: u16) -> io::Result<(Option<UdpSocket>, Option<UdpSocket>, u16)> {
-    let v4 = match sys::udp::bind(SocketAddr::V4(SocketAddrV4::new(
+/// The sysctl that turns IPv6 off on every interface (set at run time, or at boot with
+/// `ipv6.disable_ipv6=1`). Per network namespace: /proc/sys/net is the reader's namespace's.
+const DISABLE_IPV6: &str = "/proc/sys/net/ipv6/conf/all/disable_ipv6";
+
+/// Whether IPv6 is switched off by sysctl. IPv6 sockets still bind then, but can send to no
+/// one, so the device does not open one. (Missing file: no IPv6 in this kernel at all, which
+/// binding finds out.)
+fn ipv6_disabled_by_sysctl() -> bool {
+    std::fs::read_to_string(DISABLE_IPV6).is_ok_and(|v| v.trim() == "1")
+}
+
+/// What binding needs from the host: how to bind one socket, and whether IPv6 is switched off.
+/// Tests replace either to play a host without one family.
+struct Host<'a> {
+    bind: &'a dyn Fn(SocketAddr) -> io::Result<UdpSocket>,
+    ipv6_disabled: bool,
+}
+
+impl Host<'static> {
+    fn real() -> Host<'static> {
+        Host {
+            bind: &sys::udp::bind,
+            ipv6_disabled: ipv6_disabled_by_sysctl(),
+        }
+    }
+}
+
+/// Why a family has no socket.
+#[derive(Debug)]
+enum Missing {
+    Unsupported(io::Error),
+    Disabled,
+}
+
+impl fmt::Display for Missing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Missing::Unsupported(e) => write!(f, "{e}"),
+            Missing::Disabled => write!(f, "disabled by sysctl ({DISABLE_IPV6} = 1)"),
+        }
+    }
+}
+
+/// A bound pair, with why a family is missing.
+struct Pair {
+    v4: Result<UdpSocket, Missing>,
+    v6: Result<UdpSocket, Missing>,
+    port: u16,
+}
+
+fn bind_pair(host: &Host<'_>, port: u16) -> io::Result<Pair> {
+    let v4 = match (host.bind)(SocketAddr::V4(SocketAddrV4::new(
         Ipv4Addr::UNSPECIFIED,
         port,
     ))) {
-        Ok(s) => Some(s),
-        Err(e) if family_unsupported(&e) => None,
+        Ok(s) => Ok(s),
+        Err(e) if family_unsupported(&e) => Err(Missing::Unsupported(e)),
         Err(e) => return Err(e),
     };
     let port = match &v4 {
-        Some(s) => s.local_addr()?.port(),
-        None => port,
+        Ok(s) => s.local_addr()?.port(),
+        Err(_) => port,
     };
-    let v6 = match sys::udp::bind(SocketAddr::V6(SocketAddrV6::new(
-        Ipv6Addr::UNSPECIFIED,
-        port,
-        0,
-        0,
-    ))) {
-        Ok(s) => Some(s),
-        Err(e) if family_unsupported(&e) && v4.is_some() => None,
-        Err(e) => return Err(e),
+    let v6 = if host.ipv6_disabled {
+        Err(Missing::Disabled)
+    } else {
+        match (host.bind)(SocketAddr::V6(SocketAddrV6::new(
+            Ipv6Addr::UNSPECIFIED,
+            port,
+            0,
+            0,
+        ))) {
+            Ok(s) => Ok(s),
+            Err(e) if family_unsupported(&e) => Err(Missing::Unsupported(e)),
+            Err(e) => return Err(e),
+        }
     };
-    let port = match &v6 {
-        Some(s) => s.local_addr()?.port(),
-        None => port,
+    let port = match (&v4, &v6) {
+        (_, Ok(s)) => s.local_addr()?.port(),
+        (Ok(_), Err(_)) => port,
+        (Err(a), Err(b)) => {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("this host offers neither IPv4 ({a}) nor IPv6 ({b})"),
+            ))
+        }
     };
-    Ok((v4, v6, port))
+    Ok(Pair { v4, v6, port })
+}
+
+/// Whether a warning was logged for a missing IPv4 / IPv6: once per process is enough (the
+/// sockets are bound again at every listen-port change).
+static MISSING_LOGGED: [AtomicBool; 2] = [AtomicBool::new(false), AtomicBool::new(false)];
+
+fn log_missing(family: usize, why: &Missing) {
+    let (name, other) = if family == 0 {
+        ("IPv4", "IPv6")
+    } else {
+        ("IPv6", "IPv4")
+    };
+    if MISSING_LOGGED[family].swap(true, Ordering::Relaxed) {
+        tracing::debug!("{name} unavailable ({why}): UDP on {other} only");
+    } else {
+        tracing::warn!(
+            "{name} unavailable on this host ({why}): UDP on {other} only; peers with {name} endpoints cannot be reached"
+        );
+    }
 }
 
 impl UdpSockets {
-    /// Binds both families on `port` (0 = pick one free on both).
+    /// Binds both families on `port` (0 = pick one free on both). A host without one family
+    /// (IPv6 switched off by sysctl or at boot, a family the process may not use) gets sockets
+    /// of the other, with a warning in the log; a host with neither is an error.
     pub fn bind(port: u16) -> Result<UdpSockets, BindError> {
+        UdpSockets::bind_on(&Host::real(), port)
+    }
+
+    fn bind_on(host: &Host<'_>, port: u16) -> Result<UdpSockets, BindError> {
         let attempts = if port == 0 { PORT_PICK_ATTEMPTS } else { 1 };
         let mut last = None;
         for _ in 0..attempts {
-            match bind_pair(port) {
-                Ok((v4, v6, port)) => {
+            match bind_pair(host, port) {
+                Ok(Pair { v4, v6, port }) => {
+                    if let Err(why) = &v4 {
+                        log_missing(0, why);
+                    }
+                    if let Err(why) = &v6 {
+                        log_missing(1, why);
+                    }
                     return Ok(UdpSockets {
-                        v4,
-                        v6,
+                        v4: v4.ok(),
+                        v6: v6.ok(),
                         port,
                         fwmark: 0,
                         gso: [AtomicBool::new(true), AtomicBool::new(true)],
-                    })
+                    });
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => last = Some(e),
                 Err(error) => return Err(BindError { port, error }),
@@ -437,6 +533,109 @@ mod tests {
             assert_eq!(&buf[..len], b"back");
             // Rebinding keeps both families on one new port.
             s.rebind(0).expect("rebind");
+        }
+    }
+
+    /// A host where binding `family` fails with `errno`, and the other family binds for real.
+    fn failing(v6: bool, errno: i32) -> impl Fn(SocketAddr) -> io::Result<UdpSocket> {
+        move |addr: SocketAddr| {
+            if addr.is_ipv6() == v6 {
+                Err(io::Error::from_raw_os_error(errno))
+            } else {
+                sys::udp::bind(addr)
+            }
+        }
+    }
+
+    #[test]
+    fn without_ipv4_the_device_runs_on_ipv6_alone() {
+        // What socket(AF_INET) answers under systemd's RestrictAddressFamilies=AF_INET6.
+        let bind = failing(false, libc::EAFNOSUPPORT);
+        let host = Host {
+            bind: &bind,
+            ipv6_disabled: false,
+        };
+        let s = UdpSockets::bind_on(&host, 0).expect("IPv6 alone is enough");
+        assert!(s.v4().is_none());
+        let v6 = s.v6().expect("the IPv6 socket");
+        assert_ne!(s.port(), 0);
+        assert_eq!(v6.local_addr().expect("addr").port(), s.port());
+        // Sending to an IPv4 peer fails cleanly instead of going anywhere.
+        let err = s
+            .send_to(b"x", SocketAddr::from(([127, 0, 0, 1], 9)))
+            .expect_err("no IPv4 socket");
+        assert_eq!(err.raw_os_error(), Some(libc::EAFNOSUPPORT));
+    }
+
+    #[test]
+    fn with_ipv6_off_the_device_runs_on_ipv4_alone() {
+        let bind = |addr: SocketAddr| {
+            assert!(addr.is_ipv4(), "no IPv6 socket is even tried: {addr}");
+            sys::udp::bind(addr)
+        };
+        let host = Host {
+            bind: &bind,
+            ipv6_disabled: true,
+        };
+        let s = UdpSockets::bind_on(&host, 0).expect("IPv4 alone is enough");
+        assert!(s.v6().is_none());
+        let v4 = s.v4().expect("the IPv4 socket");
+        let peer = UdpSocket::bind("127.0.0.1:0").expect("peer");
+        peer.send_to(b"four", ("127.0.0.1", s.port()))
+            .expect("send");
+        let mut buf = [0u8; 16];
+        let mut meta = [no_meta()];
+        assert_eq!(
+            recv_batch(v4, &mut [&mut buf[..]], &mut meta).expect("recv"),
+            1
+        );
+        assert_eq!(&buf[..meta[0].len], b"four");
+        // A kernel without IPv6 at all (ipv6.disable=1) answers EAFNOSUPPORT: the same result.
+        let bind = failing(true, libc::EAFNOSUPPORT);
+        let host = Host {
+            bind: &bind,
+            ipv6_disabled: false,
+        };
+        let s = UdpSockets::bind_on(&host, 0).expect("IPv4 alone is enough");
+        assert!(s.v6().is_none() && s.v4().is_some());
+    }
+
+    #[test]
+    fn a_host_with_neither_family_is_an_error_that_says_why() {
+        let bind = |_: SocketAddr| -> io::Result<UdpSocket> {
+            Err(io::Error::from_raw_os_error(libc::EAFNOSUPPORT))
+        };
+        let host = Host {
+            bind: &bind,
+            ipv6_disabled: false,
+        };
+        let e = UdpSockets::bind_on(&host, 51820).expect_err("nothing to bind");
+        let text = e.to_string();
+        assert!(text.contains("51820"), "{text}");
+        assert!(text.contains("neither IPv4"), "{text}");
+        assert!(text.contains("nor IPv6"), "{text}");
+        let bind = failing(false, libc::EAFNOSUPPORT);
+        let host = Host {
+            bind: &bind,
+            ipv6_disabled: true,
+        };
+        let text = UdpSockets::bind_on(&host, 0)
+            .expect_err("IPv4 missing, IPv6 off")
+            .to_string();
+        assert!(text.contains("disable_ipv6 = 1"), "{text}");
+    }
+
+    #[test]
+    fn other_bind_errors_are_not_taken_for_a_missing_family() {
+        // Permission denied (an LSM) is a problem to report, not a family to do without.
+        for v6 in [false, true] {
+            let bind = failing(v6, libc::EACCES);
+            let host = Host {
+                bind: &bind,
+                ipv6_disabled: false,
+            };
+            let e = UdpSockets::bind_on(&host, 0).expect_err("EACCES is an error");
+            assert_eq!(e.error.raw_os_error(), Some(libc::EACCES), "v6 {v6}");
         }
     }
 

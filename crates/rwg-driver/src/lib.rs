@@ -9,7 +9,8 @@
 //! stack on tokio (`rwg-netstack`), or from an app through the C ABI; only how the loop *waits*
 //! differs. So this crate has the part that is the same:
 //!
-//! - [`Clock`]: the core's monotonic [`Instant`] and the wall clock it needs, from one origin;
+//! - [`Clock`]: the core's monotonic [`Instant`] (counting suspended time: `CLOCK_BOOTTIME`
+//!   on Linux) and the wall clock it needs, from one origin;
 //! - [`Driver::turn`]: one pass of the control path, in the crate documentation's polling
 //!   order: queued handshake messages, then due timers, then every datagram queued (in GSO
 //!   batches, to a [`Transmitter`]) and every event (logged, and to an optional hook); it
@@ -44,7 +45,7 @@ mod control;
 pub mod metrics;
 mod wakeup;
 
-pub use clock::Clock;
+pub use clock::{Clock, ManualTime, SystemClock, TimeSource};
 pub use control::{short_key, Driver, Transmitter};
 pub use rwg_proto::device::Device;
 pub use rwg_proto::Instant;

@@ -11,7 +11,8 @@ use rwg_netstack::{NetStack, TcpListener, TcpStream, Tunnel, TunnelHandle, Tunne
 use rwg_proto::crypto::{PrivateKey, PublicKey};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const DEFAULT_BYTES: u64 = 64 << 20;
+use crate::cli::DemoArgs;
+
 const ADDRESS_A: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
 const ADDRESS_B: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
 const PORT: u16 = 5001;
@@ -21,54 +22,9 @@ const DEADLINE: Duration = Duration::from_secs(120);
 const PATTERN_LEN: usize = 1 << 20;
 const CHUNK: usize = 64 << 10;
 
-fn usage() -> &'static str {
-    "Usage: rwg demo [--bytes N]\n\
-     \n\
-     Two WireGuard peers in this process, talking over loopback UDP: a real handshake, then\n\
-     one TCP connection inside the tunnel moving N bytes (default 64 MiB; suffixes K, M, G\n\
-     for KiB, MiB, GiB) with a verified checksum. Needs no root and no setup.\n"
-}
-
-fn parse_size(text: &str) -> Option<u64> {
-    let (digits, shift) = match text.as_bytes().last()? {
-        b'k' | b'K' => (&text[..text.len() - 1], 10),
-        b'm' | b'M' => (&text[..text.len() - 1], 20),
-        b'g' | b'G' => (&text[..text.len() - 1], 30),
-        _ => (text, 0),
-    };
-    digits.parse::<u64>().ok()?.checked_mul(1 << shift)
-}
-
-/// Entry point: `args` are the words after `demo`.
-pub(crate) fn main(args: &[&str]) -> ExitCode {
-    let mut bytes = DEFAULT_BYTES;
-    let mut rest = args.iter().copied();
-    while let Some(arg) = rest.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) => (f, Some(v)),
-            None => (arg, None),
-        };
-        match flag {
-            "-h" | "--help" => {
-                print!("{}", usage());
-                return ExitCode::SUCCESS;
-            }
-            "--bytes" => {
-                let Some(value) = inline.or_else(|| rest.next()) else {
-                    return bad_usage("--bytes needs a value, for example --bytes 16M");
-                };
-                match parse_size(value) {
-                    Some(n) if n > 0 => bytes = n,
-                    _ => {
-                        return bad_usage(&format!(
-                            "--bytes {value:?} is not a positive size (examples: 1048576, 512K, 64M, 1G)"
-                        ))
-                    }
-                }
-            }
-            other => return bad_usage(&format!("unknown option {other:?}")),
-        }
-    }
+/// Entry point: the arguments after `demo`, parsed.
+pub(crate) fn main(args: &DemoArgs) -> ExitCode {
+    let bytes = args.bytes;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -94,11 +50,6 @@ pub(crate) fn main(args: &[&str]) -> ExitCode {
         }
         Err(e) => fail(&e),
     }
-}
-
-fn bad_usage(message: &str) -> ExitCode {
-    eprintln!("rwg demo: {message}\n\n{}", usage());
-    ExitCode::from(2)
 }
 
 fn fail(message: &str) -> ExitCode {

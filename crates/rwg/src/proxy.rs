@@ -13,152 +13,15 @@ use rwg_netstack::forward::{ForwardSpec, Forwarder};
 use rwg_netstack::socks5::{Socks5Config, Socks5Server};
 use rwg_netstack::{NetStack, TcpStream, Tunnel};
 
-fn usage() -> &'static str {
-    "Usage: rwg proxy --config FILE [--socks5 ADDR [--socks5-auth USER:PASS]]\n\
-     \x20                [--forward tcp:LOCAL:REMOTE]... [--forward udp:LOCAL:REMOTE]...\n\
-     \x20                [--reverse tcp:TUNNEL_PORT:LOCAL]...\n\
-     \n\
-     Joins the WireGuard network described by FILE (wg-quick format: [Interface] with\n\
-     PrivateKey and Address, [Peer] sections) with a userspace TCP/IP stack, without a TUN\n\
-     device or root, and offers:\n\
-     \x20 --socks5 ADDR               a SOCKS5 server on the local ADDR (e.g. 127.0.0.1:1080),\n\
-     \x20                             CONNECT and UDP ASSOCIATE; host names are resolved by the\n\
-     \x20                             config's DNS server through the tunnel\n\
-     \x20 --socks5-auth USER:PASS     require this user name and password\n\
-     \x20 --forward tcp:LOCAL:REMOTE  accept TCP on the local LOCAL, connect to REMOTE in the tunnel\n\
-     \x20 --forward udp:LOCAL:REMOTE  the same for UDP datagrams\n\
-     \x20 --reverse tcp:PORT:LOCAL    accept TCP on PORT of the tunnel address, connect to LOCAL\n\
-     At least one of --socks5, --forward, --reverse is needed. Addresses are IPv4:port or\n\
-     [IPv6]:port, e.g. --forward tcp:127.0.0.1:8080:10.0.0.1:80.\n\
-     Logging goes to stderr; LOG_LEVEL=debug|verbose|error|silent (default: info).\n"
-}
+use crate::cli::ProxyArgs;
 
-#[derive(Default)]
-struct Args {
-    config: Option<String>,
-    socks5: Option<SocketAddr>,
-    auth: Option<(String, String)>,
-    forwards: Vec<ForwardSpec>,
-}
-
-enum Parsed {
-    Run(Args),
-    Help,
-}
-
-fn parse_args(args: &[&str]) -> Result<Parsed, String> {
-    let mut parsed = Args::default();
-    let mut rest = args.iter().copied();
-    while let Some(arg) = rest.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f, Some(v)),
-            _ => (arg, None),
-        };
-        if flag == "-h" || flag == "--help" {
-            return Ok(Parsed::Help);
-        }
-        let known = [
-            "--config",
-            "-c",
-            "--socks5",
-            "--socks5-auth",
-            "--forward",
-            "-L",
-            "--reverse",
-            "-R",
-        ];
-        if !known.contains(&flag) {
-            return Err(format!("unknown option {flag:?}"));
-        }
-        let value = inline
-            .or_else(|| rest.next())
-            .ok_or_else(|| format!("{flag} needs a value"))?;
-        match flag {
-            "--config" | "-c" => {
-                if parsed.config.replace(value.to_owned()).is_some() {
-                    return Err("--config given twice; one configuration file only".to_owned());
-                }
-            }
-            "--socks5" => {
-                let addr = value.parse::<SocketAddr>().map_err(|_| {
-                    format!(
-                        "--socks5 {value:?}: expected IP:PORT to listen on, e.g. 127.0.0.1:1080"
-                    )
-                })?;
-                if parsed.socks5.replace(addr).is_some() {
-                    return Err("--socks5 given twice".to_owned());
-                }
-            }
-            "--socks5-auth" => {
-                let (user, pass) = value.split_once(':').ok_or_else(|| {
-                    "--socks5-auth: expected USER:PASS (a colon between user name and password)"
-                        .to_owned()
-                })?;
-                if user.is_empty() || pass.is_empty() || user.len() > 255 || pass.len() > 255 {
-                    return Err(
-                        "--socks5-auth: user name and password must be 1 to 255 bytes each"
-                            .to_owned(),
-                    );
-                }
-                parsed.auth = Some((user.to_owned(), pass.to_owned()));
-            }
-            "--forward" | "-L" => {
-                if !(value.starts_with("tcp:") || value.starts_with("udp:")) {
-                    return Err(format!(
-                        "--forward {value:?}: expected tcp:LOCAL:REMOTE or udp:LOCAL:REMOTE, \
-                         e.g. tcp:127.0.0.1:8080:10.0.0.1:80"
-                    ));
-                }
-                let spec = value
-                    .parse::<ForwardSpec>()
-                    .map_err(|e| format!("--forward: {e}"))?;
-                parsed.forwards.push(spec);
-            }
-            _ => {
-                let port_local = value.strip_prefix("tcp:").ok_or_else(|| {
-                    format!(
-                        "--reverse {value:?}: expected tcp:TUNNEL_PORT:LOCAL, e.g. tcp:8080:127.0.0.1:80"
-                    )
-                })?;
-                let spec = format!("reverse tcp:{port_local}")
-                    .parse::<ForwardSpec>()
-                    .map_err(|e| format!("--reverse: {e}"))?;
-                parsed.forwards.push(spec);
-            }
-        }
+/// Entry point: the arguments after `proxy`, parsed.
+pub(crate) fn main(args: ProxyArgs) -> ExitCode {
+    if let Err(e) = args.check() {
+        e.exit();
     }
-    if parsed.config.is_none() {
-        return Err("--config FILE is required (a wg-quick configuration file)".to_owned());
-    }
-    if parsed.auth.is_some() && parsed.socks5.is_none() {
-        return Err("--socks5-auth needs --socks5 ADDR".to_owned());
-    }
-    if parsed.socks5.is_none() && parsed.forwards.is_empty() {
-        return Err(
-            "nothing to do: give at least one of --socks5, --forward, --reverse".to_owned(),
-        );
-    }
-    Ok(Parsed::Run(parsed))
-}
-
-/// Entry point: `args` are the words after `proxy`.
-pub(crate) fn main(args: &[&str]) -> ExitCode {
-    let args = match parse_args(args) {
-        Ok(Parsed::Run(a)) => a,
-        Ok(Parsed::Help) => {
-            print!("{}", usage());
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("rwg proxy: {e}\n\n{}", usage());
-            return ExitCode::from(2);
-        }
-    };
     crate::init_logging(tracing::Level::INFO);
-    let Some(path) = args.config.as_deref() else {
-        return fail("--config FILE is required");
-    };
-    let config = match rwg_config::Config::from_file(path) {
+    let config = match rwg_config::Config::from_file(&args.config) {
         Ok(c) => c,
         Err(e) => return fail(&e.to_string()),
     };
@@ -205,7 +68,7 @@ impl Resolver for NoDns {
 
 type Service = Pin<Box<dyn Future<Output = String> + Send>>;
 
-async fn serve(config: rwg_config::Config, args: Args) -> Result<(), String> {
+async fn serve(config: rwg_config::Config, args: ProxyArgs) -> Result<(), String> {
     let (stack, tunnel) = Tunnel::start(&config)
         .await
         .map_err(|e| format!("cannot start the tunnel: {e}"))?;
@@ -225,7 +88,7 @@ async fn serve(config: rwg_config::Config, args: Args) -> Result<(), String> {
             stack.clone(),
             resolver,
             Socks5Config {
-                credentials: args.auth,
+                credentials: args.socks5_auth.map(|c| (c.user, c.password)),
                 ..Socks5Config::default()
             },
         );
@@ -235,7 +98,18 @@ async fn serve(config: rwg_config::Config, args: Args) -> Result<(), String> {
         tracing::info!(%addr, "SOCKS5 server listening");
         services.push(Box::pin(run_socks5(socks, listener)));
     }
-    for spec in args.forwards {
+    // Stops with this function: the server's thread outlives nothing but the process.
+    let _metrics = match args.metrics {
+        None => None,
+        Some(addr) => {
+            let device = tunnel.device().clone();
+            let render = move |out: &mut String| rwg_driver::metrics::render(&device, out);
+            let server = rwg_driver::metrics::MetricsServer::spawn(addr, Arc::new(render), None)
+                .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
+            Some(StopOnDrop(server))
+        }
+    };
+    for spec in args.forward.into_iter().chain(args.reverse) {
         match spec {
             ForwardSpec::Tcp { local, remote } => {
                 let listener = tokio::net::TcpListener::bind(local)
@@ -285,6 +159,15 @@ async fn serve(config: rwg_config::Config, args: Args) -> Result<(), String> {
     }
     drop(tunnel);
     Err(format!("every service stopped; last: {last}"))
+}
+
+/// Stops the metrics server when the proxy stops serving.
+struct StopOnDrop(rwg_driver::metrics::MetricsServer);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
 }
 
 async fn run_socks5(server: Socks5Server, listener: tokio::net::TcpListener) -> String {

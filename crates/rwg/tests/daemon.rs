@@ -309,3 +309,83 @@ fn key_tools_match_wg() {
     assert_eq!(psk.trim().len(), 44);
     assert!(psk.ends_with("=\n"));
 }
+
+/// `curl` inside the namespace: the body, or None when nothing answers.
+fn fetch(ns: &Netns, url: &str) -> Option<String> {
+    let out = ns.run("curl", &["-sf", "--max-time", "5", url]);
+    out.status.success().then(|| text(&out))
+}
+
+#[test]
+#[ignore = "needs root, /dev/net/tun, ip, ss, wg and curl: run with cargo test -- --ignored as root"]
+fn metrics_from_the_option_or_the_environment() {
+    require_root_and_tools();
+    assert!(have_tool("curl"), "`curl` not installed: {NEEDS_ROOT}");
+    let ns = Netns::new("me");
+    assert!(ns.run("ip", &["link", "set", "lo", "up"]).status.success());
+    let name = iface("m");
+
+    // A bad RWG_METRICS: said so, before anything is created.
+    let out = ns
+        .cmd(RWG)
+        .env("RWG_METRICS", "9586")
+        .args(["-f", &name])
+        .output()
+        .expect("spawn rwg");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("RWG_METRICS=\"9586\""), "{err}");
+    assert!(err.contains("e.g. 127.0.0.1:9586"), "{err}");
+    assert!(!ns.run("ip", &["link", "show", &name]).status.success());
+    assert!(!sock(&name).exists());
+
+    // The option wins over the environment; the metrics describe the device wg configures.
+    let mut daemon = KillOnDrop(
+        ns.cmd(RWG)
+            .env("RWG_METRICS", "127.0.0.1:9587")
+            .args(["-f", "--metrics", "127.0.0.1:9586", &name])
+            .spawn()
+            .expect("spawn rwg"),
+    );
+    wait_for_socket(&name, &mut daemon.0);
+    let body =
+        fetch(&ns, "http://127.0.0.1:9586/metrics").expect("metrics on the option's address");
+    assert!(body.lines().any(|l| l == "rwg_peers 0"), "{body}");
+    assert_eq!(fetch(&ns, "http://127.0.0.1:9587/metrics"), None);
+    let (_, peer) = key_pair();
+    let out = ns.run(
+        "wg",
+        &["set", &name, "peer", &peer, "allowed-ips", "10.0.0.2/32"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let body = fetch(&ns, "http://127.0.0.1:9586/metrics").expect("metrics");
+    assert!(body.lines().any(|l| l == "rwg_peers 1"), "{body}");
+    assert!(body.contains(&format!("peer=\"{peer}\"")), "{body}");
+    let _ = Command::new("kill")
+        .args(["-TERM", &daemon.0.id().to_string()])
+        .status();
+    assert!(wait_exit(&mut daemon.0).success());
+
+    // In the background (the parent re-executes itself with the same command line), from the
+    // environment alone.
+    let out = ns
+        .cmd(RWG)
+        .env("RWG_METRICS", "127.0.0.1:9588")
+        .arg(&name)
+        .output()
+        .expect("spawn rwg");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let body =
+        fetch(&ns, "http://127.0.0.1:9588/metrics").expect("the background daemon's metrics");
+    assert!(body.lines().any(|l| l == "rwg_peers 0"), "{body}");
+    assert!(ns.run("ip", &["link", "del", &name]).status.success());
+    wait_for("socket removal", || !sock(&name).exists());
+}

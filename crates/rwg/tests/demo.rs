@@ -29,19 +29,33 @@ fn demo_moves_data_and_reports_it() {
 
 #[test]
 fn demo_rejects_bad_flags() {
-    for args in [
-        &["demo", "--bytes", "lots"][..],
-        &["demo", "--frobnicate"],
-        &["demo", "--bytes"],
+    // Each bad command line: exit status 2 and a message that names the problem and the fix.
+    for (args, wants) in [
+        (
+            &["demo", "--bytes", "lots"][..],
+            &["'lots'", "--bytes", "examples: 1048576, 512K, 64M, 1G"][..],
+        ),
+        (
+            &["demo", "--bytes", "0"],
+            &["--bytes", "not a positive size"],
+        ),
+        (
+            &["demo", "--frobnicate"],
+            &["unexpected argument '--frobnicate'", "Usage: rwg demo"],
+        ),
+        (&["demo", "--bytes"], &["--bytes", "a value is required"]),
     ] {
         let output = Command::new(env!("CARGO_BIN_EXE_rwg"))
             .args(args)
             .output()
             .expect("run rwg demo");
-        assert!(!output.status.success(), "{args:?} succeeded");
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        assert!(output.stdout.is_empty(), "{args:?}: nothing on stdout");
         let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(stderr.contains("rwg demo:"), "{args:?}: {stderr}");
-        assert!(stderr.contains("Usage: rwg demo"), "{args:?}: {stderr}");
+        assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
+        for want in wants {
+            assert!(stderr.contains(want), "{args:?}: want {want:?} in {stderr}");
+        }
     }
 }
 

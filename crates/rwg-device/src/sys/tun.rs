@@ -108,11 +108,13 @@ pub(crate) fn ifindex(name: &str) -> io::Result<u32> {
     Ok(index)
 }
 
-/// The MTU of interface `name` (`SIOCGIFMTU` on a throwaway datagram socket).
+/// The MTU of interface `name` (`SIOCGIFMTU` on a throwaway datagram socket). The socket is a
+/// Unix one: the kernel answers interface ioctls on a socket of any family, and a process that
+/// may not use IPv4 (systemd's `RestrictAddressFamilies=AF_INET6 ...`) may still use AF_UNIX.
 pub(crate) fn mtu(name: &str) -> io::Result<u32> {
     // SAFETY: plain socket creation; the result is checked.
     let sock =
-        cvt(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
+        cvt(unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
     // SAFETY: socket succeeded; the descriptor is fresh.
     let sock = unsafe { OwnedFd::from_raw_fd(sock) };
     let mut req = IfReq::new(name);
