@@ -55,6 +55,8 @@ pid_alive() {
 	[[ ${stat%% *} != [ZX] ]]
 }
 
+pid_gone() { ! pid_alive "$1"; }
+
 # daemon_problems: print the first problem of the daemons this scenario started (a panic in a
 # log, a daemon that is gone) and return 1; return 0 if there is none.
 daemon_problems() {
@@ -179,7 +181,8 @@ impl_available() {
 	rwg) [[ -x $RWG ]] || { echo "rwg binary not found at $RWG (cargo build --release -p rwg, or set RWG)"; return 1; } ;;
 	wireguard-go) command -v wireguard-go >/dev/null || { echo "wireguard-go not on PATH (scripts/install-deps)"; return 1; } ;;
 	boringtun) command -v boringtun-cli >/dev/null || { echo "boringtun-cli not on PATH (scripts/install-deps)"; return 1; } ;;
-	*) echo "unknown implementation '$1' (rwg|wireguard-go|boringtun)"; return 1 ;;
+	gotatun) command -v gotatun >/dev/null || { echo "gotatun not on PATH (scripts/install-deps: cargo install --locked gotatun-cli)"; return 1; } ;;
+	*) echo "unknown implementation '$1' (rwg|wireguard-go|boringtun|gotatun)"; return 1 ;;
 	esac
 }
 
@@ -187,22 +190,31 @@ uapi_sock() { printf '/var/run/wireguard/%s.sock' "$1"; }
 
 # start_wg IMPL NS IFACE [extra daemon args...]: run a daemon in the foreground (in the
 # background of this shell), wait until `wg show` answers through its socket.
+# rwg gets RWG_DISABLE and RWG_WORKERS as this shell has them (unset: every offload on, the
+# default number of workers), and its "data plane" log line must say that they took effect.
 start_wg() {
-	local impl=$1 ns=$2 ifc=$3 logf pid
+	local impl=$1 ns=$2 ifc=$3 logf pid rwg_env
 	shift 3
 	logf="$SCDIR/daemon-$ifc.log"
 	E2E_IFACES+=("$ifc")
 	case $impl in
-	rwg) ip netns exec "$ns" env WG_PROCESS_FOREGROUND=1 LOG_LEVEL="${LOG_LEVEL:-verbose}" "$RWG" -f "$@" "$ifc" >"$logf" 2>&1 & ;;
+	rwg)
+		rwg_env=(WG_PROCESS_FOREGROUND=1 LOG_LEVEL="${LOG_LEVEL:-verbose}" RWG_DISABLE="${RWG_DISABLE:-}")
+		if [[ -n ${RWG_WORKERS:-} ]]; then rwg_env+=(RWG_WORKERS="$RWG_WORKERS"); else rwg_env=(-u RWG_WORKERS "${rwg_env[@]}"); fi
+		ip netns exec "$ns" env "${rwg_env[@]}" "$RWG" -f "$@" "$ifc" >"$logf" 2>&1 &
+		;;
 	wireguard-go) ip netns exec "$ns" env WG_PROCESS_FOREGROUND=1 LOG_LEVEL="${LOG_LEVEL:-verbose}" wireguard-go -f "$@" "$ifc" >"$logf" 2>&1 & ;;
 	# boringtun-cli logs to stdout in the foreground; 2 threads, the CI machine has 2 cores.
 	boringtun) ip netns exec "$ns" boringtun-cli --foreground --disable-drop-privileges --threads 2 --verbosity "${BORINGTUN_VERBOSITY:-info}" "$@" "$ifc" >>"$logf" 2>&1 & ;;
+	# gotatun logs to stdout in the foreground (its --log file is for the background); NO_COLOR
+	# keeps escape codes out of the log.
+	gotatun) ip netns exec "$ns" env NO_COLOR=1 gotatun --foreground --disable-drop-privileges --verbosity "${GOTATUN_VERBOSITY:-info}" "$@" "$ifc" >>"$logf" 2>&1 & ;;
 	*) fail "unknown implementation $impl" ;;
 	esac
 	pid=$!
 	E2E_PIDS+=("$pid")
 	E2E_DAEMONS+=("$pid|$impl|$ifc|$logf")
-	eval "PID_$ifc=$pid"
+	eval "PID_$ifc=$pid NS_OF_$ifc=$ns"
 	# Ready when the socket answers a get; give up at once if the daemon dies meanwhile. The
 	# polling uses socat, not wg: wg unlinks a socket that refuses a connection (it takes it
 	# for stale), and a daemon between bind() and listen() refuses connections.
@@ -214,6 +226,67 @@ start_wg() {
 	fi
 	n "$ns" wg show "$ifc" >/dev/null || fail "wg show $ifc failed although its socket answers"
 	log "$impl serving $ifc in $ns (pid $pid)"
+	[[ $impl != rwg ]] || check_data_plane "$ifc" "${RWG_DISABLE:-}" "${RWG_WORKERS:-}"
+}
+
+# stop_wg IFACE: stop the daemon start_wg started for IFACE with SIGTERM; it must exit 0
+# within 5 s without a panic, and its TUN device and socket must go. Its log is kept as
+# daemon-IFACE.log.N, so a later start_wg for IFACE starts a fresh one.
+stop_wg() {
+	local ifc=$1 v="PID_$1" nv="NS_OF_$1" d keep=() pid impl rest logf rc=0 k
+	check_daemons
+	pid=${!v}
+	for d in "${E2E_DAEMONS[@]}"; do
+		if [[ ${d%%|*} == "$pid" ]]; then IFS='|' read -r pid impl rest logf <<<"$d"; else keep+=("$d"); fi
+	done
+	[[ -n ${logf:-} ]] || fail "stop_wg $ifc: no daemon of this scenario serves it"
+	kill -TERM "$pid"
+	wait_until 5 pid_gone "$pid" || fail "$impl daemon for $ifc (pid $pid) still running 5s after SIGTERM"
+	wait "$pid" || rc=$?
+	if grep -Eq -- "$E2E_PANIC_RE" "$logf"; then fail "$impl daemon for $ifc panicked: $(grep -Em1 -- "$E2E_PANIC_RE" "$logf" | cut -c1-200)"; fi
+	((rc == 0)) || fail "$impl daemon for $ifc exited $rc on SIGTERM: $(tail -n 2 "$logf" | tr '\n' ' ' | cut -c1-200)"
+	E2E_DAEMONS=("${keep[@]}")
+	for ((k = 1; ; k++)); do [[ -e $logf.$k ]] || break; done
+	mv "$logf" "$logf.$k"
+	wait_until 5 bash -c "! ip -n ${!nv} link show $ifc >/dev/null 2>&1 && [[ ! -e $(uapi_sock "$ifc") ]]" ||
+		fail "$ifc or its socket still there 5s after its $impl daemon exited"
+	log "$impl daemon for $ifc stopped (exit 0; log kept as $(basename "$logf.$k"))"
+}
+
+# rwg_data_plane IFACE: what rwg's "data plane" log line for IFACE says, as
+# "vnet_hdr tso uso workers udp_gso udp_gro" (e.g. "true true true 2 true false").
+rwg_data_plane() {
+	grep -m1 ' data plane ' "$SCDIR/daemon-$1.log" | sed -n \
+		's/.* offloads=TunOffloads { vnet_hdr: \([a-z]*\), tso: \([a-z]*\), uso: \([a-z]*\) } workers=\([0-9]*\) udp_gso=\([a-z]*\) udp_gro=\([a-z]*\).*/\1 \2 \3 \4 \5 \6/p'
+}
+
+# check_data_plane IFACE DISABLE WORKERS: rwg's data plane for IFACE is what RWG_DISABLE=DISABLE
+# and RWG_WORKERS=WORKERS (empty: unset) ask for. With the TUN offload on, the kernel must have
+# granted TSO, and USO from Linux 6.2 (when TUN got it) on; unset workers: 1 to the cores.
+check_data_plane() {
+	local ifc=$1 disable=",$2," workers=$3 got want=() tun=true kv ncpu
+	got=$(rwg_data_plane "$ifc")
+	[[ -n $got ]] || fail "rwg's log for $ifc has no 'data plane offloads=TunOffloads { ... } workers=N udp_gso=.. udp_gro=..' line: $(grep -m1 'data plane' "$SCDIR/daemon-$ifc.log" | cut -c1-200)"
+	[[ $disable != *,all,* && $disable != *,tun-offload,* ]] || tun=false
+	kv=$(uname -r)
+	kv=${kv%%[!0-9.]*}
+	want=("$tun" "$tun" false)
+	# (USO on TUN: Linux 6.2)
+	if [[ $tun == true ]] && (( ${kv%%.*} > 6 || (${kv%%.*} == 6 && $(cut -d. -f2 <<<"$kv") >= 2) )); then want[2]=true; fi
+	read -r -a got <<<"$got"
+	[[ "${got[*]:0:3}" == "${want[*]}" ]] ||
+		fail "$ifc: TUN offloads vnet_hdr/tso/uso are ${got[*]:0:3}, want ${want[*]} (RWG_DISABLE='$2', Linux $kv)"
+	want=(true true)
+	[[ $disable != *,all,* && $disable != *,udp-gso,* ]] || want[0]=false
+	[[ $disable != *,all,* && $disable != *,udp-gro,* ]] || want[1]=false
+	[[ "${got[*]:4:2}" == "${want[*]}" ]] || fail "$ifc: udp_gso/udp_gro are ${got[*]:4:2}, want ${want[*]} (RWG_DISABLE='$2')"
+	if [[ -n $workers ]]; then
+		[[ ${got[3]} == "$workers" ]] || fail "$ifc: ${got[3]} crypto workers, want $workers (RWG_WORKERS)"
+	else
+		ncpu=$(nproc)
+		((got[3] >= 1 && got[3] <= ncpu)) || fail "$ifc: ${got[3]} crypto workers by default, want 1 to $ncpu (the cores)"
+	fi
+	log "rwg data plane for $ifc: vnet_hdr/tso/uso ${got[*]:0:3}, workers ${got[3]}, udp_gso/udp_gro ${got[*]:4:2} (RWG_DISABLE='$2' RWG_WORKERS='$3')"
 }
 
 daemon_alive() { local v="PID_$1"; pid_alive "${!v}"; }
@@ -298,13 +371,24 @@ must_not_ping() {
 # capture_start NAME NS DEV FILTER: tcpdump on DEV in NS in the background until capture_stop
 # NAME; returns once tcpdump is listening. One line per packet in $SCDIR/NAME.cap.
 capture_start() {
+	capture_spawn "$@"
+	capture_listening "$1"
+}
+# The two halves of capture_start, to start several captures at once: capture_spawn NAME NS
+# DEV FILTER starts tcpdump; capture_listening NAME... returns once each of them listens.
+capture_spawn() {
 	local name=$1 ns=$2 dev=$3 filter=$4 pid
 	ip netns exec "$ns" timeout 300 tcpdump -l -n -i "$dev" "$filter" >"$SCDIR/$name.cap" 2>"$SCDIR/$name.cap.log" &
 	pid=$!
 	E2E_PIDS+=("$pid")
 	eval "CAP_$name=$pid"
-	wait_until 10 grep -q "listening on" "$SCDIR/$name.cap.log" ||
-		fail "tcpdump on $dev in $ns did not start: $(tr '\n' ' ' <"$SCDIR/$name.cap.log")"
+}
+capture_listening() {
+	local name
+	for name in "$@"; do
+		wait_until 10 grep -q "listening on" "$SCDIR/$name.cap.log" ||
+			fail "tcpdump for capture $name did not start: $(tr '\n' ' ' <"$SCDIR/$name.cap.log")"
+	done
 }
 # capture_count NAME: packets seen so far.
 capture_count() { grep -c . "$SCDIR/$1.cap" || true; }

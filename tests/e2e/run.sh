@@ -3,7 +3,7 @@
 # `wg-quick` and `ip`. Needs root, /dev/net/tun, and the tools from scripts/install-deps.
 #
 # Usage: tests/e2e/run.sh [--impl-a IMPL] [--impl-b IMPL] [--pairs "A:B A:B ..."] [--list] [SCENARIO...]
-#   IMPL is rwg | wireguard-go | boringtun. Without --impl-a/--impl-b/--pairs, the pairings
+#   IMPL is rwg | wireguard-go | boringtun | gotatun. Without --impl-a/--impl-b/--pairs, the pairings
 #   are $E2E_PAIRS (default below): rwg against every implementation in both roles, plus the
 #   reference pairing wireguard-go <-> boringtun that validates the harness itself.
 #   SCENARIO names (default: all, or $E2E_SCENARIOS): see --list. `proxy` is rwg proxy's test
@@ -11,6 +11,8 @@
 # Environment:
 #   RWG              the rwg binary (default: target/release/rwg); rwg pairings are skipped if absent
 #   E2E_TRANSFER_MB  size of the big transfers (default 50)
+#   E2E_OFFLOAD_MB   size of each transfer in the offload scenario (default 10)
+#   RWG_DISABLE, RWG_WORKERS  passed to every rwg daemon (the offload scenario sets its own)
 #   E2E_STRICT=1     a pairing that cannot run (binary or peer implementation missing) fails
 #                    instead of being skipped; the default when CI=true
 #   E2E_KEEP=1       keep the scratch directory even when everything passed
@@ -32,7 +34,7 @@ if [[ -z ${E2E_STRICT:-} ]]; then
 	E2E_STRICT=0
 	[[ ${CI:-} != true ]] || E2E_STRICT=1
 fi
-# cargo install puts boringtun-cli here; sudo and CI shells often lack it on PATH.
+# cargo install puts boringtun-cli and gotatun here; sudo and CI shells often lack it on PATH.
 for d in "${CARGO_HOME:-$HOME/.cargo}/bin" /root/.cargo/bin; do
 	[[ -d $d && :$PATH: != *:$d:* ]] && PATH=$PATH:$d
 done
@@ -41,11 +43,11 @@ export RWG E2E_TRANSFER_MB E2E_XFER_TIMEOUT PATH
 source "$HERE/lib.sh"
 source "$HERE/scenarios.sh"
 
-ALL_SCENARIOS=(ping transfer psk keepalive roaming show live keychange setconf peerremove mtu
+ALL_SCENARIOS=(ping transfer offload psk keepalive roaming show live keychange setconf peerremove mtu
 	keepaliveoff fwmark wgquick uapi hub proxy)
-DEFAULT_PAIRS="rwg:wireguard-go wireguard-go:rwg rwg:boringtun boringtun:rwg rwg:rwg wireguard-go:boringtun"
+DEFAULT_PAIRS="rwg:wireguard-go wireguard-go:rwg rwg:boringtun boringtun:rwg rwg:gotatun gotatun:rwg rwg:rwg wireguard-go:boringtun"
 
-usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,/^set -uo/{/^#/p}' "$0" | sed 's/^# \{0,1\}//'; }
 
 impl_a="" impl_b="" pairs=${E2E_PAIRS:-} selected=()
 while (($#)); do
@@ -178,6 +180,9 @@ run_one() {
 }
 
 echo "rwg e2e: RWG=$RWG, pairings: $pairs, scenarios: ${selected[*]}, scratch: $RUN_DIR"
+if [[ -n ${RWG_DISABLE:-} || -n ${RWG_WORKERS:-} ]]; then
+	echo "rwg e2e: rwg daemons run with RWG_DISABLE='${RWG_DISABLE:-}' RWG_WORKERS='${RWG_WORKERS:-}' (except in the offload scenario)"
+fi
 start=$(date +%s)
 declare -A side_done=()
 CUR_PID='' interrupted=0
