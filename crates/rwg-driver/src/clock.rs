@@ -179,10 +179,11 @@ mod tests {
     #[derive(Default)]
     struct Collect(Vec<Vec<u8>>);
     impl Transmitter for Collect {
-        fn transmit(&mut self, t: &Transmit, datagrams: &[u8]) {
+        fn transmit(&mut self, t: &Transmit, datagrams: &[u8]) -> usize {
             for d in t.datagrams(datagrams) {
                 self.0.push(d.to_vec());
             }
+            t.len
         }
     }
 
