@@ -227,8 +227,62 @@ impl Driver {
         )?;
         let me = Arc::clone(self);
         spawn("control", Box::new(move || me.control_loop()))?;
+        self.watch_link(&tun, spawn)?;
         self.spawn_udp_readers()
             .map_err(|e| StartError(format!("cannot start UDP readers: {e}")))
+    }
+
+    /// Follows the TUN's MTU through link events, so that `ip link set mtu` (which wg-quick
+    /// runs right after starting us) takes effect at once. Without a netlink socket (a
+    /// sandbox may forbid one) the control loop's slow poll still catches up.
+    fn watch_link(
+        self: &Arc<Self>,
+        tun: &Arc<Tun>,
+        spawn: impl Fn(&str, Box<dyn FnOnce() + Send>) -> Result<(), StartError>,
+    ) -> Result<(), StartError> {
+        let events = match (crate::sys::netlink::LinkEvents::open(), tun.ifindex()) {
+            (Ok(events), Ok(ifindex)) => (events, ifindex),
+            (Err(e), _) => {
+                tracing::warn!(error = %e, "no link events: MTU changes are noticed within {}s", MTU_REFRESH.as_secs());
+                return Ok(());
+            }
+            (_, Err(e)) => {
+                tracing::warn!(error = %e, "no interface index: MTU changes are noticed within {}s", MTU_REFRESH.as_secs());
+                return Ok(());
+            }
+        };
+        // Opened before this re-read, so a change between the two is not missed.
+        if let Ok(mtu) = tun.mtu() {
+            self.core.set_mtu(mtu as usize);
+        }
+        let me = Arc::clone(self);
+        let tun = Arc::clone(tun);
+        spawn(
+            "link-watch",
+            Box::new(move || {
+                let (events, ifindex) = events;
+                while !me.stopping() {
+                    match crate::sys::poll::wait_readable(&events, crate::pipeline::READER_POLL_MS)
+                    {
+                        Ok(true) => {}
+                        Ok(false) => continue,
+                        Err(e) => return tracing::warn!(error = %e, "link events"),
+                    }
+                    let mtu = match crate::link::drain(&events, ifindex) {
+                        Ok(crate::link::LinkNews::Nothing) => continue,
+                        Ok(crate::link::LinkNews::Mtu(mtu)) => Some(mtu),
+                        Ok(crate::link::LinkNews::Overrun) => tun.mtu().ok(),
+                        Err(e) => return tracing::warn!(error = %e, "link events"),
+                    };
+                    if let Some(mtu) = mtu {
+                        if mtu as usize != me.core.mtu() {
+                            tracing::debug!(mtu, "TUN MTU changed");
+                            me.core.set_mtu(mtu as usize);
+                        }
+                    }
+                }
+            }),
+        )
     }
 
     fn spawn_udp_readers(self: &Arc<Self>) -> io::Result<()> {

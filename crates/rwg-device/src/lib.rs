@@ -8,6 +8,7 @@
 pub mod daemon;
 pub mod driver;
 pub mod lifecycle;
+mod link;
 #[cfg(test)]
 mod memory;
 pub mod offload;

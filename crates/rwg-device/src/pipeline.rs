@@ -38,7 +38,7 @@ use crate::udp::{self, InMsg, OutMsg, Scratch};
 
 /// How long a reader blocks in `poll` before it looks at its generation (socket rebinding)
 /// and at the stop flag.
-const READER_POLL_MS: i32 = 1000;
+pub(crate) const READER_POLL_MS: i32 = 1000;
 /// Packets (segments) encrypted per batch, at most.
 const SEND_SLOTS: usize = 128;
 /// Messages per `recvmmsg`. With GRO each may hold up to 64 datagrams.

@@ -28,6 +28,8 @@ pub struct UdpSockets {
     fwmark: u32,
     /// UDP GSO works on the IPv4 / IPv6 socket (cleared at its first EIO/EINVAL).
     gso: [AtomicBool; 2],
+    /// A GSO run was refused as too big (EMSGSIZE) and said so in the log.
+    told_too_big: AtomicBool,
 }
 
 /// One datagram received: its length in the caller's buffer and who sent it.
@@ -202,6 +204,7 @@ impl UdpSockets {
                         port,
                         fwmark: 0,
                         gso: [AtomicBool::new(true), AtomicBool::new(true)],
+                        told_too_big: AtomicBool::new(false),
                     });
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => last = Some(e),
@@ -356,6 +359,13 @@ impl UdpSockets {
                         // EMSGSIZE: a run longer than one send may be (a caller bug); its
                         // datagrams still go, one by one.
                         let too_big = m.segment != 0 && e.raw_os_error() == Some(libc::EMSGSIZE);
+                        if too_big && !self.told_too_big.swap(true, Ordering::Relaxed) {
+                            tracing::info!(
+                                destination = %m.to,
+                                segment = m.segment,
+                                "a GSO run was refused as too big (is the tunnel MTU above what the path carries?); sending its datagrams one by one"
+                            );
+                        }
                         if gso_refused || too_big {
                             let bytes = self.send_unsegmented(sock, m, parts, scratch);
                             sent_bytes += bytes;

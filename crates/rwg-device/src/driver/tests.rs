@@ -427,3 +427,47 @@ fn rebind_returns_to_the_same_port_once_the_old_readers_let_go() {
         (endpoint, INITIATION_LEN, 1)
     );
 }
+
+/// `ip link set mtu` on a running device reaches the core through link events, well before the
+/// slow poll (`MTU_REFRESH`) would have. The interface carries no traffic and is deleted after.
+#[test]
+#[ignore = "needs root and /dev/net/tun: run with cargo test -- --ignored as root"]
+fn mtu_changes_reach_the_core_at_once() {
+    let name = format!("rwgm{}", std::process::id() % 100_000);
+    let tun = Arc::new(crate::tun::Tun::create(&name).expect("create tun (root?)"));
+    struct Del(String);
+    impl Drop for Del {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip")
+                .args(["link", "del", &self.0])
+                .status();
+        }
+    }
+    let _del = Del(name.clone());
+    let d = Driver::new(0).expect("bind UDP sockets");
+    let (shutdown, _rx) = crate::ShutdownHandle::channel();
+    d.start(Arc::clone(&tun), shutdown).expect("start");
+    let set_mtu = |mtu: u32| {
+        let ok = std::process::Command::new("ip")
+            .args(["link", "set", "dev", &name, "mtu", &mtu.to_string()])
+            .status()
+            .expect("run ip")
+            .success();
+        assert!(ok, "ip link set mtu {mtu}");
+    };
+    // Well under MTU_REFRESH: only the link events can make it in time.
+    let patience = super::MTU_REFRESH / 3;
+    for mtu in [1280, 1420, 9000, 1280] {
+        set_mtu(mtu);
+        let deadline = Instant::now() + patience;
+        while d.core.mtu() != mtu as usize {
+            assert!(
+                Instant::now() < deadline,
+                "MTU {mtu} not seen after {patience:?}: core has {}",
+                d.core.mtu()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+    d.request_stop();
+}

@@ -5,6 +5,7 @@
 
 pub(crate) mod fd;
 pub(crate) mod inotify;
+pub(crate) mod netlink;
 pub(crate) mod poll;
 pub(crate) mod signals;
 pub(crate) mod tun;
