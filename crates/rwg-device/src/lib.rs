@@ -14,6 +14,7 @@ mod memory;
 pub mod offload;
 pub mod pipeline;
 pub mod process;
+pub mod secret;
 pub mod tun;
 pub mod uapi;
 pub mod udp;

@@ -4,9 +4,13 @@
 //! states why it is sound; each unsafe fn has a `# Safety` section.
 
 pub(crate) mod fd;
+pub(crate) mod hardening;
+#[cfg(test)]
+pub(crate) mod heap_probe;
 pub(crate) mod inotify;
 pub(crate) mod netlink;
 pub(crate) mod poll;
+pub(crate) mod secret_mem;
 pub(crate) mod signals;
 pub(crate) mod tun;
 pub(crate) mod udp;
