@@ -20,11 +20,113 @@ const MAX_REQUEST: usize = 8192;
 /// How long a client has to send its request line and headers.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Whether a [`DeviceValue`] only grows or goes up and down.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ValueKind {
+    /// Monotonic since the device was created: `rwg_<name>_total` in Prometheus.
+    Counter,
+    /// A current size: `rwg_<name>` in Prometheus.
+    Gauge,
+}
+
+/// A device-wide number, as every output shows it: Prometheus (`rwg_<name>_total` or
+/// `rwg_<name>`) and the configuration socket's `get` reply (`rwg_<name>=<value>`). One list,
+/// so that the outputs cannot disagree. Drops by reason are in [`Device::drop_counts`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceValue {
+    /// Lower case, digits and `_`, without the `rwg_` prefix.
+    pub name: &'static str,
+    /// One line for humans.
+    pub help: &'static str,
+    /// Counter or gauge.
+    pub kind: ValueKind,
+    /// The value now.
+    pub value: u64,
+}
+
+/// The device's handshake counters and table sizes, in a fixed order.
+pub fn device_values(device: &Device) -> Vec<DeviceValue> {
+    let c = device.counters();
+    let stats = device.stats();
+    let rate_limited = device
+        .drop_counts()
+        .find(|(r, _)| *r == DropReason::RateLimited)
+        .map_or(0, |(_, n)| n);
+    let counter = |name, help, value| DeviceValue {
+        name,
+        help,
+        kind: ValueKind::Counter,
+        value,
+    };
+    let gauge = |name, help, value: usize| DeviceValue {
+        name,
+        help,
+        kind: ValueKind::Gauge,
+        value: value as u64,
+    };
+    vec![
+        gauge("peers", "Configured peers.", stats.peers),
+        counter(
+            "handshake_initiations_sent",
+            "Handshake initiations sent.",
+            c.initiations_sent,
+        ),
+        counter(
+            "handshake_responses_sent",
+            "Handshake responses sent.",
+            c.responses_sent,
+        ),
+        counter(
+            "cookie_replies_sent",
+            "Cookie replies sent (under load).",
+            c.cookie_replies_sent,
+        ),
+        counter(
+            "handshakes_completed",
+            "Handshakes completed.",
+            c.handshakes_completed,
+        ),
+        counter(
+            "handshake_messages_received",
+            "Handshake messages received.",
+            c.handshake_messages_received,
+        ),
+        counter(
+            "handshakes_given_up",
+            "Handshakes given up after 90 s of retries.",
+            c.handshakes_given_up,
+        ),
+        counter(
+            "rate_limited",
+            "Handshake messages refused by the per-source rate limiter under load.",
+            rate_limited,
+        ),
+        gauge(
+            "index_entries",
+            "Entries in the receiver index table (handshakes in flight and sessions).",
+            stats.indices,
+        ),
+        gauge(
+            "staged_packets",
+            "Packets waiting for a session, across all peers.",
+            stats.staged_packets,
+        ),
+        gauge(
+            "queued_handshakes",
+            "Handshake messages waiting for the control path.",
+            stats.queued_handshakes,
+        ),
+    ]
+}
+
 /// Appends the device's metrics in the Prometheus text format (version 0.0.4).
 pub fn render(device: &Device, out: &mut String) {
-    let counters = device.counters();
     let peers = device.peers();
-    gauge(out, "rwg_peers", "Configured peers.", peers.len() as u64);
+    let values = device_values(device);
+    // The peer count first, as before the other values.
+    for v in values.iter().filter(|v| v.name == "peers") {
+        gauge(out, &format!("rwg_{}", v.name), v.help, v.value);
+    }
     let _ = writeln!(
         out,
         "# HELP rwg_dropped_total Datagrams and packets dropped, by reason."
@@ -33,50 +135,12 @@ pub fn render(device: &Device, out: &mut String) {
     for (reason, n) in device.drop_counts() {
         let _ = writeln!(out, "rwg_dropped_total{{reason=\"{}\"}} {n}", reason.name());
     }
-    for (name, help, value) in [
-        (
-            "rwg_handshake_initiations_sent_total",
-            "Handshake initiations sent.",
-            counters.initiations_sent,
-        ),
-        (
-            "rwg_handshake_responses_sent_total",
-            "Handshake responses sent.",
-            counters.responses_sent,
-        ),
-        (
-            "rwg_cookie_replies_sent_total",
-            "Cookie replies sent (under load).",
-            counters.cookie_replies_sent,
-        ),
-        (
-            "rwg_handshakes_completed_total",
-            "Handshakes completed.",
-            counters.handshakes_completed,
-        ),
-        (
-            "rwg_handshake_messages_received_total",
-            "Handshake messages received.",
-            counters.handshake_messages_received,
-        ),
-        (
-            "rwg_handshakes_given_up_total",
-            "Handshakes given up after 90 s of retries.",
-            counters.handshakes_given_up,
-        ),
-    ] {
-        counter(out, name, help, value);
+    for v in values.iter().filter(|v| v.name != "peers") {
+        match v.kind {
+            ValueKind::Counter => counter(out, &format!("rwg_{}_total", v.name), v.help, v.value),
+            ValueKind::Gauge => gauge(out, &format!("rwg_{}", v.name), v.help, v.value),
+        }
     }
-    let rate_limited = device
-        .drop_counts()
-        .find(|(r, _)| *r == DropReason::RateLimited)
-        .map_or(0, |(_, n)| n);
-    counter(
-        out,
-        "rwg_rate_limited_total",
-        "Handshake messages refused by the per-source rate limiter under load.",
-        rate_limited,
-    );
     let _ = writeln!(
         out,
         "# HELP rwg_peer_tx_bytes_total UDP payload bytes sent to a peer."
