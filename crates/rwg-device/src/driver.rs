@@ -384,23 +384,25 @@ fn unknown_peer<T>(r: Result<T, rwg_proto::device::ConfigError>) -> Result<T, Er
 impl UapiDevice for DriverConfig {
     fn snapshot(&self) -> DeviceSnapshot {
         let d = &self.0;
+        // Borrowed, not moved out: a key moved out of the Vec's buffer would be freed with it
+        // unzeroized; each PeerInfo zeroizes its own key when the Vec is dropped.
+        let peers = d.core.peers();
         DeviceSnapshot {
-            private_key: d.core.private_key().map(|k| *k.as_bytes()),
+            private_key: d.core.private_key(),
             listen_port: d.core.listen_port(),
             fwmark: d.fwmark.load(Ordering::Relaxed),
-            peers: d
-                .core
-                .peers()
-                .into_iter()
+            counters: crate::uapi::core_counters(&d.core),
+            peers: peers
+                .iter()
                 .map(|p| PeerSnapshot {
                     public_key: *p.public_key.as_bytes(),
-                    preshared_key: *p.preshared_key.as_bytes(),
+                    preshared_key: p.preshared_key.clone(),
                     endpoint: p.endpoint,
                     last_handshake: p.last_handshake.map(|t| (t.as_secs(), t.subsec_nanos())),
                     tx_bytes: p.tx_bytes,
                     rx_bytes: p.rx_bytes,
                     persistent_keepalive: p.persistent_keepalive,
-                    allowed_ips: p.allowed_ips,
+                    allowed_ips: p.allowed_ips.clone(),
                 })
                 .collect(),
         }
@@ -410,8 +412,8 @@ impl UapiDevice for DriverConfig {
         self.0.core.public_key().map(|k| *k.as_bytes())
     }
 
-    fn set_private_key(&mut self, key: Option<[u8; 32]>) -> Result<(), Errno> {
-        self.0.core.set_private_key(key.map(PrivateKey::from_bytes));
+    fn set_private_key(&mut self, key: Option<PrivateKey>) -> Result<(), Errno> {
+        self.0.core.set_private_key(key);
         Ok(())
     }
 
@@ -468,11 +470,11 @@ impl UapiDevice for DriverConfig {
         self.0.core.remove_peer(&PublicKey::from_bytes(*pk));
     }
 
-    fn set_preshared_key(&mut self, pk: &[u8; 32], psk: [u8; 32]) -> Result<(), Errno> {
+    fn set_preshared_key(&mut self, pk: &[u8; 32], psk: PresharedKey) -> Result<(), Errno> {
         unknown_peer(
             self.0
                 .core
-                .set_preshared_key(&PublicKey::from_bytes(*pk), PresharedKey::from_bytes(psk)),
+                .set_preshared_key(&PublicKey::from_bytes(*pk), psk),
         )
     }
 

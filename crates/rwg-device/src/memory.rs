@@ -6,7 +6,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use rwg_proto::crypto::PrivateKey;
+use rwg_proto::crypto::{PresharedKey, PrivateKey};
 
 use crate::uapi::{DeviceSnapshot, Errno, PeerSnapshot, UapiDevice};
 
@@ -65,9 +65,10 @@ impl MemoryDevice {
 impl UapiDevice for MemoryDevice {
     fn snapshot(&self) -> DeviceSnapshot {
         DeviceSnapshot {
-            private_key: self.private_key.as_ref().map(|k| *k.as_bytes()),
+            private_key: self.private_key.clone(),
             listen_port: self.listen_port,
             fwmark: self.fwmark,
+            counters: Vec::new(),
             peers: self.peers.iter().map(|p| p.snapshot.clone()).collect(),
         }
     }
@@ -76,15 +77,14 @@ impl UapiDevice for MemoryDevice {
         self.own_public
     }
 
-    fn set_private_key(&mut self, key: Option<[u8; 32]>) -> Result<(), Errno> {
+    fn set_private_key(&mut self, key: Option<PrivateKey>) -> Result<(), Errno> {
         match key {
             None => {
                 self.private_key = None;
                 self.own_public = None;
             }
-            Some(bytes) => {
-                let key = PrivateKey::from_bytes(bytes);
-                if self.private_key.as_ref().map(|k| k.as_bytes()) == Some(key.as_bytes()) {
+            Some(key) => {
+                if self.private_key.as_ref() == Some(&key) {
                     return Ok(());
                 }
                 let public = *key.public_key().as_bytes();
@@ -130,7 +130,7 @@ impl UapiDevice for MemoryDevice {
         self.peers.retain(|p| p.snapshot.public_key != *pk);
     }
 
-    fn set_preshared_key(&mut self, pk: &[u8; 32], psk: [u8; 32]) -> Result<(), Errno> {
+    fn set_preshared_key(&mut self, pk: &[u8; 32], psk: PresharedKey) -> Result<(), Errno> {
         self.peer_mut(pk)?.preshared_key = psk;
         Ok(())
     }

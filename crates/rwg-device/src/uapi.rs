@@ -7,7 +7,17 @@
 //!   [`DeviceSnapshot`]. All section semantics live here, so they are tested without sockets.
 //! - the socket server: [`UapiListener`] (binding with stale-socket detection, or an inherited
 //!   descriptor) and [`UapiListener::serve`], one thread per client with bounded lines, a read
-//!   timeout and a cap on concurrent clients.
+//!   timeout and a cap on concurrent clients (a new client displaces the one quiet longest, so
+//!   clients that connect and say nothing cannot lock `wg` out).
+//!
+//! Requests carry private and preshared keys in hex, and `get` replies send them back: every
+//! buffer such text passes through is a [`SecretBuf`]/[`SecretReader`] (own pages, wiped when
+//! done), keys are parsed into zeroizing buffers and held in the core's key types, which
+//! zeroize on drop and print nothing in `Debug`.
+//!
+//! A `get` reply carries, after the standard device keys and before the first peer, rwg's
+//! counters as extra `rwg_*` keys (drops by reason, handshakes, cookie replies, rate-limited
+//! messages, table sizes); `wg(8)` and other clients skip keys they do not know.
 //!
 //! `set` is applied line by line, not as a transaction (as in wireguard-go and the kernel):
 //! what was applied before an error stays applied. After an error the rest of the request is
@@ -15,16 +25,20 @@
 
 use std::fmt;
 use std::io::Write as _;
-use std::io::{self, BufRead, BufReader};
+use std::io::{self, BufRead};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{OwnedFd, RawFd};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use rwg_proto::crypto::{PresharedKey, PrivateKey};
+use zeroize::Zeroizing;
+
+use crate::secret::{SecretBuf, SecretReader};
 use crate::sys;
 
 /// Where `wg` looks for userspace implementations' sockets.
@@ -34,7 +48,7 @@ pub const SOCKET_DIR: &str = "/var/run/wireguard";
 pub const MAX_LINE_LEN: usize = 65536;
 /// A client that sends nothing for this long is disconnected.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Concurrent clients beyond this are disconnected at once.
+/// Clients served at once; one more displaces the client that has been quiet longest.
 pub const MAX_CLIENTS: usize = 64;
 /// A `get` reply is written out in pieces of about this many bytes (plus one peer).
 pub const WRITE_CHUNK: usize = 64 * 1024;
@@ -72,13 +86,13 @@ impl fmt::Display for Errno {
 
 impl std::error::Error for Errno {}
 
-/// A peer as `get` reports it. `Debug` leaves the preshared key out.
+/// A peer as `get` reports it. `Debug` leaves the preshared key out; it is zeroized on drop.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct PeerSnapshot {
     /// The peer's static public key.
     pub public_key: [u8; 32],
     /// All zeros = none.
-    pub preshared_key: [u8; 32],
+    pub preshared_key: PresharedKey,
     /// The current endpoint, if known.
     pub endpoint: Option<SocketAddr>,
     /// Unix time of the last completed handshake, if any.
@@ -93,17 +107,53 @@ pub struct PeerSnapshot {
     pub allowed_ips: Vec<(IpAddr, u8)>,
 }
 
-/// The device as `get` reports it. `Debug` leaves the private key out.
+/// The device as `get` reports it. `Debug` leaves the private key out; it is zeroized on drop.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct DeviceSnapshot {
     /// The private key, if set. Only `get` ever sends it out.
-    pub private_key: Option<[u8; 32]>,
+    pub private_key: Option<PrivateKey>,
     /// The port actually bound (0 = not bound).
     pub listen_port: u16,
     /// 0 = none.
     pub fwmark: u32,
+    /// rwg's own counters, sent as extra `rwg_*` keys after the device keys.
+    pub counters: Vec<Counter>,
     /// Peers in a stable order.
     pub peers: Vec<PeerSnapshot>,
+}
+
+/// One extra key of a `get` reply: `rwg_<group><name>=<value>`, e.g. `rwg_dropped_replay=3`
+/// (group `dropped_`, name `replay`). Names are lower case, digits and `_`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Counter {
+    /// A prefix shared by a family of counters (`dropped_`), or empty.
+    pub group: &'static str,
+    /// The rest of the name.
+    pub name: &'static str,
+    /// The value.
+    pub value: u64,
+}
+
+/// Prefix of every key rwg adds to a `get` reply; no key of the protocol starts with it.
+pub const COUNTER_PREFIX: &str = "rwg_";
+
+/// The core's counters as `get` keys: `rwg_dropped_<reason>` for every drop reason, then the
+/// values the Prometheus endpoint also shows ([`rwg_driver::metrics::device_values`]), under
+/// the same names without Prometheus' `_total`.
+pub fn core_counters(core: &rwg_proto::device::Device) -> Vec<Counter> {
+    let values = rwg_driver::metrics::device_values(core);
+    let mut out = Vec::with_capacity(rwg_proto::device::DropReason::COUNT + values.len());
+    out.extend(core.drop_counts().map(|(reason, value)| Counter {
+        group: "dropped_",
+        name: reason.name(),
+        value,
+    }));
+    out.extend(values.into_iter().map(|v| Counter {
+        group: "",
+        name: v.name,
+        value: v.value,
+    }));
+    out
 }
 
 impl fmt::Debug for PeerSnapshot {
@@ -124,9 +174,13 @@ impl fmt::Debug for PeerSnapshot {
 impl fmt::Debug for DeviceSnapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DeviceSnapshot")
-            .field("private_key", &self.private_key.map(|_| "(hidden)"))
+            .field(
+                "private_key",
+                &self.private_key.as_ref().map(|_| "(hidden)"),
+            )
             .field("listen_port", &self.listen_port)
             .field("fwmark", &self.fwmark)
+            .field("counters", &self.counters.len())
             .field("peers", &self.peers)
             .finish()
     }
@@ -154,7 +208,7 @@ pub trait UapiDevice {
     fn own_public_key(&self) -> Option<[u8; 32]>;
     /// `None` clears the key. Implementations remove a peer whose key equals the new own
     /// public key, and treat setting the same key again as a no-op.
-    fn set_private_key(&mut self, key: Option<[u8; 32]>) -> Result<(), Errno>;
+    fn set_private_key(&mut self, key: Option<PrivateKey>) -> Result<(), Errno>;
     /// 0 = pick a port. Failure to bind => [`Errno::EADDRINUSE`].
     fn set_listen_port(&mut self, port: u16) -> Result<(), Errno>;
     /// 0 clears. Failure => [`Errno::EADDRINUSE`].
@@ -178,7 +232,7 @@ pub trait UapiDevice {
     /// Removes a peer; absent peers are ignored.
     fn remove_peer(&mut self, pk: &[u8; 32]);
     /// All zeros = none.
-    fn set_preshared_key(&mut self, pk: &[u8; 32], psk: [u8; 32]) -> Result<(), Errno>;
+    fn set_preshared_key(&mut self, pk: &[u8; 32], psk: PresharedKey) -> Result<(), Errno>;
     /// Sets the endpoint.
     fn set_endpoint(&mut self, pk: &[u8; 32], ep: SocketAddr) -> Result<(), Errno>;
     /// Seconds, 0 = off.
@@ -345,8 +399,12 @@ fn apply_set_line(
 fn apply_device_line(key: &str, value: &str, device: &mut dyn UapiDevice) -> Result<(), Errno> {
     match key {
         "private_key" => {
-            let k = parse_key(value)?;
-            device.set_private_key(if k == [0; 32] { None } else { Some(k) })
+            let k = parse_secret(value)?;
+            device.set_private_key(if *k == [0; 32] {
+                None
+            } else {
+                Some(PrivateKey::from_bytes(*k))
+            })
         }
         "listen_port" => device.set_listen_port(parse_decimal(value)?),
         "fwmark" => device.set_fwmark(parse_decimal(value)?),
@@ -387,7 +445,7 @@ fn apply_peer_line(
             Ok(())
         }
         "preshared_key" => {
-            let psk = parse_key(value)?;
+            let psk = PresharedKey::from_bytes(*parse_secret(value)?);
             apply(peer, |d| d.set_preshared_key(&pk, psk), device)
         }
         "endpoint" => {
@@ -434,13 +492,19 @@ fn apply(
     }
 }
 
-/// 64 hex digits, either case.
+/// 64 hex digits, either case: a public key.
 pub fn parse_key(value: &str) -> Result<[u8; 32], Errno> {
+    parse_secret(value).map(|k| *k)
+}
+
+/// 64 hex digits, either case, into a buffer that is zeroized on drop (also when a bad digit
+/// cuts decoding short): a private or preshared key.
+pub fn parse_secret(value: &str) -> Result<Zeroizing<[u8; 32]>, Errno> {
     let bytes = value.as_bytes();
     if bytes.len() != 64 {
         return Err(Errno::EINVAL);
     }
-    let mut key = [0u8; 32];
+    let mut key = Zeroizing::new([0u8; 32]);
     for (out, pair) in key.iter_mut().zip(bytes.chunks_exact(2)) {
         let hi = hex_digit(pair[0]).ok_or(Errno::EINVAL)?;
         let lo = hex_digit(pair[1]).ok_or(Errno::EINVAL)?;
@@ -490,19 +554,19 @@ fn parse_prefix(value: &str) -> Result<(IpAddr, u8), Errno> {
 }
 
 /// Appends the 64 lowercase hex digits of `key`. (A `write!` per byte was half the time of a
-/// large `get`.)
-fn hex(out: &mut Vec<u8>, key: &[u8; 32]) {
+/// large `get`.) The stack copy is zeroized: it may be a private key.
+fn hex(out: &mut SecretBuf, key: &[u8; 32]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut buf = [0u8; 64];
+    let mut buf = Zeroizing::new([0u8; 64]);
     for (pair, b) in buf.chunks_exact_mut(2).zip(key) {
         pair[0] = DIGITS[usize::from(b >> 4)];
         pair[1] = DIGITS[usize::from(b & 15)];
     }
-    out.extend_from_slice(&buf);
+    out.extend_from_slice(&*buf);
 }
 
 /// Appends `n` in decimal.
-fn decimal(out: &mut Vec<u8>, mut n: u64) {
+fn decimal(out: &mut SecretBuf, mut n: u64) {
     let mut buf = [0u8; 20];
     let mut i = buf.len();
     loop {
@@ -517,7 +581,7 @@ fn decimal(out: &mut Vec<u8>, mut n: u64) {
 }
 
 /// Appends `key=n\n`.
-fn number_line(out: &mut Vec<u8>, key: &str, n: u64) {
+fn number_line(out: &mut SecretBuf, key: &str, n: u64) {
     out.extend_from_slice(key.as_bytes());
     out.push(b'=');
     decimal(out, n);
@@ -525,7 +589,7 @@ fn number_line(out: &mut Vec<u8>, key: &str, n: u64) {
 }
 
 /// Appends an address as `Display` writes it; IPv4 without the formatting machinery.
-fn address(out: &mut Vec<u8>, addr: &IpAddr) {
+fn address(out: &mut SecretBuf, addr: &IpAddr) {
     match addr {
         IpAddr::V4(a) => {
             for (i, octet) in a.octets().into_iter().enumerate() {
@@ -541,12 +605,12 @@ fn address(out: &mut Vec<u8>, addr: &IpAddr) {
     }
 }
 
-/// The device part of a `get` reply.
-fn format_device(out: &mut Vec<u8>, s: &DeviceSnapshot) {
+/// The device part of a `get` reply: the standard keys, then rwg's counters.
+fn format_device(out: &mut SecretBuf, s: &DeviceSnapshot) {
     if let Some(k) = &s.private_key {
-        if *k != [0; 32] {
+        if !k.is_zero() {
             out.extend_from_slice(b"private_key=");
-            hex(out, k);
+            hex(out, k.as_bytes());
             out.push(b'\n');
         }
     }
@@ -556,14 +620,19 @@ fn format_device(out: &mut Vec<u8>, s: &DeviceSnapshot) {
     if s.fwmark != 0 {
         number_line(out, "fwmark", s.fwmark.into());
     }
+    for c in &s.counters {
+        out.extend_from_slice(COUNTER_PREFIX.as_bytes());
+        out.extend_from_slice(c.group.as_bytes());
+        number_line(out, c.name, c.value);
+    }
 }
 
 /// One peer of a `get` reply.
-fn format_peer(out: &mut Vec<u8>, p: &PeerSnapshot) {
+fn format_peer(out: &mut SecretBuf, p: &PeerSnapshot) {
     out.extend_from_slice(b"public_key=");
     hex(out, &p.public_key);
     out.extend_from_slice(b"\npreshared_key=");
-    hex(out, &p.preshared_key);
+    hex(out, p.preshared_key.as_bytes());
     out.extend_from_slice(b"\nprotocol_version=1\n");
     match p.endpoint {
         Some(SocketAddr::V4(ep)) => {
@@ -598,31 +667,34 @@ fn format_peer(out: &mut Vec<u8>, p: &PeerSnapshot) {
     }
 }
 
-/// The `get` reply body (without the final `errno=0` and empty line).
-pub fn format_get(s: &DeviceSnapshot) -> String {
-    let mut out = Vec::with_capacity(256 + s.peers.len() * 384);
+/// The `get` reply body (without the final `errno=0` and empty line), zeroized on drop.
+pub fn format_get(s: &DeviceSnapshot) -> Zeroizing<String> {
+    let mut out = SecretBuf::with_capacity(256 + s.peers.len() * 384);
     format_device(&mut out, s);
     for p in &s.peers {
         format_peer(&mut out, p);
     }
-    // Everything above is ASCII.
-    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+    // Sized once, so the String never reallocates (which would leave a copy behind).
+    let mut text = Zeroizing::new(String::with_capacity(out.len()));
+    // Everything above is ASCII (addresses included).
+    text.push_str(out.as_str().unwrap_or_default());
+    text
 }
 
 /// Writes the whole `get` reply — the state, `errno=0` and the empty line — to `w`, in pieces
 /// of about [`WRITE_CHUNK`] bytes: the reply for many peers never exists whole in memory.
 pub fn write_get(s: &DeviceSnapshot, w: &mut impl io::Write) -> io::Result<()> {
-    let mut buf = Vec::with_capacity(WRITE_CHUNK + 4096);
+    let mut buf = SecretBuf::with_capacity(WRITE_CHUNK + 4096);
     format_device(&mut buf, s);
     for p in &s.peers {
         format_peer(&mut buf, p);
         if buf.len() >= WRITE_CHUNK {
-            w.write_all(&buf)?;
+            w.write_all(buf.as_bytes())?;
             buf.clear();
         }
     }
     buf.extend_from_slice(b"errno=0\n\n");
-    w.write_all(&buf)
+    w.write_all(buf.as_bytes())
 }
 
 /// Why the configuration socket could not be set up.
@@ -828,7 +900,8 @@ impl SocketWatch {
 }
 
 fn accept_loop<D: UapiDevice + Send + 'static>(listener: UnixListener, device: Arc<Mutex<D>>) {
-    let clients = Arc::new(AtomicUsize::new(0));
+    let clients = Arc::new(ClientTable::new());
+    let mut next_id = 0u64;
     loop {
         let stream = match listener.accept() {
             Ok((s, _)) => s,
@@ -840,30 +913,116 @@ fn accept_loop<D: UapiDevice + Send + 'static>(listener: UnixListener, device: A
                 continue;
             }
         };
-        if clients.fetch_add(1, Ordering::AcqRel) >= MAX_CLIENTS {
-            clients.fetch_sub(1, Ordering::AcqRel);
-            tracing::warn!("too many configuration clients; dropping one");
-            continue;
-        }
+        next_id += 1;
+        let id = next_id;
+        let last_read = match clients.admit(id, &stream) {
+            Ok(stamp) => stamp,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot serve a configuration client");
+                continue;
+            }
+        };
         let device = Arc::clone(&device);
-        let counter = Arc::clone(&clients);
+        let table = Arc::clone(&clients);
         let spawned = std::thread::Builder::new()
             .name("uapi-client".into())
             .spawn(move || {
-                if let Err(e) = serve_client(stream, &*device) {
+                if let Err(e) = serve_client(stream, &*device, &table, &last_read) {
                     tracing::debug!(error = %e, "configuration client closed");
                 }
-                counter.fetch_sub(1, Ordering::AcqRel);
+                table.leave(id);
             });
         if let Err(e) = spawned {
-            clients.fetch_sub(1, Ordering::AcqRel);
+            clients.leave(id);
             tracing::warn!(error = %e, "cannot start a thread for a configuration client");
         }
     }
 }
 
+/// The clients being served. At most [`MAX_CLIENTS`]; when full, a new client displaces the
+/// one that has been quiet longest (its connection is shut down), so that clients which
+/// connect and send nothing, or stop reading, cannot lock out `wg`: a new client is always
+/// served.
+struct ClientTable {
+    epoch: Instant,
+    slots: Mutex<Vec<ClientSlot>>,
+}
+
+struct ClientSlot {
+    id: u64,
+    /// A second handle to the connection, to shut it down.
+    stream: UnixStream,
+    /// When the client last sent something, in milliseconds since `epoch`.
+    last_read: Arc<AtomicU64>,
+}
+
+impl ClientTable {
+    fn new() -> ClientTable {
+        ClientTable {
+            epoch: Instant::now(),
+            slots: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Registers a client, displacing the quietest one if full; returns its activity stamp.
+    fn admit(&self, id: u64, stream: &UnixStream) -> io::Result<Arc<AtomicU64>> {
+        let handle = stream.try_clone()?;
+        let stamp = Arc::new(AtomicU64::new(self.now_ms()));
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        if slots.len() >= MAX_CLIENTS {
+            let quietest = slots
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, s)| s.last_read.load(Ordering::Relaxed))
+                .map(|(i, _)| i);
+            if let Some(i) = quietest {
+                let victim = slots.swap_remove(i);
+                // Its thread sees end of file (or a failed write) and exits.
+                let _ = victim.stream.shutdown(std::net::Shutdown::Both);
+                tracing::warn!(
+                    "too many configuration clients; disconnected the one quiet longest"
+                );
+            }
+        }
+        slots.push(ClientSlot {
+            id,
+            stream: handle,
+            last_read: Arc::clone(&stamp),
+        });
+        Ok(stamp)
+    }
+
+    fn leave(&self, id: u64) {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots.retain(|s| s.id != id);
+    }
+}
+
+/// A client's connection that notes the time of every read that brought data.
+struct Stamped<'a> {
+    stream: UnixStream,
+    table: &'a ClientTable,
+    last_read: &'a AtomicU64,
+}
+
+impl io::Read for Stamped<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.stream.read(buf)?;
+        if n > 0 {
+            self.last_read.store(self.table.now_ms(), Ordering::Relaxed);
+        }
+        Ok(n)
+    }
+}
+
 /// Reads `\n`-terminated lines of at most [`MAX_LINE_LEN`] bytes. `Ok(false)` at a clean EOF.
-fn read_line_bounded(reader: &mut impl BufRead, line: &mut Vec<u8>) -> io::Result<bool> {
+/// A longer line is an error as soon as it is seen to be too long: memory stays bounded
+/// whatever the client sends.
+fn read_line_bounded(reader: &mut impl BufRead, line: &mut SecretBuf) -> io::Result<bool> {
     line.clear();
     loop {
         let available = match reader.fill_buf() {
@@ -896,17 +1055,39 @@ fn read_line_bounded(reader: &mut impl BufRead, line: &mut Vec<u8>) -> io::Resul
     }
 }
 
-/// Serves one client until it closes, misbehaves or times out.
-fn serve_client<D: UapiDevice>(stream: UnixStream, device: &Mutex<D>) -> io::Result<()> {
+/// Serves one client until it closes, misbehaves, times out or is displaced.
+fn serve_client<D: UapiDevice>(
+    stream: UnixStream,
+    device: &Mutex<D>,
+    table: &ClientTable,
+    last_read: &AtomicU64,
+) -> io::Result<()> {
     stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
     stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
     let mut writer = stream.try_clone()?;
+    let reader = Stamped {
+        stream,
+        table,
+        last_read,
+    };
     // A `set` of many peers is megabytes: read it in large pieces.
     serve_lines(
-        BufReader::with_capacity(READ_BUFFER, stream),
+        SecretReader::with_capacity(READ_BUFFER, reader),
         &mut writer,
         device,
     )
+}
+
+/// What a line that is not UTF-8 is handled as. No valid line contains anything but ASCII,
+/// so such a line is an error whatever it says; this stand-in gets the same answer (EPROTO
+/// without `=`, EINVAL with one, the connection closed as an operation) without a copy of
+/// the line, which may hold a key.
+fn not_utf8_stand_in(line: &[u8]) -> &'static str {
+    if line.contains(&b'=') {
+        "\u{fffd}=\u{fffd}"
+    } else {
+        "\u{fffd}"
+    }
 }
 
 /// The line loop, over any reader and writer so tests drive it with in-memory buffers.
@@ -916,12 +1097,12 @@ fn serve_lines<D: UapiDevice>(
     device: &Mutex<D>,
 ) -> io::Result<()> {
     let mut session = UapiSession::new();
-    let mut line = Vec::with_capacity(128);
+    // One page; grows (wiping what it leaves) only for absurdly long lines.
+    let mut line = SecretBuf::with_capacity(128);
     while read_line_bounded(&mut reader, &mut line)? {
-        // Lines are ASCII in practice: validate fast, replace only if needed.
-        let text = match std::str::from_utf8(&line) {
-            Ok(text) => std::borrow::Cow::Borrowed(text),
-            Err(_) => String::from_utf8_lossy(&line),
+        let text = match line.as_str() {
+            Ok(text) => text,
+            Err(_) => not_utf8_stand_in(line.as_bytes()),
         };
         // One lock per line: a client that stalls mid-request never blocks the others, and a
         // `set` is not a transaction anyway.
@@ -929,7 +1110,7 @@ fn serve_lines<D: UapiDevice>(
             let mut guard = device
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
-            session.handle_line(&text, &mut *guard)
+            session.handle_line(text, &mut *guard)
         };
         match response {
             Response::Continue => {}
@@ -987,16 +1168,30 @@ pub(crate) mod tests {
     #[test]
     fn debug_output_hides_secrets() {
         let s = DeviceSnapshot {
-            private_key: Some([0xab; 32]),
+            private_key: Some(PrivateKey::from_bytes([0xab; 32])),
             peers: vec![PeerSnapshot {
-                preshared_key: [0xcd; 32],
+                preshared_key: PresharedKey::from_bytes([0xcd; 32]),
                 ..PeerSnapshot::default()
             }],
             ..DeviceSnapshot::default()
         };
         let text = format!("{s:?}");
-        assert!(!text.contains("171") && !text.contains("ab, ab") && !text.contains("abab"));
-        assert!(!text.contains("205") && !text.contains("cdcd"));
+        // Neither as numbers, nor as hex (either case), nor in wg's base64.
+        for needle in [
+            "171", "ab, ab", "abab", "ABAB", "q6ur", "205", "cdcd", "CDCD", "zc3N",
+        ] {
+            assert!(!text.contains(needle), "{needle} in {text}");
+        }
+        // The same for a session's buffers and a reply's.
+        let mut buf = SecretBuf::new();
+        format_device(&mut buf, &s);
+        assert!(buf.as_str().expect("ascii").contains("abab"));
+        assert!(!format!("{buf:?}").contains("abab"));
+        assert!(!format!(
+            "{:?}",
+            SecretReader::with_capacity(64, &b"private_key=abab"[..])
+        )
+        .contains("abab"));
     }
 
     #[test]
@@ -1008,13 +1203,15 @@ pub(crate) mod tests {
     #[test]
     fn get_formats_every_field_in_order() {
         let s = DeviceSnapshot {
-            private_key: Some([0xab; 32]),
+            // Unchanged by clamping.
+            private_key: Some(PrivateKey::from_bytes([0x48; 32])),
             listen_port: 51820,
             fwmark: 0x20,
+            counters: Vec::new(),
             peers: vec![
                 PeerSnapshot {
                     public_key: [1; 32],
-                    preshared_key: [0; 32],
+                    preshared_key: PresharedKey::none(),
                     endpoint: Some("[2001:db8::1]:51820".parse().expect("addr")),
                     last_handshake: Some((1_700_000_000, 42)),
                     tx_bytes: 10,
@@ -1040,17 +1237,13 @@ pub(crate) mod tests {
              public_key={}\npreshared_key={ZERO}\nprotocol_version=1\n\
              last_handshake_time_sec=0\nlast_handshake_time_nsec=0\ntx_bytes=0\nrx_bytes=0\n\
              persistent_keepalive_interval=0\n",
-            "ab".repeat(32),
+            "48".repeat(32),
             "01".repeat(32),
             "02".repeat(32),
         );
-        assert_eq!(format_get(&s), expected);
-        // Zero/unset device fields are omitted, including an all-zero private key.
-        let empty = DeviceSnapshot {
-            private_key: Some([0; 32]),
-            ..DeviceSnapshot::default()
-        };
-        assert_eq!(format_get(&empty), "");
+        assert_eq!(*format_get(&s), expected);
+        // Zero/unset device fields are omitted.
+        assert_eq!(*format_get(&DeviceSnapshot::default()), "");
     }
 
     #[test]
@@ -1109,7 +1302,7 @@ pub(crate) mod tests {
         let mut clamped = key(K1);
         clamped[0] &= 248;
         clamped[31] = (clamped[31] & 127) | 64;
-        assert_eq!(s.private_key, Some(clamped));
+        assert_eq!(s.private_key.as_ref().map(|k| *k.as_bytes()), Some(clamped));
         // Zeros clear the key; 0 clears the mark.
         assert_eq!(
             set(&dev, &format!("private_key={ZERO}\nfwmark=0\n")),
@@ -1276,7 +1469,7 @@ pub(crate) mod tests {
             fn own_public_key(&self) -> Option<[u8; 32]> {
                 self.inner.own_public_key()
             }
-            fn set_private_key(&mut self, k: Option<[u8; 32]>) -> Result<(), Errno> {
+            fn set_private_key(&mut self, k: Option<PrivateKey>) -> Result<(), Errno> {
                 self.inner.set_private_key(k)
             }
             fn set_listen_port(&mut self, p: u16) -> Result<(), Errno> {
@@ -1297,7 +1490,7 @@ pub(crate) mod tests {
             fn remove_peer(&mut self, pk: &[u8; 32]) {
                 self.inner.remove_peer(pk)
             }
-            fn set_preshared_key(&mut self, pk: &[u8; 32], k: [u8; 32]) -> Result<(), Errno> {
+            fn set_preshared_key(&mut self, pk: &[u8; 32], k: PresharedKey) -> Result<(), Errno> {
                 self.inner.set_preshared_key(pk, k)
             }
             fn set_endpoint(&mut self, pk: &[u8; 32], e: SocketAddr) -> Result<(), Errno> {
@@ -1440,9 +1633,10 @@ pub(crate) mod tests {
         let key: [u8; 32] = std::array::from_fn(|i| (i as u8).wrapping_mul(37) ^ 0xf0);
         let psk: [u8; 32] = std::array::from_fn(|i| 255 - i as u8);
         let fmt_key = |k: &[u8; 32]| k.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let private = PrivateKey::from_bytes(psk);
         let peer = |endpoint: &str| PeerSnapshot {
             public_key: key,
-            preshared_key: psk,
+            preshared_key: PresharedKey::from_bytes(psk),
             endpoint: Some(endpoint.parse().expect("endpoint")),
             last_handshake: Some((u64::MAX, 999_999_999)),
             tx_bytes: u64::MAX,
@@ -1457,23 +1651,37 @@ pub(crate) mod tests {
         };
         for endpoint in ["255.255.255.255:65535", "0.0.0.0:0", "[fe80::1%7]:51820"] {
             let s = DeviceSnapshot {
-                private_key: Some(psk),
+                private_key: Some(private.clone()),
                 listen_port: u16::MAX,
                 fwmark: u32::MAX,
+                counters: vec![
+                    Counter {
+                        group: "",
+                        name: "x",
+                        value: u64::MAX,
+                    },
+                    Counter {
+                        group: "dropped_",
+                        name: "y",
+                        value: 0,
+                    },
+                ],
                 peers: vec![peer(endpoint)],
             };
             let expected = format!(
-                "private_key={psk}\nlisten_port=65535\nfwmark=4294967295\n\
+                "private_key={private}\nlisten_port=65535\nfwmark=4294967295\n\
+                 rwg_x=18446744073709551615\nrwg_dropped_y=0\n\
                  public_key={key}\npreshared_key={psk}\nprotocol_version=1\n\
                  endpoint={endpoint}\nlast_handshake_time_sec=18446744073709551615\n\
                  last_handshake_time_nsec=999999999\ntx_bytes=18446744073709551615\n\
                  rx_bytes=1099511627776\npersistent_keepalive_interval=65535\n\
                  allowed_ip=255.255.255.255/32\nallowed_ip=0.0.0.0/0\n\
                  allowed_ip=100.9.10.199/9\nallowed_ip=2001:db8::/128\n",
+                private = fmt_key(private.as_bytes()),
                 psk = fmt_key(&psk),
                 key = fmt_key(&key),
             );
-            assert_eq!(format_get(&s), expected);
+            assert_eq!(*format_get(&s), expected);
         }
     }
 
@@ -1505,7 +1713,7 @@ pub(crate) mod tests {
         };
         let mut w = Pieces(Vec::new());
         write_get(&s, &mut w).expect("write to memory");
-        let whole = format_get(&s) + "errno=0\n\n";
+        let whole = format_get(&s).to_string() + "errno=0\n\n";
         assert!(whole.len() > 10 * WRITE_CHUNK, "{}", whole.len());
         assert_eq!(w.0.concat(), whole.as_bytes());
         assert!(
@@ -1534,7 +1742,7 @@ pub(crate) mod tests {
         fn own_public_key(&self) -> Option<[u8; 32]> {
             self.inner.own_public_key()
         }
-        fn set_private_key(&mut self, key: Option<[u8; 32]>) -> Result<(), Errno> {
+        fn set_private_key(&mut self, key: Option<PrivateKey>) -> Result<(), Errno> {
             self.calls += 1;
             self.inner.set_private_key(key)
         }
@@ -1568,7 +1776,7 @@ pub(crate) mod tests {
             self.calls += 1;
             self.inner.remove_peer(pk)
         }
-        fn set_preshared_key(&mut self, pk: &[u8; 32], psk: [u8; 32]) -> Result<(), Errno> {
+        fn set_preshared_key(&mut self, pk: &[u8; 32], psk: PresharedKey) -> Result<(), Errno> {
             self.calls += 1;
             self.inner.set_preshared_key(pk, psk)
         }
@@ -1725,6 +1933,170 @@ pub(crate) mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// A running server on a fresh socket with a [`MemoryDevice`].
+    fn serving(tag: &str) -> (UapiListener, PathBuf, PathBuf) {
+        let _binding = binding();
+        let dir = temp_dir(tag);
+        let listener = UapiListener::bind_in(&dir, "wgt0").expect("bind");
+        let path = listener.path().to_path_buf();
+        listener
+            .serve(Arc::new(Mutex::new(MemoryDevice::new())))
+            .expect("serve");
+        (listener, path, dir)
+    }
+
+    /// One complete `get` on a new connection: the reply, or what went wrong.
+    fn get_over_socket(path: &Path) -> io::Result<String> {
+        use std::io::{Read, Write};
+        let mut c = UnixStream::connect(path)?;
+        c.set_read_timeout(Some(CLIENT_TIMEOUT * 2))?;
+        c.write_all(b"get=1\n\n")?;
+        c.shutdown(std::net::Shutdown::Write)?;
+        let mut reply = String::new();
+        c.read_to_string(&mut reply)?;
+        Ok(reply)
+    }
+
+    /// Clients that connect and send nothing, as many as the server serves at once, do not
+    /// lock a real client out: it displaces the one quiet longest and is answered. (Before,
+    /// it was refused until one of them timed out.)
+    #[test]
+    fn silent_clients_at_the_limit_do_not_lock_wg_out() {
+        use std::io::Read;
+        let (_listener, path, dir) = serving("full");
+        let mut silent: Vec<UnixStream> = (0..MAX_CLIENTS)
+            .map(|_| UnixStream::connect(&path).expect("connect"))
+            .collect();
+        // Answered, so the server took every earlier connection (it accepts in order).
+        assert_eq!(get_over_socket(&path).expect("get"), "errno=0\n\n");
+        // Exactly one silent client was displaced, before the request was served: it sees
+        // end of file, the others nothing yet.
+        let mut closed = 0;
+        for c in &mut silent {
+            c.set_nonblocking(true).expect("nonblocking");
+            let mut b = [0u8; 1];
+            if matches!(c.read(&mut b), Ok(0)) {
+                closed += 1;
+            }
+        }
+        assert_eq!(closed, 1);
+        drop(silent);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A client that sends one endless line is cut off after [`MAX_LINE_LEN`] bytes (plus
+    /// what the socket buffers hold), and the server stays usable meanwhile and after.
+    #[test]
+    fn an_endless_line_is_cut_off() {
+        use std::io::Write;
+        let (_listener, path, dir) = serving("endless");
+        let mut flood = UnixStream::connect(&path).expect("connect");
+        flood
+            .set_write_timeout(Some(CLIENT_TIMEOUT * 2))
+            .expect("timeout");
+        let chunk = [b'a'; 4096];
+        let mut sent = 0usize;
+        let mut served_meanwhile = false;
+        // Bounded: 64 MiB is far beyond the line limit plus any socket buffer.
+        let cut = loop {
+            if sent > 64 << 20 {
+                break false;
+            }
+            match flood.write(&chunk) {
+                Ok(n) => sent += n,
+                Err(_) => break true,
+            }
+            if sent >= MAX_LINE_LEN && !served_meanwhile {
+                // Another client is served while the flood goes on.
+                assert_eq!(get_over_socket(&path).expect("get"), "errno=0\n\n");
+                served_meanwhile = true;
+            }
+        };
+        assert!(cut, "still accepted after {sent} bytes");
+        assert_eq!(get_over_socket(&path).expect("get"), "errno=0\n\n");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The line buffer never grows past the line limit, whatever a client sends.
+    #[test]
+    fn line_memory_is_bounded() {
+        // Finite (four times the limit), so that a missing bound fails here instead of
+        // exhausting memory.
+        let endless = io::Read::take(io::repeat(b'x'), 4 * MAX_LINE_LEN as u64);
+        let mut reader = io::BufReader::new(endless);
+        let mut line = SecretBuf::new();
+        let e = read_line_bounded(&mut reader, &mut line).expect_err("too long");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert!(line.len() <= MAX_LINE_LEN);
+        assert!(line.capacity() <= 2 * MAX_LINE_LEN, "{}", line.capacity());
+    }
+
+    /// Keys that pass through a configuration connection — a `set` with a private and a
+    /// preshared key, then a `get` that sends them back — leave no copy in heap memory that is
+    /// freed: the connection's buffers, the parsed keys, the snapshot, the reply. Checked with
+    /// the test allocator of `sys::heap_probe`, which searches every block as it is freed (see
+    /// there for what this does not cover). Also run against the daemon's real device.
+    pub(crate) fn keys_leave_no_copies_in_freed_memory<D: UapiDevice + Send>(dev: D) {
+        use std::io::{Read, Write};
+        // Arbitrary bytes, already clamped (so the reply spells the private key as the
+        // request does), unlike anything another test uses.
+        let mut private: [u8; 32] = std::array::from_fn(|i| (i as u8).wrapping_mul(151) ^ 0x3c);
+        private[0] &= 248;
+        private[31] = (private[31] & 127) | 64;
+        let psk: [u8; 32] = std::array::from_fn(|i| (i as u8).wrapping_mul(89) ^ 0xc5);
+        let hex_of =
+            |k: &[u8; 32]| Zeroizing::new(k.iter().map(|b| format!("{b:02x}")).collect::<String>());
+        let (private_hex, psk_hex) = (hex_of(&private), hex_of(&psk));
+        let request = Zeroizing::new(format!(
+            "set=1\nprivate_key={}\npublic_key={K1}\npreshared_key={}\n\nget=1\n\n",
+            &*private_hex, &*psk_hex
+        ));
+        // Read into a buffer that never grows (a growing Vec here would be the test's leak).
+        let mut reply = Zeroizing::new(vec![0u8; 1 << 16]);
+        let dev = Mutex::new(dev);
+        let table = ClientTable::new();
+        let stamp = AtomicU64::new(0);
+
+        let probe = sys::heap_probe::Probe::arm(&[
+            &private_hex.as_bytes()[..32],
+            &psk_hex.as_bytes()[..32],
+            &private[..16],
+            &psk[..16],
+        ]);
+        let (mut client, server) = UnixStream::pair().expect("pair");
+        let len = std::thread::scope(|scope| {
+            let served = scope.spawn(|| serve_client(server, &dev, &table, &stamp));
+            client.write_all(request.as_bytes()).expect("write");
+            client
+                .shutdown(std::net::Shutdown::Write)
+                .expect("shutdown");
+            let mut len = 0;
+            loop {
+                match client.read(&mut reply[len..]).expect("read") {
+                    0 => break,
+                    n => len += n,
+                }
+            }
+            served.join().expect("server thread").expect("served");
+            len
+        });
+        drop(dev);
+        let hits = probe.hits();
+        drop(probe);
+
+        let text = std::str::from_utf8(&reply[..len]).expect("ascii");
+        // The keys really went through (in both directions).
+        assert!(text.starts_with("errno=0\n\n"), "{}", text.len());
+        assert!(text.contains(&format!("private_key={}\n", &*private_hex)));
+        assert!(text.contains(&format!("preshared_key={}\n", &*psk_hex)));
+        assert_eq!(hits, 0, "freed heap blocks held key material");
+    }
+
+    #[test]
+    fn keys_leave_no_copies_in_freed_memory_memory_device() {
+        keys_leave_no_copies_in_freed_memory(MemoryDevice::new());
+    }
+
     #[test]
     fn stale_socket_is_replaced() {
         let _binding = binding();
@@ -1767,7 +2139,7 @@ pub(crate) mod tests {
             assert_eq!(set(dev, &body), "errno=0\n\n");
             let p = &snap(dev).peers[0];
             assert_eq!(p.public_key, key(K1));
-            assert_eq!(p.preshared_key, key(K2));
+            assert_eq!(*p.preshared_key.as_bytes(), key(K2));
             assert_eq!(p.endpoint, Some("192.0.2.1:51820".parse().expect("addr")));
             assert_eq!(p.persistent_keepalive, 25);
             // Masked; the order is the device's own (MemoryDevice: as added).
@@ -1789,7 +2161,7 @@ pub(crate) mod tests {
             let p = &snap(dev).peers[0];
             assert_eq!(p.endpoint, Some("[2001:db8::2]:1".parse().expect("addr")));
             assert_eq!(p.allowed_ips.len(), 2);
-            assert_eq!(p.preshared_key, [0; 32]);
+            assert!(p.preshared_key.is_none());
             let body =
                 format!("public_key={K1}\nreplace_allowed_ips=true\nallowed_ip=192.168.0.0/16\n");
             assert_eq!(set(dev, &body), "errno=0\n\n");

@@ -43,7 +43,8 @@ mod imp {
         format_get, DeviceSnapshot, Errno, Response, UapiDevice, UapiSession, MAX_LINE_LEN,
     };
     use rwg_device::{Shutdown, ShutdownHandle};
-    use zeroize::{Zeroize, Zeroizing};
+    use rwg_proto::crypto::{PresharedKey, PrivateKey};
+    use zeroize::Zeroizing;
 
     use super::TunnelConfig;
     use crate::error::RwgError;
@@ -132,20 +133,16 @@ mod imp {
             apply_set(&mut *config, body)
         }
 
-        /// The lines of a UAPI `get` reply: the private key, the port, every peer with its
-        /// counters. The caller owns the only copy that is not zeroized.
+        /// The lines of a UAPI `get` reply: the private key, the port, rwg's counters
+        /// (`rwg_*` keys), every peer with its counters. The caller owns the only copy that
+        /// is not zeroized (the snapshot's keys zeroize themselves).
         pub fn get(&self) -> Zeroizing<String> {
-            let mut snapshot = self
+            let snapshot = self
                 .config
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .snapshot();
-            let text = Zeroizing::new(format_get(&snapshot));
-            snapshot.private_key.zeroize();
-            for p in &mut snapshot.peers {
-                p.preshared_key.zeroize();
-            }
-            text
+            format_get(&snapshot)
         }
 
         /// New UDP sockets on the same port and a handshake with every peer, after a network
@@ -218,7 +215,7 @@ mod imp {
         fn own_public_key(&self) -> Option<[u8; 32]> {
             None
         }
-        fn set_private_key(&mut self, _: Option<[u8; 32]>) -> Result<(), Errno> {
+        fn set_private_key(&mut self, _: Option<PrivateKey>) -> Result<(), Errno> {
             Ok(())
         }
         fn set_listen_port(&mut self, _: u16) -> Result<(), Errno> {
@@ -235,7 +232,7 @@ mod imp {
             Ok(())
         }
         fn remove_peer(&mut self, _: &[u8; 32]) {}
-        fn set_preshared_key(&mut self, _: &[u8; 32], _: [u8; 32]) -> Result<(), Errno> {
+        fn set_preshared_key(&mut self, _: &[u8; 32], _: PresharedKey) -> Result<(), Errno> {
             Ok(())
         }
         fn set_endpoint(&mut self, _: &[u8; 32], _: SocketAddr) -> Result<(), Errno> {

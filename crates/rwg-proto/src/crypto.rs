@@ -76,6 +76,13 @@ secret_bytes!(
     PresharedKey
 );
 
+impl Default for PresharedKey {
+    /// No preshared key (all zeros).
+    fn default() -> Self {
+        PresharedKey::none()
+    }
+}
+
 impl PresharedKey {
     /// The all-zero key used when no PSK is configured.
     pub const fn none() -> Self {

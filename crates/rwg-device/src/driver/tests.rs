@@ -321,7 +321,44 @@ fn get_output_of_a_configured_device_is_exact() {
          errno=0\n\n",
         "ff".repeat(30)
     );
-    assert_eq!(talk(&dev, "get=1\n\n"), expected);
+    let reply = talk(&dev, "get=1\n\n");
+    let (extra, standard): (Vec<&str>, Vec<&str>) = reply
+        .split_inclusive('\n')
+        .partition(|l| l.starts_with("rwg_"));
+    assert_eq!(standard.concat(), expected);
+    // rwg's own keys come after the device keys and before the first peer, where wg(8)
+    // skips what it does not know; every drop reason once, every name once.
+    let device_part = &reply[..reply.find("public_key=").expect("peers")];
+    assert!(device_part.starts_with("private_key="));
+    assert!(extra.iter().all(|l| device_part.contains(*l)));
+    let names: std::collections::BTreeSet<&str> = extra
+        .iter()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(names.len(), extra.len(), "{extra:?}");
+    for reason in DropReason::ALL {
+        assert!(names.contains(format!("rwg_dropped_{}", reason.name()).as_str()));
+    }
+    // They agree with the rest of the reply: two peers, the one initiation the keepalive
+    // sent (the 148 bytes of tx_bytes above), no handshake completed, nothing dropped.
+    let value = |name: &str| -> u64 {
+        extra
+            .iter()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix('='))
+            .unwrap_or_else(|| panic!("{name} missing: {extra:?}"))
+            .trim_end()
+            .parse()
+            .expect("decimal")
+    };
+    assert_eq!(value("rwg_peers"), 2);
+    assert_eq!(value("rwg_handshake_initiations_sent"), 1);
+    assert_eq!(value("rwg_handshakes_completed"), 0);
+    assert_eq!(value("rwg_cookie_replies_sent"), 0);
+    assert!(extra
+        .iter()
+        .filter(|l| l.starts_with("rwg_dropped_"))
+        .all(|l| l.ends_with("=0\n")));
 }
 
 /// A `set` of many peers through the real device: every peer arrives, in order, with exactly
@@ -470,4 +507,13 @@ fn mtu_changes_reach_the_core_at_once() {
         }
     }
     d.request_stop();
+}
+
+/// The daemon's device, with the real core behind it, keeps no copy of the keys a
+/// configuration connection carries in freed heap memory either.
+#[test]
+fn keys_leave_no_copies_in_freed_memory() {
+    crate::uapi::tests::keys_leave_no_copies_in_freed_memory(DriverConfig(
+        Driver::new(0).expect("bind UDP sockets"),
+    ));
 }
