@@ -750,7 +750,8 @@ impl UapiListener {
     }
 
     /// Binds `<dir>/<iface>.sock`: creates `dir` (0755) if needed, removes a stale socket (one
-    /// that refuses connections), refuses if a live process answers, binds under umask 077.
+    /// that refuses connections), refuses if a live process answers, binds under umask 077 and
+    /// leaves the socket at mode 0600 (only its owner, root for the daemon, may configure).
     pub fn bind_in(dir: &Path, iface: &str) -> Result<UapiListener, UapiError> {
         let path = socket_path(dir, iface);
         let io_err = |e: io::Error| match e.kind() {
@@ -789,6 +790,12 @@ impl UapiListener {
         let tmp = dir.join(format!(".{iface}.sock.{}.tmp", std::process::id()));
         let _ = std::fs::remove_file(&tmp);
         let listener = sys::fd::with_umask(0o077, || UnixListener::bind(&tmp)).map_err(io_err)?;
+        // 0600: only the owner (root, for the daemon) may connect. The umask above kept
+        // everyone else out from the start; execute means nothing on a socket.
+        if let Err(e) = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io_err(e));
+        }
         let linked = std::fs::hard_link(&tmp, &path);
         let _ = std::fs::remove_file(&tmp);
         linked.map_err(|e| {
@@ -1895,9 +1902,9 @@ pub(crate) mod tests {
         let dir = temp_dir("e2e");
         let listener = UapiListener::bind_in(&dir, "wgt0").expect("bind");
         let path = listener.path().to_path_buf();
-        // Created under umask 077: only the owner may connect.
+        // Only the owner may connect: 0600.
         let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
-        assert_eq!(mode & 0o077, 0, "mode {mode:o}");
+        assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
         let dmode = std::fs::metadata(&dir).expect("stat").permissions().mode();
         assert_eq!(dmode & 0o777, 0o755);
         // A second daemon for the same name is refused while the first one serves.
