@@ -43,10 +43,12 @@ pub struct StackConfig {
     /// Receive buffer size of each TCP socket, in bytes: the window the stack advertises
     /// (window scaling lets it exceed 64 KiB), which bounds download speed per connection.
     pub tcp_rx_buffer_size: usize,
-    /// Send buffer size of each TCP socket, in bytes. smoltcp has no congestion control by
-    /// default, so a send buffer much larger than the path holds only causes losses: measured,
-    /// 64 KiB gave the best upload through a tunnel.
+    /// Send buffer size of each TCP socket, in bytes: the most data in flight per connection.
+    /// With congestion control the window adapts to the path, so this only needs to exceed the
+    /// path's bandwidth-delay product.
     pub tcp_tx_buffer_size: usize,
+    /// How TCP senders react to loss (see [`CongestionControl`]).
+    pub congestion_control: CongestionControl,
     /// Most connections a listener holds before they are accepted; SYNs beyond are dropped.
     pub tcp_backlog: usize,
     /// Receive and send buffer size of each UDP socket, in bytes.
@@ -65,10 +67,49 @@ impl StackConfig {
             mtu,
             tcp_rx_buffer_size: 512 * 1024,
             tcp_tx_buffer_size: 64 * 1024,
+            congestion_control: CongestionControl::default(),
             tcp_backlog: 256,
             udp_buffer_size: 64 * 1024,
             receive_queue_len: 1024,
             connect_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The congestion control of the stack's TCP senders.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CongestionControl {
+    /// None: send as much as the peer's window allows. A send buffer larger than the path
+    /// holds then overruns it and collapses into losses and retransmissions.
+    None,
+    /// Reno (halve on loss, grow by a segment per acknowledgement).
+    Reno,
+    /// CUBIC (RFC 8312), the default of Linux.
+    #[default]
+    Cubic,
+}
+
+impl CongestionControl {
+    fn smoltcp(self) -> tcp::CongestionControl {
+        match self {
+            CongestionControl::None => tcp::CongestionControl::None,
+            CongestionControl::Reno => tcp::CongestionControl::Reno,
+            CongestionControl::Cubic => tcp::CongestionControl::Cubic,
+        }
+    }
+}
+
+impl std::str::FromStr for CongestionControl {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "none" => Ok(CongestionControl::None),
+            "reno" => Ok(CongestionControl::Reno),
+            "cubic" => Ok(CongestionControl::Cubic),
+            _ => Err(format!(
+                "unknown congestion control {s:?}: expected none, reno or cubic"
+            )),
         }
     }
 }
@@ -86,6 +127,8 @@ pub struct StackStats {
     pub syn_dropped: u64,
     /// Times the driver polled the interface (a busy loop would show here).
     pub polls: u64,
+    /// Outgoing TCP segments split to fit a smaller path MTU learned from ICMP.
+    pub segments_split: u64,
 }
 
 #[derive(Default)]
@@ -95,6 +138,7 @@ struct Counters {
     transmitted: AtomicU64,
     syn_dropped: AtomicU64,
     polls: AtomicU64,
+    segments_split: AtomicU64,
 }
 
 /// Received packets waiting for the driver, and spare buffers to copy the next ones into.
@@ -301,9 +345,7 @@ impl Inner {
     }
 
     pub(crate) fn new_tcp_socket(&mut self, config: &StackConfig) -> tcp::Socket<'static> {
-        let rx = tcp::SocketBuffer::new(vec![0; config.tcp_rx_buffer_size]);
-        let tx = tcp::SocketBuffer::new(vec![0; config.tcp_tx_buffer_size]);
-        tcp::Socket::new(rx, tx)
+        new_tcp_socket(config)
     }
 
     fn reap_orphans(&mut self) {
@@ -368,9 +410,7 @@ impl Inner {
                 *count -= 1;
                 return false;
             }
-            let rx = tcp::SocketBuffer::new(vec![0; config.tcp_rx_buffer_size]);
-            let tx = tcp::SocketBuffer::new(vec![0; config.tcp_tx_buffer_size]);
-            let mut socket = tcp::Socket::new(rx, tx);
+            let mut socket = new_tcp_socket(config);
             if socket.listen(port).is_err() {
                 return false;
             }
@@ -381,6 +421,14 @@ impl Inner {
             true
         });
     }
+}
+
+fn new_tcp_socket(config: &StackConfig) -> tcp::Socket<'static> {
+    let rx = tcp::SocketBuffer::new(vec![0; config.tcp_rx_buffer_size]);
+    let tx = tcp::SocketBuffer::new(vec![0; config.tcp_tx_buffer_size]);
+    let mut socket = tcp::Socket::new(rx, tx);
+    socket.set_congestion_control(config.congestion_control.smoltcp());
+    socket
 }
 
 /// smoltcp panics on addresses that are not unicast; check them first.
@@ -662,6 +710,7 @@ impl NetStack {
             transmitted: c.transmitted.load(Ordering::Relaxed),
             syn_dropped: c.syn_dropped.load(Ordering::Relaxed),
             polls: c.polls.load(Ordering::Relaxed),
+            segments_split: c.segments_split.load(Ordering::Relaxed),
         }
     }
 }
