@@ -14,6 +14,8 @@
 #   PROXY: the userspace proxy to measure, "rwg" (rwg proxy --forward, the default) or the
 #         path of rwg-netstack's example netstack-proxy (same --config/--forward options);
 #         PROXY_ARGS: extra options for it (e.g. "--cc reno --tx-buffer 262144").
+#   BENCH_DEBUG=1: after each run of netstack-proxy, print its counters (from its --metrics)
+#         and the peer namespace's UDP and veth drop counters.
 # Prints one line per run, then the medians and the ratios; each ratio compares runs of the
 # same invocation on the same machine. Notes the load average, which skews everything on a
 # shared machine.
@@ -151,7 +153,12 @@ iperf() {
 
 start_rwg() {
 	PF=$(free_port)
-	LOG_LEVEL=${LOG_LEVEL:-error} "${PROXY_CMD[@]}" --config "$WORK/wg.conf" --forward "tcp:127.0.0.1:$PF:$PEER_IP:5201" "${PROXY_ARGS[@]}" >"$WORK/rwg-proxy.log" 2>&1 &
+	local debug=()
+	if [[ -n ${BENCH_DEBUG:-} && $PROXY != rwg ]]; then
+		PM=$(free_port)
+		debug=(--metrics "127.0.0.1:$PM")
+	fi
+	LOG_LEVEL=${LOG_LEVEL:-error} "${PROXY_CMD[@]}" --config "$WORK/wg.conf" --forward "tcp:127.0.0.1:$PF:$PEER_IP:5201" "${PROXY_ARGS[@]}" "${debug[@]}" >"$WORK/rwg-proxy.log" 2>&1 &
 	CUR=$!
 	wait_for 10 listening "$PF" || die "rwg proxy did not listen"
 }
@@ -163,7 +170,15 @@ start_onetun() {
 	CUR=$!
 	wait_for 10 listening "$PF" || die "onetun did not listen"
 }
-stop_cur() { kill -TERM "$CUR" 2>/dev/null; wait "$CUR" 2>/dev/null; }
+stop_cur() {
+	if [[ -n ${BENCH_DEBUG:-} && $PROXY != rwg ]]; then
+		curl -s "http://127.0.0.1:$PM/metrics" | grep -E '^rwg_(netstack|proxy_udp)' | grep -v ' 0$' | sed 's/^/    proxy: /'
+		ip netns exec "$NSP" nstat -a 2>/dev/null | grep -E 'UdpRcvbufErrors|UdpInErrors|UdpSndbufErrors' | sed 's/^/    peer: /'
+		ip -n "$NSP" -s link show vbp | awk '/RX:/{getline; print "    peer veth rx dropped " $4}'
+	fi
+	kill -TERM "$CUR" 2>/dev/null
+	wait "$CUR" 2>/dev/null
+}
 # After a failed run, show what the proxies and the peer said.
 diagnose() {
 	local f

@@ -132,6 +132,7 @@ pub mod forward;
 pub mod http;
 pub mod metrics;
 pub mod relay;
+mod segments;
 pub mod socks5;
 mod stack;
 pub mod stdio;

@@ -263,6 +263,11 @@ pub fn render_stack(stats: &StackStats, out: &mut String) {
             "TCP segments split to fit a smaller path MTU learned from ICMP.",
             stats.segments_split,
         ),
+        (
+            "rwg_netstack_retransmits_suppressed_total",
+            "TCP retransmissions not sent because the peer had acknowledged them selectively.",
+            stats.retransmits_suppressed,
+        ),
     ] {
         let _ = writeln!(
             out,

@@ -173,3 +173,63 @@ pub(crate) async fn within<T>(
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test(start_paused = true)]
+    async fn traffic_keeps_a_relay_alive_and_silence_ends_it() {
+        let (mut client, mut near) = tokio::io::duplex(64);
+        let (mut far, mut server) = tokio::io::duplex(64);
+        let start = Instant::now();
+        let task =
+            tokio::spawn(
+                async move { relay(&mut near, &mut far, Some(Duration::from_secs(10))).await },
+            );
+        // A byte every 6 s, alternately each way, for 30 s: longer than the idle limit in all.
+        for round in 0..5 {
+            tokio::time::sleep(Duration::from_secs(6)).await;
+            let mut byte = [0u8; 1];
+            if round % 2 == 0 {
+                client.write_all(b"x").await.expect("write");
+                server.read_exact(&mut byte).await.expect("relayed");
+            } else {
+                server.write_all(b"y").await.expect("write");
+                client.read_exact(&mut byte).await.expect("relayed");
+            }
+        }
+        let result = task.await.expect("task");
+        assert_eq!(result.map_err(|e| e.kind()), Err(io::ErrorKind::TimedOut));
+        // Virtual time: the last byte at 30 s, then 10 s of silence.
+        assert_eq!(start.elapsed(), Duration::from_secs(40));
+    }
+
+    #[tokio::test]
+    async fn without_idle_limit_it_runs_to_eof() {
+        let (mut client, mut near) = tokio::io::duplex(64);
+        let (mut far, mut server) = tokio::io::duplex(64);
+        let task = tokio::spawn(async move { relay(&mut near, &mut far, None).await });
+        client.write_all(b"abc").await.expect("write");
+        client.shutdown().await.expect("shutdown");
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.expect("read");
+        assert_eq!(got, b"abc");
+        server.shutdown().await.expect("shutdown");
+        assert_eq!(task.await.expect("task").expect("relay"), (3, 0));
+    }
+
+    #[test]
+    fn limits_count_permits() {
+        let limit = ConnectionLimit::new(2);
+        let a = limit.try_acquire().expect("first");
+        let _b = limit.try_acquire().expect("second");
+        assert!(limit.try_acquire().is_none());
+        assert_eq!(limit.in_use(), 2);
+        drop(a);
+        assert_eq!(limit.in_use(), 1);
+        assert!(limit.try_acquire().is_some());
+        assert_eq!(ConnectionLimit::new(0).max(), 1);
+    }
+}

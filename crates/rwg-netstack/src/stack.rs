@@ -25,10 +25,13 @@ use smoltcp::wire::{
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::segments::{split, Segments, Verdict};
 use crate::tunnel::PacketTunnel;
 
 /// First port of the ephemeral range (IANA), used for `connect` and for binding port 0.
 const EPHEMERAL_FIRST: u16 = 49152;
+/// Extra egress rounds per poll (each sends at most one segment per socket).
+const EGRESS_ROUNDS: usize = 32;
 /// How long a dropped TCP stream may take to finish its close before it is reset.
 const LINGER: Duration = Duration::from_secs(60);
 
@@ -79,13 +82,12 @@ impl StackConfig {
 /// The congestion control of the stack's TCP senders.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum CongestionControl {
-    /// None: send as much as the peer's window allows. A send buffer larger than the path
-    /// holds then overruns it and collapses into losses and retransmissions.
+    /// None: send as much as the peer's window and the send buffer allow.
+    #[default]
     None,
     /// Reno (halve on loss, grow by a segment per acknowledgement).
     Reno,
-    /// CUBIC (RFC 8312), the default of Linux.
-    #[default]
+    /// CUBIC (RFC 8312), as smoltcp implements it.
     Cubic,
 }
 
@@ -129,6 +131,8 @@ pub struct StackStats {
     pub polls: u64,
     /// Outgoing TCP segments split to fit a smaller path MTU learned from ICMP.
     pub segments_split: u64,
+    /// TCP retransmissions not sent because the peer had acknowledged them selectively.
+    pub retransmits_suppressed: u64,
 }
 
 #[derive(Default)]
@@ -139,6 +143,7 @@ struct Counters {
     syn_dropped: AtomicU64,
     polls: AtomicU64,
     segments_split: AtomicU64,
+    suppressed: AtomicU64,
 }
 
 /// Received packets waiting for the driver, and spare buffers to copy the next ones into.
@@ -175,7 +180,11 @@ struct TunnelDevice {
     tunnel: Box<dyn PacketTunnel>,
     mtu: usize,
     transmit_buf: Vec<u8>,
+    /// Where split segments are built.
+    split_buf: Vec<u8>,
     counters: Arc<Counters>,
+    /// SACK state and path MTUs (see [`crate::segments`]).
+    segments: Segments,
 }
 
 struct RxToken<'a> {
@@ -186,7 +195,9 @@ struct RxToken<'a> {
 struct TxToken<'a> {
     tunnel: &'a dyn PacketTunnel,
     buf: &'a mut Vec<u8>,
+    split_buf: &'a mut Vec<u8>,
     counters: &'a Counters,
+    segments: &'a mut Segments,
 }
 
 impl smoltcp::phy::RxToken for RxToken<'_> {
@@ -201,8 +212,24 @@ impl smoltcp::phy::TxToken for TxToken<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
         self.buf.resize(len, 0);
         let result = f(&mut self.buf[..len]);
-        self.tunnel.send(&self.buf[..len]);
-        self.counters.transmitted.fetch_add(1, Ordering::Relaxed);
+        let packet = &mut self.buf[..len];
+        match self.segments.outgoing(packet) {
+            Verdict::Send => {
+                self.tunnel.send(packet);
+                self.counters.transmitted.fetch_add(1, Ordering::Relaxed);
+            }
+            Verdict::Drop => {
+                self.counters.suppressed.fetch_add(1, Ordering::Relaxed);
+            }
+            Verdict::Split(room) => {
+                let (tunnel, counters) = (self.tunnel, self.counters);
+                counters.segments_split.fetch_add(1, Ordering::Relaxed);
+                split(packet, room, self.split_buf, |piece| {
+                    tunnel.send(piece);
+                    counters.transmitted.fetch_add(1, Ordering::Relaxed);
+                });
+            }
+        }
         result
     }
 }
@@ -221,7 +248,9 @@ impl Device for TunnelDevice {
             TxToken {
                 tunnel: &*self.tunnel,
                 buf: &mut self.transmit_buf,
+                split_buf: &mut self.split_buf,
                 counters: &self.counters,
+                segments: &mut self.segments,
             },
         ))
     }
@@ -230,7 +259,9 @@ impl Device for TunnelDevice {
         Some(TxToken {
             tunnel: &*self.tunnel,
             buf: &mut self.transmit_buf,
+            split_buf: &mut self.split_buf,
             counters: &self.counters,
+            segments: &mut self.segments,
         })
     }
 
@@ -464,6 +495,8 @@ fn syn_destination_port(packet: &[u8]) -> Option<u16> {
 
 pub(crate) struct Shared {
     inner: Mutex<Inner>,
+    /// The stack's addresses, for checking ICMP errors are about our packets.
+    own_addresses: Vec<IpAddr>,
     ingress: Arc<IngressQueue>,
     wake: Arc<Notify>,
     counters: Arc<Counters>,
@@ -499,6 +532,14 @@ impl Shared {
             let Ingress { queue, .. } = &mut *ingress;
             std::mem::swap(queue, &mut inner.device.batch);
         }
+        {
+            let device = &mut inner.device;
+            for packet in &device.batch {
+                device
+                    .segments
+                    .incoming(packet, &self.own_addresses, self.config.mtu);
+            }
+        }
         inner.prepare_listeners(&self.config, &self.counters);
         let now = inner.now();
         let Inner {
@@ -508,6 +549,18 @@ impl Shared {
             ..
         } = &mut *inner;
         iface.poll(now, device, sockets);
+        // smoltcp sends one segment per socket per poll: send more while there is more, a
+        // bounded number of rounds, before letting the tasks that fill the buffers run.
+        for _ in 0..EGRESS_ROUNDS {
+            let before = self.counters.transmitted.load(Ordering::Relaxed)
+                + self.counters.suppressed.load(Ordering::Relaxed);
+            iface.poll_egress(now, device, sockets);
+            let after = self.counters.transmitted.load(Ordering::Relaxed)
+                + self.counters.suppressed.load(Ordering::Relaxed);
+            if after == before {
+                break;
+            }
+        }
         inner.reap_orphans();
         self.counters.polls.fetch_add(1, Ordering::Relaxed);
         let Inner {
@@ -602,7 +655,9 @@ impl NetStack {
             tunnel: Box::new(tunnel),
             mtu: config.mtu,
             transmit_buf: Vec::with_capacity(config.mtu),
+            split_buf: Vec::with_capacity(config.mtu),
             counters: counters.clone(),
+            segments: Segments::default(),
         };
         let seed = random_seed();
         let mut iface_config = IfaceConfig::new(HardwareAddress::Ip);
@@ -655,6 +710,7 @@ impl NetStack {
         let wake = Arc::new(Notify::new());
         let shared = Arc::new(Shared {
             inner: Mutex::new(inner),
+            own_addresses: config.addresses.iter().map(|(a, _)| *a).collect(),
             ingress,
             wake: wake.clone(),
             counters,
@@ -711,6 +767,7 @@ impl NetStack {
             syn_dropped: c.syn_dropped.load(Ordering::Relaxed),
             polls: c.polls.load(Ordering::Relaxed),
             segments_split: c.segments_split.load(Ordering::Relaxed),
+            retransmits_suppressed: c.suppressed.load(Ordering::Relaxed),
         }
     }
 }

@@ -133,3 +133,42 @@ pub fn dns_server(stack: &NetStack, truncate_udp: bool, tcp: bool) {
         }
     });
 }
+
+/// What a [`pair_with`] hook does with a packet from A to B.
+pub struct Hooked {
+    /// Delivered to B (or dropped if `None`).
+    pub to_b: Option<Vec<u8>>,
+    /// Delivered to A (an ICMP error, say).
+    pub to_a: Option<Vec<u8>>,
+}
+
+/// Like [`pair`], with `mtu` for both stacks and every packet from A to B passed through
+/// `hook` first. Must be called inside a tokio runtime.
+pub fn pair_with(
+    mtu: usize,
+    mut hook: impl FnMut(Vec<u8>) -> Hooked + Send + 'static,
+) -> (NetStack, NetStack) {
+    let make = |v4, v6| {
+        let (tunnel, outgoing) = ChannelTunnel::new(4096);
+        let (stack, driver) =
+            NetStack::new(StackConfig::new(vec![(v4, 24), (v6, 64)], mtu), tunnel).expect("stack");
+        tokio::spawn(driver);
+        (stack, outgoing)
+    };
+    let (a, mut a_out) = make(A4, A6);
+    let (b, b_out) = make(B4, B6);
+    let (a2, b2) = (a.clone(), b.clone());
+    tokio::spawn(async move {
+        while let Some(packet) = a_out.recv().await {
+            let h = hook(packet);
+            if let Some(p) = h.to_b {
+                b2.receive(&p);
+            }
+            if let Some(p) = h.to_a {
+                a2.receive(&p);
+            }
+        }
+    });
+    pump(b_out, a.clone());
+    (a, b)
+}
