@@ -7,7 +7,7 @@
 //!     [--forward tcp:LOCAL:REMOTE | udp:LOCAL:REMOTE | reverse-tcp:PORT:LOCAL]...
 //!     [--stdio HOST:PORT]
 //!     [--metrics ADDR] [--ready-probe IP:PORT] [--ready-age SECS]
-//!     [--max-connections N] [--idle-timeout SECS]
+//!     [--max-connections N] [--idle-timeout SECS] [--connect-timeout SECS]
 //!     [--reresolve-after SECS] [--reresolve-every SECS]
 //!     [--cc none|reno|cubic] [--tx-buffer BYTES] [--rx-buffer BYTES]
 //! ```
@@ -44,6 +44,7 @@ struct Args {
     ready_age: Option<u64>,
     max_connections: Option<usize>,
     idle_timeout: Option<u64>,
+    connect_timeout: Option<u64>,
     options: TunnelOptions,
 }
 
@@ -92,6 +93,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
             "--ready-age" => parsed.ready_age = Some(number(flag, value)?),
             "--max-connections" => parsed.max_connections = Some(number(flag, value)?),
             "--idle-timeout" => parsed.idle_timeout = Some(number(flag, value)?),
+            "--connect-timeout" => parsed.connect_timeout = Some(number(flag, value)?),
             "--reresolve-after" => {
                 reresolve.after_silence = Duration::from_secs(number(flag, value)?)
             }
@@ -137,7 +139,10 @@ async fn run(args: Args) -> Result<(), String> {
             None => Arc::new(NoDns),
         };
     let metrics = ProxyMetrics::new();
-    let idle = args.idle_timeout.map(Duration::from_secs);
+    let idle = Some(Duration::from_secs(args.idle_timeout.unwrap_or(600)));
+    let connect_timeout = args
+        .connect_timeout
+        .map_or(Duration::from_secs(15), Duration::from_secs);
 
     if let Some((host, port)) = args.stdio {
         let stream = connect_host(&stack, &*resolver, &host, port)
@@ -160,6 +165,7 @@ async fn run(args: Args) -> Result<(), String> {
             Socks5Config {
                 credentials: args.auth.clone(),
                 idle_timeout: idle,
+                connect_timeout,
                 ..Socks5Config::default()
             },
         )
@@ -179,6 +185,7 @@ async fn run(args: Args) -> Result<(), String> {
             HttpProxyConfig {
                 credentials: args.auth.clone(),
                 idle_timeout: idle,
+                connect_timeout,
                 ..HttpProxyConfig::default()
             },
         )
@@ -196,7 +203,7 @@ async fn run(args: Args) -> Result<(), String> {
             .await
             .map_err(|e| format!("forward {spec}: {e}"))?
             .with_metrics(metrics.clone())
-            .with_idle_timeout(idle.or(Some(Duration::from_secs(600))));
+            .with_idle_timeout(idle);
         if let Some(limit) = &limit {
             forwarder = forwarder.with_limit(limit.clone());
         }

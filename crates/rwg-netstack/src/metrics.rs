@@ -268,6 +268,26 @@ pub fn render_stack(stats: &StackStats, out: &mut String) {
             "TCP retransmissions not sent because the peer had acknowledged them selectively.",
             stats.retransmits_suppressed,
         ),
+        (
+            "rwg_netstack_retransmitted_segments_total",
+            "TCP segments sent a second time, on connections that reported a loss.",
+            stats.retransmitted,
+        ),
+        (
+            "rwg_netstack_loss_episodes_total",
+            "Loss episodes reported by peers (SACK blocks appearing).",
+            stats.loss_episodes,
+        ),
+        (
+            "rwg_netstack_dupacks_normalized_total",
+            "Duplicate ACKs whose changed window was kept as before, so that they count.",
+            stats.dupacks_normalized,
+        ),
+        (
+            "rwg_netstack_tail_loss_probes_total",
+            "Tail loss probes: duplicate ACKs made up so that smoltcp retransmits at once.",
+            stats.tail_loss_probes,
+        ),
     ] {
         let _ = writeln!(
             out,

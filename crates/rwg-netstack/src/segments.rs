@@ -163,7 +163,7 @@ fn seq_le(a: u32, b: u32) -> bool {
 }
 
 /// Our end of a connection first, then the peer's.
-type FlowKey = (IpAddr, u16, IpAddr, u16);
+pub(crate) type FlowKey = (IpAddr, u16, IpAddr, u16);
 
 #[derive(Debug)]
 struct Flow {
@@ -174,11 +174,48 @@ struct Flow {
     /// The acknowledgement number and window of our last segment to the peer.
     last_sent: Option<(u32, u16)>,
     last_seen: Instant,
+    /// Loss episodes so far: times the SACKed ranges went from none to some.
+    episodes: u64,
+    /// The acknowledgement number and window field of the peer's last segment.
+    last_ack: Option<(u32, u16)>,
+    /// The end of the highest segment we sent.
+    max_sent: u32,
+    /// The sequence number the peer sends next (what a duplicate ACK from it carries).
+    peer_next: Option<u32>,
+    /// When the cumulative acknowledgement last moved (or data went out with none pending).
+    progress: Instant,
+    /// The `snd_una` tail loss probes were made for, and how many.
+    probed: Option<(u32, u32)>,
+    /// A round-trip measurement in progress: the end of the timed segment and when it left.
+    timing: Option<(u32, Instant)>,
+    /// Smoothed round-trip time.
+    srtt: Option<Duration>,
+    /// The peer's window scale (from its SYN), if known.
+    scale: Option<u8>,
 }
 
 impl Flow {
-    fn acknowledge(&mut self, ack: u32) {
-        if seq_lt(self.snd_una, ack) {
+    fn new(snd_una: u32, max_sent: u32, now: Instant) -> Flow {
+        Flow {
+            snd_una,
+            sacked: Vec::new(),
+            last_sent: None,
+            last_seen: now,
+            episodes: 0,
+            last_ack: None,
+            max_sent,
+            peer_next: None,
+            progress: now,
+            probed: None,
+            timing: None,
+            srtt: None,
+            scale: None,
+        }
+    }
+
+    fn acknowledge(&mut self, ack: u32) -> bool {
+        let moved = seq_lt(self.snd_una, ack);
+        if moved {
             self.snd_una = ack;
         }
         let una = self.snd_una;
@@ -188,6 +225,7 @@ impl Flow {
                 range.0 = una;
             }
         }
+        moved
     }
 
     fn add_range(&mut self, start: u32, end: u32) {
@@ -231,77 +269,186 @@ impl Flow {
             .iter()
             .any(|&(s, e)| seq_le(s, start) && seq_le(end, e))
     }
+
+    /// Data is out and unacknowledged.
+    fn outstanding(&self) -> bool {
+        seq_lt(self.snd_una, self.max_sent)
+    }
+
+    /// How long without progress before a tail loss probe.
+    fn probe_timeout(&self) -> Duration {
+        self.srtt.map_or(PROBE_MIN, |rtt| (rtt * 4).max(PROBE_MIN))
+    }
+
+    /// When a probe is due, if one may be made: a few round trips without progress, twice
+    /// as long after each probe for the same data.
+    fn probe_at(&self) -> Option<Instant> {
+        if !self.outstanding() || self.peer_next.is_none() {
+            return None;
+        }
+        let made = match self.probed {
+            Some((una, n)) if una == self.snd_una => n,
+            _ => 0,
+        };
+        (made < MAX_PROBES).then(|| self.progress + self.probe_timeout() * (1 << made))
+    }
 }
 
-/// SACK state of the connections that have reported losses. See the [module](self) docs.
+/// The least time without an acknowledgement before a tail loss probe (smoltcp's own
+/// retransmission timeout is at least 47 ms in practice: it keeps whole milliseconds and
+/// rounds up).
+const PROBE_MIN: Duration = Duration::from_millis(5);
+/// Probes for the same unacknowledged data; then smoltcp's own timer takes over.
+const MAX_PROBES: u32 = 6;
+
+/// Loss state of the connections that send data. See the [module](self) docs.
 #[derive(Debug, Default)]
 pub(crate) struct Recovery {
     flows: HashMap<FlowKey, Flow>,
+    /// Window scales from peers' SYNs, until their connection sends data.
+    scales: HashMap<FlowKey, u8>,
     /// Retransmissions not sent because the peer had them.
     pub(crate) suppressed: u64,
+    /// Duplicate ACKs whose window was kept.
+    pub(crate) normalized: u64,
+    /// Loss episodes (all connections).
+    pub(crate) episodes: u64,
+    /// Segments sent (or suppressed) a second time.
+    pub(crate) retransmitted: u64,
+    /// Tail loss probes made.
+    pub(crate) probes: u64,
 }
 
 impl Recovery {
-    /// Learn from a packet that came out of the tunnel (to the stack).
-    fn incoming(&mut self, packet: &[u8], seg: &Segment, now: Instant) {
+    /// Learn from a packet that came out of the tunnel (to the stack); may rewrite the window
+    /// of a duplicate ACK.
+    fn incoming(&mut self, packet: &mut [u8], seg: &Segment, now: Instant) {
         let key = (seg.dst, seg.dst_port, seg.src, seg.src_port);
         if seg.flags & (RST | SYN) != 0 {
             self.flows.remove(&key);
+            if seg.flags & SYN != 0 {
+                if let Some(scale) = window_scale(&packet[seg.tcp + 20..seg.tcp + seg.tcp_len]) {
+                    if self.scales.len() >= MAX_FLOWS {
+                        self.scales.clear();
+                    }
+                    self.scales.insert(key, scale);
+                }
+            }
             return;
         }
         if seg.flags & ACK == 0 {
             return;
         }
-        let options = &packet[seg.tcp + 20..seg.tcp + seg.tcp_len];
-        let blocks = sack_blocks(options);
-        let flow = match self.flows.get_mut(&key) {
-            Some(flow) => flow,
-            None if blocks.is_empty() => return,
-            None => {
-                if self.flows.len() >= MAX_FLOWS {
-                    self.flows
-                        .retain(|_, f| now.duration_since(f.last_seen) < FLOW_IDLE);
-                    if self.flows.len() >= MAX_FLOWS {
-                        return;
-                    }
-                }
-                self.flows.entry(key).or_insert(Flow {
-                    snd_una: seg.ack,
-                    sacked: Vec::new(),
-                    last_sent: None,
-                    last_seen: now,
-                })
-            }
+        let Some(flow) = self.flows.get_mut(&key) else {
+            return;
         };
+        let blocks = sack_blocks(&packet[seg.tcp + 20..seg.tcp + seg.tcp_len]);
         flow.last_seen = now;
-        flow.acknowledge(seg.ack);
-        for (start, end) in blocks {
+        let len = seg.payload_len() as u32 + u32::from(seg.flags & FIN != 0);
+        let next = seg.seq.wrapping_add(len);
+        if flow.peer_next.is_none_or(|n| seq_lt(n, next)) {
+            flow.peer_next = Some(next);
+        }
+        if flow.acknowledge(seg.ack) {
+            flow.progress = now;
+            if let Some((end, sent)) = flow.timing {
+                if seq_le(end, seg.ack) {
+                    let sample = now.duration_since(sent);
+                    flow.srtt = Some(flow.srtt.map_or(sample, |s| (s * 7 + sample) / 8));
+                    flow.timing = None;
+                }
+            }
+        }
+        let was_clean = flow.sacked.is_empty();
+        for &(start, end) in &blocks {
             flow.add_range(start, end);
         }
-        if flow.sacked.is_empty() && seg.flags & FIN != 0 {
+        if was_clean && !flow.sacked.is_empty() {
+            flow.episodes += 1;
+            self.episodes += 1;
+        }
+        // smoltcp retransmits on the third duplicate ACK only if (1) the duplicates' windows
+        // are all the same, and Linux changes the window on nearly every one (out-of-order
+        // data takes buffer space), and (2) it has no new data to send at that moment, while
+        // the peer's window usually lets it go on sending. Either way it would wait for its
+        // retransmission timeout (tens of ms). So a duplicate ACK that reports out-of-order
+        // data announces a window that ends where our data ends: the same value on every
+        // duplicate, and no room for new data (all of which the peer did allow when it was
+        // sent). Never zero unless the peer's is: a closed window must get through. The
+        // peer's next ACK that moves brings its real window back.
+        let mut window = seg.window;
+        let duplicate = seg.flags & (SYN | FIN | RST) == 0 && seg.payload_len() == 0;
+        if duplicate && !blocks.is_empty() && window != 0 {
+            let previous = flow.last_ack.map(|(_, w)| w);
+            let fitted = match flow.scale {
+                Some(scale) => {
+                    let in_flight = flow.max_sent.wrapping_sub(seg.ack);
+                    (in_flight >> scale).clamp(1, u32::from(u16::MAX)) as u16
+                }
+                // Without the scale: at least keep the window steady.
+                None => previous.filter(|p| *p != 0).unwrap_or(window),
+            };
+            if fitted != window {
+                set_window(packet, seg, fitted);
+                window = fitted;
+                self.normalized += 1;
+            }
+        }
+        flow.last_ack = Some((seg.ack, window));
+        if seg.flags & FIN != 0 && !flow.outstanding() {
             self.flows.remove(&key);
         }
     }
 
     /// Whether a segment going into the tunnel should be sent; records what it acknowledges.
-    fn outgoing(&mut self, seg: &Segment) -> bool {
-        if self.flows.is_empty() {
-            return true;
-        }
+    fn outgoing(&mut self, seg: &Segment, now: Instant) -> bool {
         let key = (seg.src, seg.src_port, seg.dst, seg.dst_port);
-        let Some(flow) = self.flows.get_mut(&key) else {
-            return true;
-        };
         if seg.flags & RST != 0 {
             self.flows.remove(&key);
             return true;
         }
         let len = seg.payload_len() as u32;
+        let end = seg.seq.wrapping_add(len);
+        let flow = match self.flows.get_mut(&key) {
+            Some(flow) => flow,
+            None if len == 0 || seg.flags & ACK == 0 => return true,
+            None => {
+                if self.flows.len() >= MAX_FLOWS {
+                    self.flows
+                        .retain(|_, f| now.duration_since(f.last_seen) < FLOW_IDLE);
+                    if self.flows.len() >= MAX_FLOWS {
+                        return true;
+                    }
+                }
+                let mut flow = Flow::new(seg.seq, seg.seq, now);
+                flow.scale = self.scales.remove(&key);
+                self.flows.entry(key).or_insert(flow)
+            }
+        };
+        flow.last_seen = now;
+        if len > 0 {
+            if seq_lt(seg.seq, flow.max_sent) {
+                self.retransmitted += 1;
+                // Karn: no round-trip time from a retransmitted range.
+                if flow.timing.is_some_and(|(e, _)| seq_lt(seg.seq, e)) {
+                    flow.timing = None;
+                }
+            }
+            if seq_lt(flow.max_sent, end) {
+                if !flow.outstanding() {
+                    flow.progress = now;
+                }
+                flow.max_sent = end;
+                if flow.timing.is_none() {
+                    flow.timing = Some((end, now));
+                }
+            }
+        }
         let nothing_new = flow.last_sent == Some((seg.ack, seg.window));
         let redundant = len > 0
             && seg.flags & (SYN | FIN | RST) == 0
             && seq_lt(flow.snd_una, seg.seq)
-            && flow.covers(seg.seq, seg.seq.wrapping_add(len));
+            && flow.covers(seg.seq, end);
         if redundant && nothing_new {
             self.suppressed += 1;
             return false;
@@ -310,11 +457,126 @@ impl Recovery {
         true
     }
 
+    /// The loss state of a connection (our address and port, the peer's): loss episodes so
+    /// far, and whether a loss is being repaired now.
+    pub(crate) fn loss_state(&self, key: &FlowKey) -> (u64, bool) {
+        self.flows
+            .get(key)
+            .map_or((0, false), |f| (f.episodes, !f.sacked.is_empty()))
+    }
+
+    /// Tail loss probes: for each connection whose data has gone unacknowledged for a few
+    /// round trips (the last segments of a flight were lost, so no duplicate ACK comes),
+    /// three duplicate ACKs as from the peer, which make smoltcp retransmit at once instead
+    /// of after its retransmission timeout. Pushed to `out`; returns when the next probe
+    /// may be due.
+    fn probes(&mut self, now: Instant, out: &mut impl FnMut(Vec<u8>)) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        for (&(own, own_port, peer, peer_port), flow) in &mut self.flows {
+            let Some(at) = flow.probe_at() else { continue };
+            if at > now {
+                next = Some(next.map_or(at, |n| n.min(at)));
+                continue;
+            }
+            let (Some(seq), Some((_, window))) = (flow.peer_next, flow.last_ack) else {
+                continue;
+            };
+            let made = match flow.probed {
+                Some((una, n)) if una == flow.snd_una => n,
+                _ => 0,
+            };
+            flow.probed = Some((flow.snd_una, made + 1));
+            self.probes += 1;
+            // smoltcp acts on exactly the third duplicate ACK and counts only those with an
+            // unchanged window: an ACK with a window one unit different restarts its count,
+            // then three duplicates of it follow. (The peer's next real ACK restores the
+            // window; one unit of it is nothing.)
+            let nudged = if window > 1 { window - 1 } else { window + 1 };
+            let packet = build_ack(peer, peer_port, own, own_port, seq, flow.snd_una, nudged);
+            if let Some(packet) = packet {
+                for _ in 0..4 {
+                    out(packet.clone());
+                }
+            }
+        }
+        next
+    }
+
     /// Drop state of connections idle for long.
     fn expire(&mut self, now: Instant) {
         self.flows
             .retain(|_, f| now.duration_since(f.last_seen) < FLOW_IDLE);
     }
+}
+
+/// A pure ACK segment from `src` to `dst`, checksums filled.
+fn build_ack(
+    src: IpAddr,
+    src_port: u16,
+    dst: IpAddr,
+    dst_port: u16,
+    seq: u32,
+    ack: u32,
+    window: u16,
+) -> Option<Vec<u8>> {
+    let mut p = match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let mut p = vec![0u8; 40];
+            p[0] = 0x45;
+            p[2..4].copy_from_slice(&40u16.to_be_bytes());
+            p[6] = 0x40;
+            p[8] = 64;
+            p[9] = PROTO_TCP;
+            p[12..16].copy_from_slice(&s.octets());
+            p[16..20].copy_from_slice(&d.octets());
+            let c = checksum_fold(checksum_add(0, &p[..20]));
+            p[10..12].copy_from_slice(&c.to_be_bytes());
+            p
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let mut p = vec![0u8; 60];
+            p[0] = 0x60;
+            p[4..6].copy_from_slice(&20u16.to_be_bytes());
+            p[6] = PROTO_TCP;
+            p[7] = 64;
+            p[8..24].copy_from_slice(&s.octets());
+            p[24..40].copy_from_slice(&d.octets());
+            p
+        }
+        _ => return None,
+    };
+    let t = p.len() - 20;
+    p[t..t + 2].copy_from_slice(&src_port.to_be_bytes());
+    p[t + 2..t + 4].copy_from_slice(&dst_port.to_be_bytes());
+    p[t + 4..t + 8].copy_from_slice(&seq.to_be_bytes());
+    p[t + 8..t + 12].copy_from_slice(&ack.to_be_bytes());
+    p[t + 12] = 5 << 4;
+    p[t + 13] = ACK;
+    p[t + 14..t + 16].copy_from_slice(&window.to_be_bytes());
+    let seg = parse_tcp(&p)?;
+    fill_tcp_checksum(&mut p, &seg);
+    Some(p)
+}
+
+/// The window scale option (RFC 7323) in a SYN's option area.
+fn window_scale(mut options: &[u8]) -> Option<u8> {
+    while let Some((&kind, rest)) = options.split_first() {
+        match kind {
+            0 => return None,
+            1 => options = rest,
+            _ => {
+                let len = usize::from(*rest.first()?);
+                if len < 2 || len > options.len() {
+                    return None;
+                }
+                if kind == 3 && len == 3 {
+                    return Some(options[2].min(14));
+                }
+                options = &options[len..];
+            }
+        }
+    }
+    None
 }
 
 /// The SACK blocks in a TCP option area (RFC 2018), at most four.
@@ -446,8 +708,9 @@ pub(crate) enum Verdict {
 }
 
 impl Segments {
-    /// Learn from a packet that came out of the tunnel, before the stack sees it.
-    pub(crate) fn incoming(&mut self, packet: &[u8], own: &[IpAddr], link_mtu: usize) {
+    /// Learn from a packet that came out of the tunnel, before the stack sees it (which may
+    /// rewrite the window of a duplicate ACK, see [`Recovery`]).
+    pub(crate) fn incoming(&mut self, packet: &mut [u8], own: &[IpAddr], link_mtu: usize) {
         let now = Instant::now();
         if self
             .last_expiry
@@ -463,12 +726,18 @@ impl Segments {
         }
     }
 
+    /// Tail loss probes due now (see [`Recovery::probes`]), pushed to `out`; returns when
+    /// the next one may be due.
+    pub(crate) fn probes(&mut self, out: &mut impl FnMut(Vec<u8>)) -> Option<Instant> {
+        self.recovery.probes(Instant::now(), out)
+    }
+
     /// Decide about a packet the stack emits; may lower the MSS option of a SYN in place.
     pub(crate) fn outgoing(&mut self, packet: &mut [u8]) -> Verdict {
         let Some(seg) = parse_tcp(packet) else {
             return Verdict::Send;
         };
-        if !self.recovery.outgoing(&seg) {
+        if !self.recovery.outgoing(&seg, Instant::now()) {
             return Verdict::Drop;
         }
         if self.paths.paths.is_empty() {
@@ -492,6 +761,17 @@ impl Segments {
         self.split += 1;
         Verdict::Split(room)
     }
+}
+
+/// Replace the window field of the segment, updating the checksum incrementally (RFC 1624).
+fn set_window(packet: &mut [u8], seg: &Segment, window: u16) {
+    let at = seg.tcp + 14;
+    let old = u16::from_be_bytes([packet[at], packet[at + 1]]);
+    let check = u16::from_be_bytes([packet[seg.tcp + 16], packet[seg.tcp + 17]]);
+    let sum = u32::from(!check) + u32::from(!old) + u32::from(window);
+    let new_check = checksum_fold(sum);
+    packet[at..at + 2].copy_from_slice(&window.to_be_bytes());
+    packet[seg.tcp + 16..seg.tcp + 18].copy_from_slice(&new_check.to_be_bytes());
 }
 
 /// Lower the MSS option of a SYN to `mss` if it is larger, fixing the checksum.
@@ -692,8 +972,8 @@ mod tests {
             let mut p = segment(US, THEM, seq, 7, ACK, &[], &data);
             assert_eq!(s.outgoing(&mut p), Verdict::Send);
         }
-        let ack = segment(THEM, US, 7, 1000, ACK, &sack_option(&[(1100, 1500)]), &[]);
-        s.incoming(&ack, &own, 1420);
+        let mut ack = segment(THEM, US, 7, 1000, ACK, &sack_option(&[(1100, 1500)]), &[]);
+        s.incoming(&mut ack, &own, 1420);
         // Go-back-N: the hole goes out, the rest does not.
         let mut hole = segment(US, THEM, 1000, 7, ACK, &[], &data);
         assert_eq!(s.outgoing(&mut hole), Verdict::Send);
@@ -723,31 +1003,81 @@ mod tests {
         let mut p = segment(US, THEM, 1000, 7, ACK, &[], &data);
         assert_eq!(s.outgoing(&mut p), Verdict::Send);
         s.incoming(
-            &segment(THEM, US, 7, 1000, ACK, &sack_option(&[(1100, 1300)]), &[]),
+            &mut segment(THEM, US, 7, 1000, ACK, &sack_option(&[(1100, 1300)]), &[]),
             &own,
             1420,
         );
         // The hole is filled: the cumulative ACK reaches the SACKed range...
-        s.incoming(&segment(THEM, US, 7, 1100, ACK, &[], &[]), &own, 1420);
+        s.incoming(&mut segment(THEM, US, 7, 1100, ACK, &[], &[]), &own, 1420);
         // ...and a receiver that dropped what it had SACKed (reneging) gets it again.
         let mut p = segment(US, THEM, 1100, 7, ACK, &[], &data);
         assert_eq!(s.outgoing(&mut p), Verdict::Send);
         let mut p = segment(US, THEM, 1200, 7, ACK, &[], &data);
         assert_eq!(s.outgoing(&mut p), Verdict::Drop);
         // A reset forgets the connection.
-        s.incoming(&segment(THEM, US, 7, 1100, RST, &[], &[]), &own, 1420);
+        s.incoming(&mut segment(THEM, US, 7, 1100, RST, &[], &[]), &own, 1420);
         let mut p = segment(US, THEM, 1200, 7, ACK, &[], &data);
         assert_eq!(s.outgoing(&mut p), Verdict::Send);
     }
 
+    /// Like [`segment`], with a window field.
+    fn with_window(mut p: Vec<u8>, window: u16) -> Vec<u8> {
+        let seg = parse_tcp(&p).expect("tcp");
+        p[seg.tcp + 14..seg.tcp + 16].copy_from_slice(&window.to_be_bytes());
+        fill_tcp_checksum(&mut p, &seg);
+        p
+    }
+
+    #[test]
+    fn duplicate_acks_get_a_steady_window_that_ends_at_our_data() {
+        let own = [IpAddr::from(US)];
+        let dup = |window, blocks: &[(u32, u32)]| {
+            with_window(
+                segment(THEM, US, 7, 1000, ACK, &sack_option(blocks), &[]),
+                window,
+            )
+        };
+        // The peer's SYN said nothing of scaling: the duplicates keep the first one's window.
+        let mut s = Segments::default();
+        let mut data = segment(US, THEM, 1000, 7, ACK, &[], &[0u8; 500]);
+        assert_eq!(s.outgoing(&mut data), Verdict::Send);
+        let mut first = dup(900, &[(1100, 1200)]);
+        s.incoming(&mut first, &own, 1420);
+        assert_eq!(be16(&first, 34), Some(900));
+        for (window, end) in [(880u16, 1300u32), (860, 1400), (0, 1500)] {
+            let mut p = dup(window, &[(1100, end)]);
+            s.incoming(&mut p, &own, 1420);
+            let want = if window == 0 { 0 } else { 900 };
+            assert_eq!(be16(&p, 34), Some(want), "window {window}");
+            assert!(valid(&p), "the checksum follows the new window");
+        }
+        // A new cumulative ACK keeps its own window; so does an ACK without SACK blocks.
+        let mut p = with_window(segment(THEM, US, 7, 1500, ACK, &[], &[]), 700);
+        s.incoming(&mut p, &own, 1420);
+        assert_eq!(be16(&p, 34), Some(700));
+        let mut p = with_window(segment(THEM, US, 7, 1500, ACK, &[], &[]), 1200);
+        s.incoming(&mut p, &own, 1420);
+        assert_eq!(be16(&p, 34), Some(1200));
+        assert_eq!(s.recovery.normalized, 2);
+
+        // With a window scale of 7 (128-byte units), duplicates announce the data in flight:
+        // 1000..2280 is 1280 bytes, 10 units.
+        let mut s = Segments::default();
+        let mut syn = segment(THEM, US, 6, 999, SYN | ACK, &[3, 3, 7, 1], &[]);
+        s.incoming(&mut syn, &own, 1420);
+        let mut data = segment(US, THEM, 1000, 7, ACK, &[], &[0u8; 1280]);
+        assert_eq!(s.outgoing(&mut data), Verdict::Send);
+        for (window, end) in [(1087u16, 1500u32), (1090, 1800), (1000, 2280)] {
+            let mut p = dup(window, &[(1200, end)]);
+            s.incoming(&mut p, &own, 1420);
+            assert_eq!(be16(&p, 34), Some(10), "window {window}");
+            assert!(valid(&p));
+        }
+    }
+
     #[test]
     fn ranges_merge_and_wrap() {
-        let mut f = Flow {
-            snd_una: u32::MAX - 100,
-            sacked: Vec::new(),
-            last_sent: None,
-            last_seen: Instant::now(),
-        };
+        let mut f = Flow::new(u32::MAX - 100, u32::MAX - 100, Instant::now());
         f.add_range(u32::MAX - 50, 50);
         f.add_range(100, 200);
         f.add_range(40, 120);
@@ -793,7 +1123,7 @@ mod tests {
             p[i] = bytes[0];
             p.truncate(p.len() - usize::from(bytes[1] % 8));
             let mut s = Segments::default();
-            s.incoming(&p, &[IpAddr::from(US)], 1420);
+            s.incoming(&mut p, &[IpAddr::from(US)], 1420);
             let _ = s.outgoing(&mut p);
         }
     }
@@ -820,15 +1150,15 @@ mod tests {
         let own = [IpAddr::from(US)];
         let mut s = Segments::default();
         // Not ours, useless, or not smaller: ignored.
-        s.incoming(&frag_needed(1280, [10, 0, 0, 7]), &own, 1420);
-        s.incoming(&frag_needed(0, US), &own, 1420);
-        s.incoming(&frag_needed(1500, US), &own, 1420);
+        s.incoming(&mut frag_needed(1280, [10, 0, 0, 7]), &own, 1420);
+        s.incoming(&mut frag_needed(0, US), &own, 1420);
+        s.incoming(&mut frag_needed(1500, US), &own, 1420);
         assert!(s.paths.paths.is_empty());
-        s.incoming(&frag_needed(1280, US), &own, 1420);
+        s.incoming(&mut frag_needed(1280, US), &own, 1420);
         assert_eq!(s.paths.get(IpAddr::from(THEM), Instant::now()), Some(1280));
         // Absurdly small values are raised to the floor.
         let mut t = Segments::default();
-        t.incoming(&frag_needed(68, US), &own, 1420);
+        t.incoming(&mut frag_needed(68, US), &own, 1420);
         assert_eq!(
             t.paths.get(IpAddr::from(THEM), Instant::now()),
             Some(MIN_MTU_V4)

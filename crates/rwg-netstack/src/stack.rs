@@ -69,7 +69,7 @@ impl StackConfig {
             addresses,
             mtu,
             tcp_rx_buffer_size: 512 * 1024,
-            tcp_tx_buffer_size: 64 * 1024,
+            tcp_tx_buffer_size: 512 * 1024,
             congestion_control: CongestionControl::default(),
             tcp_backlog: 256,
             udp_buffer_size: 64 * 1024,
@@ -82,8 +82,15 @@ impl StackConfig {
 /// The congestion control of the stack's TCP senders.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum CongestionControl {
-    /// None: send as much as the peer's window and the send buffer allow.
+    /// The stack's own (the default): each connection may have at most a window of data
+    /// unacknowledged, which grows by half of what each acknowledgement covers and shrinks
+    /// by 30 % once per loss episode, never below 64 KiB nor above the send buffer; while a
+    /// loss is being repaired no new data goes out (so that smoltcp's fast retransmit runs
+    /// instead of waiting for a timeout). Random loss thus costs little, and a path that
+    /// drops because it is full makes the window shrink to what it carries.
     #[default]
+    Adaptive,
+    /// None: send as much as the peer's window and the send buffer allow.
     None,
     /// Reno (halve on loss, grow by a segment per acknowledgement).
     Reno,
@@ -94,7 +101,7 @@ pub enum CongestionControl {
 impl CongestionControl {
     fn smoltcp(self) -> tcp::CongestionControl {
         match self {
-            CongestionControl::None => tcp::CongestionControl::None,
+            CongestionControl::Adaptive | CongestionControl::None => tcp::CongestionControl::None,
             CongestionControl::Reno => tcp::CongestionControl::Reno,
             CongestionControl::Cubic => tcp::CongestionControl::Cubic,
         }
@@ -106,11 +113,12 @@ impl std::str::FromStr for CongestionControl {
 
     fn from_str(s: &str) -> Result<Self, String> {
         match s.to_ascii_lowercase().as_str() {
+            "adaptive" => Ok(CongestionControl::Adaptive),
             "none" => Ok(CongestionControl::None),
             "reno" => Ok(CongestionControl::Reno),
             "cubic" => Ok(CongestionControl::Cubic),
             _ => Err(format!(
-                "unknown congestion control {s:?}: expected none, reno or cubic"
+                "unknown congestion control {s:?}: expected adaptive, none, reno or cubic"
             )),
         }
     }
@@ -133,6 +141,15 @@ pub struct StackStats {
     pub segments_split: u64,
     /// TCP retransmissions not sent because the peer had acknowledged them selectively.
     pub retransmits_suppressed: u64,
+    /// TCP segments sent a second time (suppressed ones included), on connections that
+    /// reported a loss.
+    pub retransmitted: u64,
+    /// Loss episodes reported by peers (SACK blocks appearing).
+    pub loss_episodes: u64,
+    /// Duplicate ACKs whose changed window was kept as before, so smoltcp counts them.
+    pub dupacks_normalized: u64,
+    /// Tail loss probes (duplicate ACKs made up so that smoltcp retransmits at once).
+    pub tail_loss_probes: u64,
 }
 
 #[derive(Default)]
@@ -144,6 +161,10 @@ struct Counters {
     polls: AtomicU64,
     segments_split: AtomicU64,
     suppressed: AtomicU64,
+    retransmitted: AtomicU64,
+    loss_episodes: AtomicU64,
+    normalized: AtomicU64,
+    probes: AtomicU64,
 }
 
 /// Received packets waiting for the driver, and spare buffers to copy the next ones into.
@@ -173,7 +194,7 @@ impl IngressQueue {
 }
 
 /// The smoltcp device: reads from the ingress queue, writes to the tunnel.
-struct TunnelDevice {
+pub(crate) struct TunnelDevice {
     ingress: Arc<IngressQueue>,
     /// The batch taken from the ingress queue for this poll (see [`Shared::poll`]).
     batch: VecDeque<Vec<u8>>,
@@ -184,15 +205,15 @@ struct TunnelDevice {
     split_buf: Vec<u8>,
     counters: Arc<Counters>,
     /// SACK state and path MTUs (see [`crate::segments`]).
-    segments: Segments,
+    pub(crate) segments: Segments,
 }
 
-struct RxToken<'a> {
+pub(crate) struct RxToken<'a> {
     packet: Vec<u8>,
     ingress: &'a IngressQueue,
 }
 
-struct TxToken<'a> {
+pub(crate) struct TxToken<'a> {
     tunnel: &'a dyn PacketTunnel,
     buf: &'a mut Vec<u8>,
     split_buf: &'a mut Vec<u8>,
@@ -340,7 +361,7 @@ pub(crate) struct ListenerState {
 pub(crate) struct Inner {
     pub(crate) iface: Interface,
     pub(crate) sockets: SocketSet<'static>,
-    device: TunnelDevice,
+    pub(crate) device: TunnelDevice,
     pub(crate) tcp_ports: Ports,
     pub(crate) udp_ports: Ports,
     orphans: Vec<Orphan>,
@@ -525,6 +546,7 @@ impl Shared {
     /// Poll the interface once; return how long the driver may sleep.
     fn poll(&self) -> Option<Duration> {
         let mut inner = self.lock();
+        let probe_at;
         // Work on a batch taken out of the queue, so that packets arriving during the poll
         // wait for the next one instead of slipping past prepare_listeners.
         {
@@ -533,12 +555,13 @@ impl Shared {
             std::mem::swap(queue, &mut inner.device.batch);
         }
         {
-            let device = &mut inner.device;
-            for packet in &device.batch {
-                device
-                    .segments
-                    .incoming(packet, &self.own_addresses, self.config.mtu);
+            let TunnelDevice {
+                batch, segments, ..
+            } = &mut inner.device;
+            for packet in batch.iter_mut() {
+                segments.incoming(packet, &self.own_addresses, self.config.mtu);
             }
+            probe_at = segments.probes(&mut |packet| batch.push_back(packet));
         }
         inner.prepare_listeners(&self.config, &self.counters);
         let now = inner.now();
@@ -563,6 +586,14 @@ impl Shared {
         }
         inner.reap_orphans();
         self.counters.polls.fetch_add(1, Ordering::Relaxed);
+        {
+            let r = &inner.device.segments.recovery;
+            let c = &self.counters;
+            c.retransmitted.store(r.retransmitted, Ordering::Relaxed);
+            c.loss_episodes.store(r.episodes, Ordering::Relaxed);
+            c.normalized.store(r.normalized, Ordering::Relaxed);
+            c.probes.store(r.probes, Ordering::Relaxed);
+        }
         let Inner {
             iface,
             sockets,
@@ -576,6 +607,7 @@ impl Shared {
         let linger_delay = orphans
             .iter()
             .map(|o| o.deadline.saturating_duration_since(Instant::now()))
+            .chain(probe_at.map(|t| t.saturating_duration_since(Instant::now())))
             .min();
         match (smoltcp_delay, linger_delay) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -768,6 +800,10 @@ impl NetStack {
             polls: c.polls.load(Ordering::Relaxed),
             segments_split: c.segments_split.load(Ordering::Relaxed),
             retransmits_suppressed: c.suppressed.load(Ordering::Relaxed),
+            retransmitted: c.retransmitted.load(Ordering::Relaxed),
+            loss_episodes: c.loss_episodes.load(Ordering::Relaxed),
+            dupacks_normalized: c.normalized.load(Ordering::Relaxed),
+            tail_loss_probes: c.probes.load(Ordering::Relaxed),
         }
     }
 }
