@@ -444,3 +444,50 @@ impl Drop for TcpListener {
         self.shared.wake_driver();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CAP: usize = 512 * 1024;
+
+    #[test]
+    fn the_window_starts_at_the_floor_and_grows_by_half_of_what_is_acked() {
+        let mut w = SendWindow::default();
+        assert_eq!(w.room(0, CAP, (0, false)), MIN_WINDOW);
+        w.written = MIN_WINDOW as u64;
+        // Nothing acknowledged yet: no room.
+        assert_eq!(w.room(MIN_WINDOW, CAP, (0, false)), 0);
+        // 20 000 bytes acknowledged: the window grows by 10 000.
+        let queued = MIN_WINDOW - 20_000;
+        assert_eq!(
+            w.room(queued, CAP, (0, false)),
+            MIN_WINDOW + 10_000 - queued
+        );
+        assert_eq!(w.window, MIN_WINDOW + 10_000);
+        // Never above the send buffer.
+        w.written += 10_000_000;
+        let _ = w.room(0, CAP, (0, false));
+        assert_eq!(w.window, CAP);
+    }
+
+    #[test]
+    fn each_loss_episode_shrinks_the_window_once_and_repair_stops_new_data() {
+        let mut w = SendWindow {
+            window: 400_000,
+            ..SendWindow::default()
+        };
+        assert_eq!(w.room(0, CAP, (1, true)), 0, "nothing new while repairing");
+        assert_eq!(w.window, 280_000);
+        // The same episode again: no second cut.
+        assert_eq!(w.room(0, CAP, (1, false)), 280_000);
+        // A new one: cut again, but never below the floor.
+        for episode in 2..20 {
+            let _ = w.room(0, CAP, (episode, false));
+        }
+        assert_eq!(w.window, MIN_WINDOW);
+        // A send buffer smaller than the floor is the limit.
+        let mut small = SendWindow::default();
+        assert_eq!(small.room(0, 16_384, (0, false)), 16_384);
+    }
+}

@@ -249,3 +249,51 @@ async fn losses_are_repaired_without_resending_what_the_peer_has() {
         "go-back-N retransmissions of SACKed data must be suppressed: {stats:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_tail_is_probed_for_instead_of_waiting_for_the_timeout() {
+    // Drop the first transmission of the last data segments (those just before the FIN):
+    // no later segment makes the peer send duplicate ACKs, so only a timeout, or a probe,
+    // can repair them.
+    let total = 300_000usize;
+    let mut isn = None;
+    let mut dropped_seqs = std::collections::HashSet::new();
+    let dropped = Arc::new(AtomicU64::new(0));
+    let d = dropped.clone();
+    let (a, b) = pair_with(1420, move |packet: Vec<u8>| {
+        let tcp = 20; // IPv4 without options, as the stack sends.
+        let flags = packet[tcp + 13];
+        let seq = u32::from_be_bytes([
+            packet[tcp + 4],
+            packet[tcp + 5],
+            packet[tcp + 6],
+            packet[tcp + 7],
+        ]);
+        if flags & 0x02 != 0 {
+            isn = Some(seq);
+        }
+        let payload = packet.len() - tcp - usize::from(packet[tcp + 12] >> 4) * 4;
+        let offset = isn.map_or(0, |isn| seq.wrapping_sub(isn).wrapping_sub(1) as usize);
+        let in_tail = payload > 0 && offset + payload > total - 4000 && offset < total;
+        let drop = in_tail && dropped_seqs.insert(seq);
+        if drop {
+            d.fetch_add(1, Ordering::Relaxed);
+        }
+        Hooked {
+            to_b: (!drop).then_some(packet),
+            to_a: None,
+        }
+    });
+    let received = sink(&b, 9000);
+    let sum = timeout(LIMIT, send_all(&a, SocketAddr::new(B4, 9000), total))
+        .await
+        .expect("in time");
+    let (n, got) = timeout(LIMIT, received)
+        .await
+        .expect("in time")
+        .expect("sink");
+    assert_eq!((n, got), (total, sum));
+    assert!(dropped.load(Ordering::Relaxed) > 0, "the tail was dropped");
+    let stats = a.stats();
+    assert!(stats.tail_loss_probes > 0, "{stats:?}");
+}
