@@ -327,8 +327,8 @@ impl Readiness {
 
     /// Also ready while a TCP connection to `target` through `stack` succeeded within the last
     /// two `interval`s. Spawns the probing task (a connection every `interval`, closed at
-    /// once); it ends when the stack is dropped... or never, for a stack that lives as long
-    /// as the program, which is the usual case. Must be called inside a tokio runtime.
+    /// once), which ends after every clone of this `Readiness` is dropped. Must be called
+    /// inside a tokio runtime.
     pub fn with_probe(mut self, stack: &NetStack, target: SocketAddr, interval: Duration) -> Self {
         let state = Arc::new(Mutex::new(ProbeState::default()));
         let weak_state = Arc::downgrade(&state);
