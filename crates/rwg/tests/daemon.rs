@@ -170,6 +170,13 @@ fn pubkey_with(program: &str, private: &str) -> String {
 fn foreground_configured_by_wg_and_stopped_by_sigterm() {
     require_root_and_tools();
     let ns = Netns::new("fg");
+    // A route towards the peer's (unreachable, documentation-range) endpoint, so that the
+    // socket accepts the handshake initiation: tx_bytes counts only what the socket took.
+    assert!(ns.run("ip", &["link", "set", "lo", "up"]).status.success());
+    assert!(ns
+        .run("ip", &["route", "add", "192.0.2.0/24", "dev", "lo"])
+        .status
+        .success());
     let name = iface("f");
     let mut daemon = KillOnDrop(ns.cmd(RWG).args(["-f", &name]).spawn().expect("spawn rwg"));
     let daemon = &mut daemon.0;
@@ -209,7 +216,12 @@ fn foreground_configured_by_wg_and_stopped_by_sigterm() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let dump = text(&ns.run("wg", &["show", &name, "dump"]));
+    // The initiation leaves from the data path, not from inside `wg set`: wait for it.
+    let mut dump = String::new();
+    wait_for("the handshake initiation to be counted as sent", || {
+        dump = text(&ns.run("wg", &["show", &name, "dump"]));
+        dump.lines().nth(1).and_then(|l| l.split('\t').nth(6)) != Some("0")
+    });
     let lines: Vec<Vec<&str>> = dump.lines().map(|l| l.split('\t').collect()).collect();
     assert_eq!(lines.len(), 2, "{dump}");
     assert_eq!(
