@@ -91,6 +91,15 @@ fn run_foreground(iface: &str, metrics: Option<SocketAddr>) -> ExitCode {
         Ok(s) => Some(s),
         Err(e) => return fail(&format!("cannot block signals: {e}")),
     };
+    // Before any key arrives: no core dumps, and memory locked in RAM where the privileges
+    // allow (root has CAP_IPC_LOCK); without them rwg runs anyway, as it did before.
+    let protection = rwg_device::secret::protect_process();
+    if !protection.memory_locked {
+        tracing::info!(
+            reason = protection.not_locked_because.as_deref().unwrap_or(""),
+            "memory not locked in RAM: keys may be written to swap"
+        );
+    }
     let mut ready = match env_fd(READY_FD_ENV) {
         Ok(Some(fd)) => process::adopt_inherited(fd).ok().map(std::fs::File::from),
         _ => None,

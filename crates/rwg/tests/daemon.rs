@@ -13,6 +13,7 @@
 //! `cargo test -- --ignored` as root, where a missing requirement fails them. The socket
 //! directory is shared by all namespaces, so interface names carry the process id.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -181,6 +182,21 @@ fn foreground_configured_by_wg_and_stopped_by_sigterm() {
     let mut daemon = KillOnDrop(ns.cmd(RWG).args(["-f", &name]).spawn().expect("spawn rwg"));
     let daemon = &mut daemon.0;
     wait_for_socket(&name, daemon);
+    // Keys are kept out of swap and core dumps: as root (CAP_IPC_LOCK) all memory is locked.
+    // (`ip netns exec` execs rwg, so the child's pid is the daemon's.)
+    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.id())).expect("status");
+    let locked_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmLck:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmLck in /proc/PID/status");
+    assert!(locked_kb > 0, "{status}");
+    // The configuration socket is root's alone.
+    let mode = std::fs::metadata(sock(&name))
+        .expect("stat socket")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "socket mode {mode:o}");
 
     let (private, public) = key_pair();
     let (_, peer) = key_pair();
@@ -243,6 +259,22 @@ fn foreground_configured_by_wg_and_stopped_by_sigterm() {
             "25"
         ]
     );
+    // wg read all of that past rwg's own keys, which the raw reply does carry: the one
+    // initiation counted above.
+    let raw = {
+        use std::io::{Read, Write};
+        let mut c = std::os::unix::net::UnixStream::connect(sock(&name)).expect("connect");
+        c.write_all(b"get=1\n\n").expect("write");
+        c.shutdown(std::net::Shutdown::Write).expect("shutdown");
+        let mut reply = String::new();
+        c.read_to_string(&mut reply).expect("read");
+        reply
+    };
+    assert!(
+        raw.lines().any(|l| l == "rwg_handshake_initiations_sent=1"),
+        "{raw}"
+    );
+    assert!(raw.lines().any(|l| l == "rwg_dropped_replay=0"), "{raw}");
     let conf = text(&ns.run("wg", &["showconf", &name]));
     assert!(conf.contains("ListenPort = 51999"), "{conf}");
     assert!(conf.contains(&format!("PrivateKey = {private}")), "{conf}");
