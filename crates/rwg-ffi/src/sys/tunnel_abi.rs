@@ -145,8 +145,10 @@ pub unsafe extern "C" fn rwg_tunnel_set(tunnel: RwgTunnel, config: *const c_char
 }
 
 /// Reads a tunnel's state as the lines of a UAPI `get` reply (`private_key=`,
-/// `listen_port=`, then per peer `public_key=`, `endpoint=`, `last_handshake_time_sec=`,
-/// `rx_bytes=`, `tx_bytes=`, `allowed_ip=`, ...), NUL-terminated, into `out`.
+/// `listen_port=`, rwg's counters as `rwg_*` keys (`rwg_dropped_<reason>=`,
+/// `rwg_handshakes_completed=`, ...; skip keys you do not know), then per peer `public_key=`,
+/// `endpoint=`, `last_handshake_time_sec=`, `rx_bytes=`, `tx_bytes=`, `allowed_ip=`, ...),
+/// NUL-terminated, into `out`.
 ///
 /// `*needed` is always set to the size the text needs, NUL included. If `out_size` is smaller,
 /// nothing is written to `out` and the result is `RWG_ERROR_BUFFER_TOO_SMALL`: call again with
