@@ -1942,14 +1942,73 @@ pub(crate) mod tests {
 
     /// A running server on a fresh socket with a [`MemoryDevice`].
     fn serving(tag: &str) -> (UapiListener, PathBuf, PathBuf) {
+        serving_device(tag, Arc::new(Mutex::new(MemoryDevice::new())))
+    }
+
+    /// A running server on a fresh socket for `dev`.
+    fn serving_device(
+        tag: &str,
+        dev: Arc<Mutex<MemoryDevice>>,
+    ) -> (UapiListener, PathBuf, PathBuf) {
         let _binding = binding();
         let dir = temp_dir(tag);
         let listener = UapiListener::bind_in(&dir, "wgt0").expect("bind");
         let path = listener.path().to_path_buf();
-        listener
-            .serve(Arc::new(Mutex::new(MemoryDevice::new())))
-            .expect("serve");
+        listener.serve(dev).expect("serve");
         (listener, path, dir)
+    }
+
+    /// A client that stops mid-line and one that asks for a large `get` and does not read it
+    /// hold nothing: the device, which every other client needs, is free while their threads
+    /// wait, and another client's `set` is applied meanwhile. (The data path never takes this
+    /// lock; the reply is written from a snapshot, so no lock of the core is held either.)
+    #[test]
+    fn stalled_clients_hold_no_lock() {
+        use std::io::{Read, Write};
+        const PEERS: usize = 4000;
+        let dev = Arc::new(Mutex::new(MemoryDevice::new()));
+        let mut body = String::from("set=1\n");
+        for i in 1..=PEERS {
+            let _ = writeln!(body, "public_key={i:064x}");
+        }
+        body.push('\n');
+        assert_eq!(talk(&dev, &body), "errno=0\n\n");
+        let (_listener, path, dir) = serving_device("stalled", Arc::clone(&dev));
+
+        let mut mid_line = UnixStream::connect(&path).expect("connect");
+        mid_line.write_all(b"set=1\npublic_k").expect("write");
+        let mut slow = UnixStream::connect(&path).expect("connect");
+        slow.write_all(b"get=1\n\n").expect("write");
+        // The reply (about 1 MiB) is far more than the socket holds: once its first byte
+        // arrives, the server is writing and will block until this client reads on.
+        slow.set_read_timeout(Some(CLIENT_TIMEOUT))
+            .expect("timeout");
+        let mut first = [0u8; 1];
+        slow.read_exact(&mut first)
+            .expect("first byte of the reply");
+        assert!(
+            dev.try_lock().is_ok(),
+            "the device is locked while a client's reply waits"
+        );
+        let mut other = UnixStream::connect(&path).expect("connect");
+        other
+            .set_read_timeout(Some(CLIENT_TIMEOUT))
+            .expect("timeout");
+        other
+            .write_all(b"set=1\nlisten_port=4242\n\n")
+            .expect("write");
+        let mut answer = [0u8; 9];
+        other.read_exact(&mut answer).expect("answer");
+        assert_eq!(&answer, b"errno=0\n\n");
+        assert_eq!(dev.lock().expect("lock").snapshot().listen_port, 4242);
+        // The slow client still gets all of its reply.
+        let mut reply = String::from(char::from(first[0]));
+        slow.shutdown(std::net::Shutdown::Write).expect("shutdown");
+        slow.read_to_string(&mut reply).expect("read");
+        assert!(reply.ends_with("errno=0\n\n"));
+        assert_eq!(reply.matches("public_key=").count(), PEERS);
+        drop(mid_line);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// One complete `get` on a new connection: the reply, or what went wrong.
