@@ -35,11 +35,14 @@ pub(crate) fn genpsk() -> ExitCode {
 
 /// Reads a base64 private key on stdin, prints its public key.
 pub(crate) fn pubkey() -> ExitCode {
-    let mut input = Zeroizing::new(String::new());
     // Like `wg pubkey`: a key is 44 characters; read a little more to see trailing junk.
+    // Room for all of it from the start: a String that grows leaves its old buffers, with
+    // the first characters of the key, unwiped to the allocator.
+    const MAX_INPUT: usize = 1024;
+    let mut input = Zeroizing::new(String::with_capacity(MAX_INPUT + 64));
     if let Err(e) = std::io::stdin()
         .lock()
-        .take(1024)
+        .take(MAX_INPUT as u64)
         .read_to_string(&mut input)
     {
         eprintln!("rwg: cannot read stdin: {e}");
