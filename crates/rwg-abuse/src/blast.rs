@@ -24,12 +24,14 @@ pub(crate) trait Producer {
 }
 
 /// Limits of one run.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Bounds {
     pub(crate) duration: Duration,
     pub(crate) count: u64,
     /// Datagrams per second over all threads; `None`: as fast as possible.
     pub(crate) rate: Option<f64>,
+    /// Stop early once this file exists (checked every few milliseconds).
+    pub(crate) stop_file: Option<std::path::PathBuf>,
 }
 
 /// Datagrams claimed from the shared count at a time.
@@ -57,6 +59,7 @@ where
     let start = Instant::now();
     let deadline = start + bounds.duration;
     let per_thread_rate = bounds.rate.map(|r| r / threads as f64);
+    let stop = std::sync::atomic::AtomicBool::new(false);
     let mut totals: BTreeMap<String, u64> = BTreeMap::new();
     std::thread::scope(|scope| {
         let handles: Vec<_> = shares
@@ -65,12 +68,22 @@ where
             .map(|(t, socks)| {
                 let budget = &budget;
                 let make = &make;
+                let stop = &stop;
                 scope.spawn(move || {
                     let producer = make(t, socks.len());
-                    one_thread(socks, producer, budget, deadline, per_thread_rate)
+                    one_thread(socks, producer, budget, deadline, per_thread_rate, stop)
                 })
             })
             .collect();
+        if let Some(path) = &bounds.stop_file {
+            while Instant::now() < deadline && !handles.iter().all(|h| h.is_finished()) {
+                if path.exists() {
+                    stop.store(true, Ordering::Relaxed);
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         for h in handles {
             // A thread that panicked contributes nothing; the panic is printed by the runtime.
             if let Ok(counters) = h.join() {
@@ -105,6 +118,7 @@ fn one_thread<P: Producer>(
     budget: &AtomicU64,
     deadline: Instant,
     rate: Option<f64>,
+    stop: &std::sync::atomic::AtomicBool,
 ) -> Vec<(String, u64)> {
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut rx = vec![0u8; 2048];
@@ -118,7 +132,7 @@ fn one_thread<P: Producer>(
     }
     'run: loop {
         let n = claim(budget);
-        if n == 0 || Instant::now() >= deadline {
+        if n == 0 || Instant::now() >= deadline || stop.load(Ordering::Relaxed) {
             break;
         }
         for _ in 0..n {

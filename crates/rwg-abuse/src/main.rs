@@ -151,6 +151,9 @@ struct SendArgs {
     /// Seed of the random content (default: random)
     #[arg(long)]
     seed: Option<u64>,
+    /// Stop early (and report) once this file exists
+    #[arg(long, value_name = "PATH")]
+    stop_file: Option<std::path::PathBuf>,
 }
 
 fn parse_index(s: &str) -> Result<u32, String> {
@@ -177,6 +180,7 @@ fn send_setup(a: &SendArgs) -> Result<(Vec<std::net::UdpSocket>, VictimKeys, Bou
         duration: a.duration,
         count: a.count,
         rate: a.rate,
+        stop_file: a.stop_file.clone(),
     };
     let seed = a.seed.unwrap_or_else(|| OsRng.next_u64());
     Ok((
