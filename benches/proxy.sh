@@ -7,9 +7,18 @@
 #   root ns: rwg proxy / onetun  --veth-->  ns P: wireguard-go wgb<pid> 10.66.0.1, iperf3 -s
 #   ns C:    rwg -f wgc<pid>     --veth-->  ns P
 #
-# Usage: benches/proxy.sh   (root; RWG=target/release/rwg, ONETUN=onetun, RUNS=3, SECONDS_PER_RUN=5)
+# Usage: benches/proxy.sh   (root; RWG=target/release/rwg, ONETUN=onetun, RUNS=3, SECONDS_PER_RUN=5,
+#                           LOSS="0 1")
+#   LOSS: the loss rates to measure, in percent: nftables in P drops that share of the
+#         WireGuard datagrams at random, in each direction, for every contender alike.
+#   PROXY: the userspace proxy to measure, "rwg" (rwg proxy --forward, the default) or the
+#         path of rwg-netstack's example netstack-proxy (same --config/--forward options);
+#         PROXY_ARGS: extra options for it (e.g. "--cc reno --tx-buffer 262144").
+#   BENCH_DEBUG=1: after each run of netstack-proxy, print its counters (from its --metrics)
+#         and the peer namespace's UDP and veth drop counters.
 # Prints one line per run, then the medians and the ratios; each ratio compares runs of the
-# same invocation on the same machine.
+# same invocation on the same machine. Notes the load average, which skews everything on a
+# shared machine.
 set -uo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -18,6 +27,9 @@ RWG=${RWG:-$ROOT/target/release/rwg}
 ONETUN=${ONETUN:-$(command -v onetun || echo "${CARGO_HOME:-$HOME/.cargo}/bin/onetun")}
 RUNS=${RUNS:-3}
 SECS=${SECONDS_PER_RUN:-5}
+LOSS=${LOSS:-0 1}
+PROXY=${PROXY:-rwg}
+read -r -a PROXY_ARGS <<<"${PROXY_ARGS:-}"
 
 ID=$$
 NSP=rwgbp-$ID
@@ -67,8 +79,12 @@ listening() { ss -Hltn "sport = :$1" | grep -q LISTEN; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 [[ $(id -u) == 0 ]] || die "needs root"
-for t in wireguard-go wg iperf3 python3 ip ss; do command -v "$t" >/dev/null || die "$t missing"; done
+for t in wireguard-go wg iperf3 python3 ip ss nft; do command -v "$t" >/dev/null || die "$t missing"; done
 [[ -x $RWG ]] || die "no rwg at $RWG (cargo build --release -p rwg)"
+if [[ $PROXY == rwg ]]; then PROXY_CMD=("$RWG" proxy); else
+	[[ -x $PROXY ]] || die "no proxy at $PROXY"
+	PROXY_CMD=("$PROXY")
+fi
 HAVE_ONETUN=1
 [[ -x $ONETUN ]] || { HAVE_ONETUN=0; echo "bench: onetun not found (cargo install onetun --locked); skipping it"; }
 
@@ -137,7 +153,12 @@ iperf() {
 
 start_rwg() {
 	PF=$(free_port)
-	LOG_LEVEL=${LOG_LEVEL:-error} "$RWG" proxy --config "$WORK/wg.conf" --forward "tcp:127.0.0.1:$PF:$PEER_IP:5201" >"$WORK/rwg-proxy.log" 2>&1 &
+	local debug=()
+	if [[ -n ${BENCH_DEBUG:-} && $PROXY != rwg ]]; then
+		PM=$(free_port)
+		debug=(--metrics "127.0.0.1:$PM")
+	fi
+	LOG_LEVEL=${LOG_LEVEL:-error} "${PROXY_CMD[@]}" --config "$WORK/wg.conf" --forward "tcp:127.0.0.1:$PF:$PEER_IP:5201" "${PROXY_ARGS[@]}" "${debug[@]}" >"$WORK/rwg-proxy.log" 2>&1 &
 	CUR=$!
 	wait_for 10 listening "$PF" || die "rwg proxy did not listen"
 }
@@ -149,7 +170,15 @@ start_onetun() {
 	CUR=$!
 	wait_for 10 listening "$PF" || die "onetun did not listen"
 }
-stop_cur() { kill -TERM "$CUR" 2>/dev/null; wait "$CUR" 2>/dev/null; }
+stop_cur() {
+	if [[ -n ${BENCH_DEBUG:-} && $PROXY != rwg ]]; then
+		curl -s "http://127.0.0.1:$PM/metrics" | grep -E '^rwg_(netstack|proxy_udp)' | grep -v ' 0$' | sed 's/^/    proxy: /'
+		ip netns exec "$NSP" nstat -a 2>/dev/null | grep -E 'UdpRcvbufErrors|UdpInErrors|UdpSndbufErrors' | sed 's/^/    peer: /'
+		ip -n "$NSP" -s link show vbp | awk '/RX:/{getline; print "    peer veth rx dropped " $4}'
+	fi
+	kill -TERM "$CUR" 2>/dev/null
+	wait "$CUR" 2>/dev/null
+}
 # After a failed run, show what the proxies and the peer said.
 diagnose() {
 	local f
@@ -157,39 +186,60 @@ diagnose() {
 	ip netns exec "$NSP" wg show "$WGP" | sed 's/^/    wg: /'
 }
 
+# set_loss PERCENT: drop that share of WireGuard datagrams entering and leaving P.
+set_loss() {
+	ip netns exec "$NSP" nft delete table inet benchloss 2>/dev/null
+	(($1 > 0)) || return 0
+	ip netns exec "$NSP" nft -f - <<NFT || die "nftables refused the loss rule"
+table inet benchloss {
+	chain in { type filter hook input priority 0; udp dport 51820 numgen random mod 100 < $1 drop; }
+	chain out { type filter hook output priority 0; udp sport 51820 numgen random mod 100 < $1 drop; }
+}
+NFT
+}
+
 declare -A results
 record() {
 	results[$1]+="$2 "
-	printf '%-28s run %d: %6s Mbit/s\n' "$1" "$3" "$2"
+	printf '%-34s run %d: %6s Mbit/s\n' "$1" "$3" "$2"
 	[[ $2 != 0 ]] || diagnose
 }
 
-for ((r = 1; r <= RUNS; r++)); do
-	for dir in up down; do
-		rev=""
-		[[ $dir == down ]] && rev=-R
-		start_rwg
-		record "rwg-proxy $dir" "$(iperf 127.0.0.1 "$PF" "$rev")" "$r"
-		stop_cur
-		if ((HAVE_ONETUN)); then
-			start_onetun
-			record "onetun $dir" "$(iperf 127.0.0.1 "$PF" "$rev")" "$r"
+echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg); proxy: ${PROXY_CMD[*]} ${PROXY_ARGS[*]}"
+for loss in $LOSS; do
+	set_loss "$loss"
+	for ((r = 1; r <= RUNS; r++)); do
+		for dir in up down; do
+			rev=""
+			[[ $dir == down ]] && rev=-R
+			start_rwg
+			record "rwg-proxy $dir loss $loss%" "$(iperf 127.0.0.1 "$PF" "$rev")" "$r"
 			stop_cur
-		fi
-		record "rwg-daemon $dir" "$(iperf "$PEER_IP" 5201 "$rev" ip netns exec "$NSC")" "$r"
+			if ((HAVE_ONETUN)); then
+				start_onetun
+				record "onetun $dir loss $loss%" "$(iperf 127.0.0.1 "$PF" "$rev")" "$r"
+				stop_cur
+			fi
+			record "rwg-daemon $dir loss $loss%" "$(iperf "$PEER_IP" 5201 "$rev" ip netns exec "$NSC")" "$r"
+		done
 	done
 done
+set_loss 0
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print (NR ? a[int((NR+1)/2)] : 0)}'; }
 echo
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "medians of $RUNS runs, one TCP connection, iperf3 -t $SECS (up = client sends through the proxy, down = -R):"
-for dir in up down; do
-	p=$(median <<<"${results["rwg-proxy $dir"]}")
-	d=$(median <<<"${results["rwg-daemon $dir"]}")
-	line="$dir: rwg proxy $p Mbit/s, rwg daemon $d Mbit/s, proxy/daemon $(python3 -c "print('%.2f' % ($p / max($d, 1)))")"
-	if ((HAVE_ONETUN)); then
-		o=$(median <<<"${results["onetun $dir"]}")
-		line+=", onetun $o Mbit/s, rwg/onetun $(python3 -c "print('%.2f' % ($p / max($o, 1)))")"
-	fi
-	echo "$line"
+for loss in $LOSS; do
+	for dir in up down; do
+		k="$dir loss $loss%"
+		p=$(median <<<"${results["rwg-proxy $k"]}")
+		d=$(median <<<"${results["rwg-daemon $k"]}")
+		line="$k: rwg proxy $p Mbit/s, rwg daemon $d Mbit/s, proxy/daemon $(python3 -c "print('%.2f' % ($p / max($d, 1)))")"
+		if ((HAVE_ONETUN)); then
+			o=$(median <<<"${results["onetun $k"]}")
+			line+=", onetun $o Mbit/s, rwg/onetun $(python3 -c "print('%.2f' % ($p / max($o, 1)))")"
+		fi
+		echo "$line"
+	done
 done

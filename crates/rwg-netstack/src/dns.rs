@@ -11,7 +11,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
 use std::time::Duration;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
 use crate::stack::NetStack;
+use crate::tcp::TcpStream;
 use crate::udp::UdpSocket;
 
 /// Resolves host names for the SOCKS5 server and forwards.
@@ -53,7 +56,7 @@ pub enum DnsError {
     NotFound,
     /// The server answered with this error code.
     Server(u8),
-    /// The response was truncated (TC bit); this resolver does not fall back to TCP.
+    /// The response was truncated (TC bit): the answer must be asked for over TCP.
     Truncated,
 }
 
@@ -249,6 +252,8 @@ impl DnsResolver {
                 }
                 match parse_response(id, &buf[..n], record) {
                     Ok(addresses) => return Ok(addresses),
+                    // Too big for a datagram: ask again over TCP (RFC 7766).
+                    Err(DnsError::Truncated) => return self.lookup_tcp(name, record).await,
                     // Stale answers to an earlier attempt, or junk: keep waiting.
                     Err(DnsError::Malformed) => continue,
                     Err(DnsError::NotFound) => {
@@ -262,6 +267,40 @@ impl DnsResolver {
             io::ErrorKind::TimedOut,
             format!("no answer from DNS server {}", self.server),
         ))
+    }
+
+    /// Look up one record type over TCP (two-byte length, then the message).
+    pub async fn lookup_tcp(&self, name: &str, record: RecordType) -> io::Result<Vec<IpAddr>> {
+        let id = random_id();
+        let query = encode_query(id, name, record)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let exchange = async {
+            let mut stream = TcpStream::connect(&self.stack, self.server).await?;
+            let mut message = (query.len() as u16).to_be_bytes().to_vec();
+            message.extend_from_slice(&query);
+            stream.write_all(&message).await?;
+            let len = stream.read_u16().await?;
+            let mut response = vec![0u8; usize::from(len)];
+            stream.read_exact(&mut response).await?;
+            Ok::<Vec<u8>, io::Error>(response)
+        };
+        let limit = self.timeout * self.attempts;
+        let response = match tokio::time::timeout(limit, exchange).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no answer over TCP from DNS server {}", self.server),
+                ))
+            }
+        };
+        match parse_response(id, &response, record) {
+            Ok(addresses) => Ok(addresses),
+            Err(DnsError::NotFound) => {
+                Err(io::Error::new(io::ErrorKind::NotFound, DnsError::NotFound))
+            }
+            Err(e) => Err(io::Error::other(e)),
+        }
     }
 
     /// IPv4 addresses first, then IPv6. A literal IP address is returned as is.
@@ -295,6 +334,72 @@ impl Resolver for DnsResolver {
     ) -> Pin<Box<dyn Future<Output = io::Result<Vec<IpAddr>>> + Send + 'a>> {
         Box::pin(self.resolve_host(host))
     }
+}
+
+/// Split `host:port` (or `[IPv6]:port`) into a host (name or address) and a port; the port
+/// defaults to `default_port` if absent. `None` if either part is malformed.
+pub fn split_host_port(authority: &str, default_port: Option<u16>) -> Option<(String, u16)> {
+    if authority.is_empty() || authority.contains('@') {
+        return None;
+    }
+    let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        host.parse::<std::net::Ipv6Addr>().ok()?;
+        match after {
+            "" => (host, None),
+            p => (host, Some(p.strip_prefix(':')?)),
+        }
+    } else {
+        match authority.rsplit_once(':') {
+            // A bare IPv6 address is ambiguous with a port: it needs brackets.
+            Some((h, _)) if h.contains(':') => return None,
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    let port = match port {
+        Some(p) => match p.parse::<u16>() {
+            Ok(n) if n != 0 && p.bytes().all(|b| b.is_ascii_digit()) => n,
+            _ => return None,
+        },
+        None => default_port?,
+    };
+    let valid_name = |h: &str| {
+        !h.is_empty()
+            && h.len() <= 253
+            && h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+    };
+    if !(host.parse::<IpAddr>().is_ok() || valid_name(host)) {
+        return None;
+    }
+    Some((host.to_owned(), port))
+}
+
+/// Connect to `host:port` through `stack`: an address literal directly, a name through
+/// `resolver`, trying each of its addresses in turn (the last failure is returned).
+pub async fn connect_host(
+    stack: &NetStack,
+    resolver: &dyn Resolver,
+    host: &str,
+    port: u16,
+) -> io::Result<TcpStream> {
+    let addresses = match host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+    {
+        Ok(ip) => vec![ip],
+        Err(_) => resolver.resolve(host).await?,
+    };
+    let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{host} has no address"));
+    for ip in addresses {
+        match TcpStream::connect(stack, SocketAddr::new(ip, port)).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 fn random_id() -> u16 {

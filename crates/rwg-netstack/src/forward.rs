@@ -21,11 +21,15 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::metrics::{OpenConnection, ProxyMetrics, Service};
+use crate::relay::{relay, ConnectionLimit, ConnectionPermit};
 use crate::socks5::ACCEPT_ERROR_PAUSE;
 use crate::stack::NetStack;
 use crate::tcp::{TcpListener, TcpStream};
 use crate::udp::UdpSocket;
 
+/// How long a TCP forward keeps a connection with no traffic either way, by default.
+const DEFAULT_IDLE: Duration = Duration::from_secs(600);
 /// How long a UDP forward keeps a client's tunnel socket without traffic.
 const UDP_IDLE: Duration = Duration::from_secs(120);
 /// Most local clients a UDP forward serves at once; datagrams from more are dropped.
@@ -172,6 +176,9 @@ enum Bound {
 pub struct Forwarder {
     stack: NetStack,
     bound: Bound,
+    limit: Option<ConnectionLimit>,
+    metrics: Option<Arc<ProxyMetrics>>,
+    idle_timeout: Option<Duration>,
 }
 
 impl fmt::Debug for Forwarder {
@@ -200,7 +207,49 @@ impl Forwarder {
         Ok(Forwarder {
             stack: stack.clone(),
             bound,
+            limit: None,
+            metrics: None,
+            idle_timeout: Some(DEFAULT_IDLE),
         })
+    }
+
+    /// Share `limit` (a cap on concurrent connections) with other services: a TCP connection
+    /// over the cap is closed at once. (UDP forwards have their own cap on sessions.)
+    pub fn with_limit(mut self, limit: ConnectionLimit) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+
+    /// Count open connections in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<ProxyMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Close a TCP connection after this long with no byte moving either way (default 10
+    /// minutes; `None`: never).
+    pub fn with_idle_timeout(mut self, idle: Option<Duration>) -> Self {
+        self.idle_timeout = idle;
+        self
+    }
+
+    /// A permit for one more connection and its open-connection count, or `None` (counted as
+    /// refused) at the cap.
+    fn admit(&self) -> Option<(Option<ConnectionPermit>, Option<OpenConnection>)> {
+        let permit = match &self.limit {
+            Some(limit) => match limit.try_acquire() {
+                Some(p) => Some(p),
+                None => {
+                    if let Some(m) = &self.metrics {
+                        m.count_refused(Service::Forward);
+                    }
+                    return None;
+                }
+            },
+            None => None,
+        };
+        let open = self.metrics.as_ref().map(|m| m.open(Service::Forward));
+        Some((permit, open))
     }
 
     /// The address listened on: the real local address, or for a reverse forward the
@@ -220,28 +269,42 @@ impl Forwarder {
     /// Serve forever. A reverse forward stops if its listener fails, a UDP forward if its
     /// socket fails; accept errors on a real TCP socket only pause it.
     pub async fn run(self) -> io::Result<()> {
-        match self.bound {
+        let idle = self.idle_timeout;
+        match &self.bound {
             Bound::Tcp(listener, remote) => loop {
                 let Ok((mut client, _)) = listener.accept().await else {
                     tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
                     continue;
                 };
-                let stack = self.stack.clone();
+                let Some(admitted) = self.admit() else {
+                    continue; // Dropped: closed at once.
+                };
+                let _ = client.set_nodelay(true);
+                let (stack, remote) = (self.stack.clone(), *remote);
                 tokio::spawn(async move {
+                    let _admitted = admitted;
                     if let Ok(mut tunnel) = TcpStream::connect(&stack, remote).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut tunnel).await;
+                        let _ = relay(&mut client, &mut tunnel, idle).await;
                     }
                 });
             },
             Bound::Reverse(listener, local) => loop {
                 let (mut tunnel, _) = listener.accept().await?;
+                let Some(admitted) = self.admit() else {
+                    continue;
+                };
+                let local = *local;
                 tokio::spawn(async move {
+                    let _admitted = admitted;
                     if let Ok(mut client) = tokio::net::TcpStream::connect(local).await {
-                        let _ = tokio::io::copy_bidirectional(&mut tunnel, &mut client).await;
+                        let _ = client.set_nodelay(true);
+                        let _ = relay(&mut tunnel, &mut client, idle).await;
                     }
                 });
             },
-            Bound::Udp(socket, remote) => run_udp(self.stack, socket, remote).await,
+            Bound::Udp(socket, remote) => {
+                run_udp(self.stack.clone(), socket.clone(), *remote).await
+            }
         }
     }
 }

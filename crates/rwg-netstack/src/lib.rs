@@ -1,7 +1,9 @@
 #![forbid(unsafe_code)]
 //! A userspace TCP/IP stack inside a WireGuard tunnel: TCP and UDP sockets with a tokio API,
-//! for programs that cannot or should not create a TUN device; plus a SOCKS5 server
-//! ([`socks5`]) and port forwards ([`forward`]) built on it.
+//! for programs that cannot or should not create a TUN device; plus, built on it, a SOCKS5
+//! server ([`socks5`]), an HTTP proxy ([`http`]), port forwards ([`forward`]), a stdio
+//! tunnel ([`stdio`]), their bounds ([`relay`]: connection cap, idle timeout) and metrics
+//! ([`metrics`]).
 //!
 //! # Data flow
 //!
@@ -128,15 +130,22 @@
 
 pub mod dns;
 pub mod forward;
+pub mod http;
+pub mod metrics;
+pub mod relay;
+mod segments;
 pub mod socks5;
 mod stack;
+pub mod stdio;
 mod tcp;
 mod tunnel;
 mod udp;
 pub mod wireguard;
 
-pub use stack::{NetStack, StackConfig, StackStats};
+pub use stack::{CongestionControl, NetStack, StackConfig, StackStats};
 pub use tcp::{TcpListener, TcpStream};
 pub use tunnel::{ChannelTunnel, PacketTunnel};
 pub use udp::UdpSocket;
-pub use wireguard::{Tunnel, TunnelHandle, TunnelOptions, TunnelStats};
+pub use wireguard::{
+    EndpointResolver, Reresolve, SystemResolver, Tunnel, TunnelHandle, TunnelOptions, TunnelStats,
+};

@@ -13,6 +13,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::dns::Resolver;
+use crate::metrics::{ProxyMetrics, Service, SocksResult};
+use crate::relay::{relay, ConnectionLimit};
 use crate::stack::NetStack;
 use crate::tcp::TcpStream;
 use crate::udp::UdpSocket;
@@ -75,6 +77,8 @@ pub struct Socks5Config {
     pub handshake_timeout: Duration,
     /// Time a CONNECT may take inside the tunnel.
     pub connect_timeout: Duration,
+    /// A CONNECT relay with no byte moving either way for this long is closed.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl std::fmt::Debug for Socks5Config {
@@ -89,6 +93,7 @@ impl std::fmt::Debug for Socks5Config {
             )
             .field("handshake_timeout", &self.handshake_timeout)
             .field("connect_timeout", &self.connect_timeout)
+            .field("idle_timeout", &self.idle_timeout)
             .finish()
     }
 }
@@ -99,6 +104,7 @@ impl Default for Socks5Config {
             credentials: None,
             handshake_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(15),
+            idle_timeout: Some(Duration::from_secs(600)),
         }
     }
 }
@@ -118,6 +124,8 @@ pub struct Socks5Server {
     stack: NetStack,
     resolver: Arc<dyn Resolver>,
     config: Arc<Socks5Config>,
+    limit: Option<ConnectionLimit>,
+    metrics: Option<Arc<ProxyMetrics>>,
 }
 
 impl std::fmt::Debug for Socks5Server {
@@ -298,6 +306,27 @@ impl Socks5Server {
             stack,
             resolver,
             config: Arc::new(config),
+            limit: None,
+            metrics: None,
+        }
+    }
+
+    /// Share `limit` (a cap on concurrent connections) with other services. A client over
+    /// the cap is disconnected before its greeting is read.
+    pub fn with_limit(mut self, limit: ConnectionLimit) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+
+    /// Count connections and results in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<ProxyMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn count(&self, result: SocksResult) {
+        if let Some(m) = &self.metrics {
+            m.count_socks(result);
         }
     }
 
@@ -338,10 +367,36 @@ impl Socks5Server {
     }
 
     /// Serve one client on an accepted connection until it is done.
-    pub async fn handle_client(
-        &self,
-        mut client: tokio::net::TcpStream,
-    ) -> Result<(), ClientError> {
+    pub async fn handle_client(&self, client: tokio::net::TcpStream) -> Result<(), ClientError> {
+        let _permit = match &self.limit {
+            Some(limit) => match limit.try_acquire() {
+                Some(p) => Some(p),
+                None => {
+                    if let Some(m) = &self.metrics {
+                        m.count_refused(Service::Socks5);
+                    }
+                    self.count(SocksResult::OverLimit);
+                    return Err(ClientError::Protocol("connection cap reached"));
+                }
+            },
+            None => None,
+        };
+        let _open = self.metrics.as_ref().map(|m| m.open(Service::Socks5));
+        let result = self.serve_client(client).await;
+        match &result {
+            // Successes are counted when the success reply goes out.
+            Ok(()) => {}
+            Err(ClientError::Refused(reply)) => self.count(SocksResult::Reply(*reply)),
+            Err(ClientError::AuthFailed) => self.count(SocksResult::AuthFailed),
+            Err(ClientError::Timeout) => self.count(SocksResult::Timeout),
+            Err(ClientError::Protocol(_) | ClientError::Io(_)) => {
+                self.count(SocksResult::ProtocolError)
+            }
+        }
+        result
+    }
+
+    async fn serve_client(&self, mut client: tokio::net::TcpStream) -> Result<(), ClientError> {
         let request =
             tokio::time::timeout(self.config.handshake_timeout, self.handshake(&mut client))
                 .await
@@ -452,7 +507,9 @@ impl Socks5Server {
             }
         };
         send_reply(&mut client, Reply::Succeeded, remote.local_addr()).await?;
-        tokio::io::copy_bidirectional(&mut client, &mut remote).await?;
+        self.count(SocksResult::Reply(Reply::Succeeded));
+        // The request succeeded; how the relay ends (reset, idle) is not the client's fault.
+        let _ = relay(&mut client, &mut remote, self.config.idle_timeout).await;
         Ok(())
     }
 
@@ -470,7 +527,20 @@ impl Socks5Server {
             }
         };
         send_reply(&mut client, Reply::Succeeded, local.local_addr()?).await?;
+        self.count(SocksResult::Reply(Reply::Succeeded));
+        // The association is up; its end (control connection closed, a socket failing) is
+        // not a failed request.
+        let _ = self.udp_relay(client, client_ip, local, tunnel).await;
+        Ok(())
+    }
 
+    async fn udp_relay(
+        &self,
+        mut client: tokio::net::TcpStream,
+        client_ip: IpAddr,
+        local: tokio::net::UdpSocket,
+        tunnel: UdpSocket,
+    ) -> io::Result<()> {
         // The client's UDP address is learned from its first datagram, which must come from
         // the host of the control connection.
         let mut client_udp: Option<SocketAddr> = None;

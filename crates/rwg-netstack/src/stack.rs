@@ -25,10 +25,13 @@ use smoltcp::wire::{
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::segments::{split, Segments, Verdict};
 use crate::tunnel::PacketTunnel;
 
 /// First port of the ephemeral range (IANA), used for `connect` and for binding port 0.
 const EPHEMERAL_FIRST: u16 = 49152;
+/// Extra egress rounds per poll (each sends at most one segment per socket).
+const EGRESS_ROUNDS: usize = 32;
 /// How long a dropped TCP stream may take to finish its close before it is reset.
 const LINGER: Duration = Duration::from_secs(60);
 
@@ -43,10 +46,12 @@ pub struct StackConfig {
     /// Receive buffer size of each TCP socket, in bytes: the window the stack advertises
     /// (window scaling lets it exceed 64 KiB), which bounds download speed per connection.
     pub tcp_rx_buffer_size: usize,
-    /// Send buffer size of each TCP socket, in bytes. smoltcp has no congestion control by
-    /// default, so a send buffer much larger than the path holds only causes losses: measured,
-    /// 64 KiB gave the best upload through a tunnel.
+    /// Send buffer size of each TCP socket, in bytes: the most data in flight per connection.
+    /// With congestion control the window adapts to the path, so this only needs to exceed the
+    /// path's bandwidth-delay product.
     pub tcp_tx_buffer_size: usize,
+    /// How TCP senders react to loss (see [`CongestionControl`]).
+    pub congestion_control: CongestionControl,
     /// Most connections a listener holds before they are accepted; SYNs beyond are dropped.
     pub tcp_backlog: usize,
     /// Receive and send buffer size of each UDP socket, in bytes.
@@ -64,11 +69,57 @@ impl StackConfig {
             addresses,
             mtu,
             tcp_rx_buffer_size: 512 * 1024,
-            tcp_tx_buffer_size: 64 * 1024,
+            tcp_tx_buffer_size: 512 * 1024,
+            congestion_control: CongestionControl::default(),
             tcp_backlog: 256,
             udp_buffer_size: 64 * 1024,
             receive_queue_len: 1024,
             connect_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The congestion control of the stack's TCP senders.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CongestionControl {
+    /// The stack's own (the default): each connection may have at most a window of data
+    /// unacknowledged, which grows by half of what each acknowledgement covers and shrinks
+    /// by 30 % once per loss episode, never below 64 KiB nor above the send buffer; while a
+    /// loss is being repaired no new data goes out (so that smoltcp's fast retransmit runs
+    /// instead of waiting for a timeout). Random loss thus costs little, and a path that
+    /// drops because it is full makes the window shrink to what it carries.
+    #[default]
+    Adaptive,
+    /// None: send as much as the peer's window and the send buffer allow.
+    None,
+    /// Reno (halve on loss, grow by a segment per acknowledgement).
+    Reno,
+    /// CUBIC (RFC 8312), as smoltcp implements it.
+    Cubic,
+}
+
+impl CongestionControl {
+    fn smoltcp(self) -> tcp::CongestionControl {
+        match self {
+            CongestionControl::Adaptive | CongestionControl::None => tcp::CongestionControl::None,
+            CongestionControl::Reno => tcp::CongestionControl::Reno,
+            CongestionControl::Cubic => tcp::CongestionControl::Cubic,
+        }
+    }
+}
+
+impl std::str::FromStr for CongestionControl {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "adaptive" => Ok(CongestionControl::Adaptive),
+            "none" => Ok(CongestionControl::None),
+            "reno" => Ok(CongestionControl::Reno),
+            "cubic" => Ok(CongestionControl::Cubic),
+            _ => Err(format!(
+                "unknown congestion control {s:?}: expected adaptive, none, reno or cubic"
+            )),
         }
     }
 }
@@ -86,6 +137,19 @@ pub struct StackStats {
     pub syn_dropped: u64,
     /// Times the driver polled the interface (a busy loop would show here).
     pub polls: u64,
+    /// Outgoing TCP segments split to fit a smaller path MTU learned from ICMP.
+    pub segments_split: u64,
+    /// TCP retransmissions not sent because the peer had acknowledged them selectively.
+    pub retransmits_suppressed: u64,
+    /// TCP segments sent a second time (suppressed ones included), on connections that
+    /// reported a loss.
+    pub retransmitted: u64,
+    /// Loss episodes reported by peers (SACK blocks appearing).
+    pub loss_episodes: u64,
+    /// Duplicate ACKs whose changed window was kept as before, so smoltcp counts them.
+    pub dupacks_normalized: u64,
+    /// Tail loss probes (duplicate ACKs made up so that smoltcp retransmits at once).
+    pub tail_loss_probes: u64,
 }
 
 #[derive(Default)]
@@ -95,6 +159,12 @@ struct Counters {
     transmitted: AtomicU64,
     syn_dropped: AtomicU64,
     polls: AtomicU64,
+    segments_split: AtomicU64,
+    suppressed: AtomicU64,
+    retransmitted: AtomicU64,
+    loss_episodes: AtomicU64,
+    normalized: AtomicU64,
+    probes: AtomicU64,
 }
 
 /// Received packets waiting for the driver, and spare buffers to copy the next ones into.
@@ -124,25 +194,31 @@ impl IngressQueue {
 }
 
 /// The smoltcp device: reads from the ingress queue, writes to the tunnel.
-struct TunnelDevice {
+pub(crate) struct TunnelDevice {
     ingress: Arc<IngressQueue>,
     /// The batch taken from the ingress queue for this poll (see [`Shared::poll`]).
     batch: VecDeque<Vec<u8>>,
     tunnel: Box<dyn PacketTunnel>,
     mtu: usize,
     transmit_buf: Vec<u8>,
+    /// Where split segments are built.
+    split_buf: Vec<u8>,
     counters: Arc<Counters>,
+    /// SACK state and path MTUs (see [`crate::segments`]).
+    pub(crate) segments: Segments,
 }
 
-struct RxToken<'a> {
+pub(crate) struct RxToken<'a> {
     packet: Vec<u8>,
     ingress: &'a IngressQueue,
 }
 
-struct TxToken<'a> {
+pub(crate) struct TxToken<'a> {
     tunnel: &'a dyn PacketTunnel,
     buf: &'a mut Vec<u8>,
+    split_buf: &'a mut Vec<u8>,
     counters: &'a Counters,
+    segments: &'a mut Segments,
 }
 
 impl smoltcp::phy::RxToken for RxToken<'_> {
@@ -157,8 +233,24 @@ impl smoltcp::phy::TxToken for TxToken<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
         self.buf.resize(len, 0);
         let result = f(&mut self.buf[..len]);
-        self.tunnel.send(&self.buf[..len]);
-        self.counters.transmitted.fetch_add(1, Ordering::Relaxed);
+        let packet = &mut self.buf[..len];
+        match self.segments.outgoing(packet) {
+            Verdict::Send => {
+                self.tunnel.send(packet);
+                self.counters.transmitted.fetch_add(1, Ordering::Relaxed);
+            }
+            Verdict::Drop => {
+                self.counters.suppressed.fetch_add(1, Ordering::Relaxed);
+            }
+            Verdict::Split(room) => {
+                let (tunnel, counters) = (self.tunnel, self.counters);
+                counters.segments_split.fetch_add(1, Ordering::Relaxed);
+                split(packet, room, self.split_buf, |piece| {
+                    tunnel.send(piece);
+                    counters.transmitted.fetch_add(1, Ordering::Relaxed);
+                });
+            }
+        }
         result
     }
 }
@@ -177,7 +269,9 @@ impl Device for TunnelDevice {
             TxToken {
                 tunnel: &*self.tunnel,
                 buf: &mut self.transmit_buf,
+                split_buf: &mut self.split_buf,
                 counters: &self.counters,
+                segments: &mut self.segments,
             },
         ))
     }
@@ -186,7 +280,9 @@ impl Device for TunnelDevice {
         Some(TxToken {
             tunnel: &*self.tunnel,
             buf: &mut self.transmit_buf,
+            split_buf: &mut self.split_buf,
             counters: &self.counters,
+            segments: &mut self.segments,
         })
     }
 
@@ -265,7 +361,7 @@ pub(crate) struct ListenerState {
 pub(crate) struct Inner {
     pub(crate) iface: Interface,
     pub(crate) sockets: SocketSet<'static>,
-    device: TunnelDevice,
+    pub(crate) device: TunnelDevice,
     pub(crate) tcp_ports: Ports,
     pub(crate) udp_ports: Ports,
     orphans: Vec<Orphan>,
@@ -301,9 +397,7 @@ impl Inner {
     }
 
     pub(crate) fn new_tcp_socket(&mut self, config: &StackConfig) -> tcp::Socket<'static> {
-        let rx = tcp::SocketBuffer::new(vec![0; config.tcp_rx_buffer_size]);
-        let tx = tcp::SocketBuffer::new(vec![0; config.tcp_tx_buffer_size]);
-        tcp::Socket::new(rx, tx)
+        new_tcp_socket(config)
     }
 
     fn reap_orphans(&mut self) {
@@ -368,9 +462,7 @@ impl Inner {
                 *count -= 1;
                 return false;
             }
-            let rx = tcp::SocketBuffer::new(vec![0; config.tcp_rx_buffer_size]);
-            let tx = tcp::SocketBuffer::new(vec![0; config.tcp_tx_buffer_size]);
-            let mut socket = tcp::Socket::new(rx, tx);
+            let mut socket = new_tcp_socket(config);
             if socket.listen(port).is_err() {
                 return false;
             }
@@ -381,6 +473,14 @@ impl Inner {
             true
         });
     }
+}
+
+fn new_tcp_socket(config: &StackConfig) -> tcp::Socket<'static> {
+    let rx = tcp::SocketBuffer::new(vec![0; config.tcp_rx_buffer_size]);
+    let tx = tcp::SocketBuffer::new(vec![0; config.tcp_tx_buffer_size]);
+    let mut socket = tcp::Socket::new(rx, tx);
+    socket.set_congestion_control(config.congestion_control.smoltcp());
+    socket
 }
 
 /// smoltcp panics on addresses that are not unicast; check them first.
@@ -416,6 +516,8 @@ fn syn_destination_port(packet: &[u8]) -> Option<u16> {
 
 pub(crate) struct Shared {
     inner: Mutex<Inner>,
+    /// The stack's addresses, for checking ICMP errors are about our packets.
+    own_addresses: Vec<IpAddr>,
     ingress: Arc<IngressQueue>,
     wake: Arc<Notify>,
     counters: Arc<Counters>,
@@ -444,12 +546,22 @@ impl Shared {
     /// Poll the interface once; return how long the driver may sleep.
     fn poll(&self) -> Option<Duration> {
         let mut inner = self.lock();
+        let probe_at;
         // Work on a batch taken out of the queue, so that packets arriving during the poll
         // wait for the next one instead of slipping past prepare_listeners.
         {
             let mut ingress = self.ingress.lock();
             let Ingress { queue, .. } = &mut *ingress;
             std::mem::swap(queue, &mut inner.device.batch);
+        }
+        {
+            let TunnelDevice {
+                batch, segments, ..
+            } = &mut inner.device;
+            for packet in batch.iter_mut() {
+                segments.incoming(packet, &self.own_addresses, self.config.mtu);
+            }
+            probe_at = segments.probes(&mut |packet| batch.push_back(packet));
         }
         inner.prepare_listeners(&self.config, &self.counters);
         let now = inner.now();
@@ -460,8 +572,28 @@ impl Shared {
             ..
         } = &mut *inner;
         iface.poll(now, device, sockets);
+        // smoltcp sends one segment per socket per poll: send more while there is more, a
+        // bounded number of rounds, before letting the tasks that fill the buffers run.
+        for _ in 0..EGRESS_ROUNDS {
+            let before = self.counters.transmitted.load(Ordering::Relaxed)
+                + self.counters.suppressed.load(Ordering::Relaxed);
+            iface.poll_egress(now, device, sockets);
+            let after = self.counters.transmitted.load(Ordering::Relaxed)
+                + self.counters.suppressed.load(Ordering::Relaxed);
+            if after == before {
+                break;
+            }
+        }
         inner.reap_orphans();
         self.counters.polls.fetch_add(1, Ordering::Relaxed);
+        {
+            let r = &inner.device.segments.recovery;
+            let c = &self.counters;
+            c.retransmitted.store(r.retransmitted, Ordering::Relaxed);
+            c.loss_episodes.store(r.episodes, Ordering::Relaxed);
+            c.normalized.store(r.normalized, Ordering::Relaxed);
+            c.probes.store(r.probes, Ordering::Relaxed);
+        }
         let Inner {
             iface,
             sockets,
@@ -475,6 +607,7 @@ impl Shared {
         let linger_delay = orphans
             .iter()
             .map(|o| o.deadline.saturating_duration_since(Instant::now()))
+            .chain(probe_at.map(|t| t.saturating_duration_since(Instant::now())))
             .min();
         match (smoltcp_delay, linger_delay) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -554,7 +687,9 @@ impl NetStack {
             tunnel: Box::new(tunnel),
             mtu: config.mtu,
             transmit_buf: Vec::with_capacity(config.mtu),
+            split_buf: Vec::with_capacity(config.mtu),
             counters: counters.clone(),
+            segments: Segments::default(),
         };
         let seed = random_seed();
         let mut iface_config = IfaceConfig::new(HardwareAddress::Ip);
@@ -607,6 +742,7 @@ impl NetStack {
         let wake = Arc::new(Notify::new());
         let shared = Arc::new(Shared {
             inner: Mutex::new(inner),
+            own_addresses: config.addresses.iter().map(|(a, _)| *a).collect(),
             ingress,
             wake: wake.clone(),
             counters,
@@ -662,6 +798,12 @@ impl NetStack {
             transmitted: c.transmitted.load(Ordering::Relaxed),
             syn_dropped: c.syn_dropped.load(Ordering::Relaxed),
             polls: c.polls.load(Ordering::Relaxed),
+            segments_split: c.segments_split.load(Ordering::Relaxed),
+            retransmits_suppressed: c.suppressed.load(Ordering::Relaxed),
+            retransmitted: c.retransmitted.load(Ordering::Relaxed),
+            loss_episodes: c.loss_episodes.load(Ordering::Relaxed),
+            dupacks_normalized: c.normalized.load(Ordering::Relaxed),
+            tail_loss_probes: c.probes.load(Ordering::Relaxed),
         }
     }
 }

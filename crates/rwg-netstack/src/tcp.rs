@@ -12,10 +12,51 @@ use smoltcp::socket::tcp;
 use smoltcp::wire::{IpEndpoint, IpListenEndpoint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::stack::{ListenerState, NetStack, Shared};
+use crate::stack::{CongestionControl, ListenerState, NetStack, Shared};
 
 pub(crate) fn to_std(endpoint: IpEndpoint) -> SocketAddr {
     SocketAddr::new(endpoint.addr.into(), endpoint.port)
+}
+
+/// The smallest send window of the adaptive congestion control.
+const MIN_WINDOW: usize = 64 * 1024;
+
+/// The state of [`CongestionControl::Adaptive`](crate::CongestionControl) for one stream.
+#[derive(Debug, Default)]
+struct SendWindow {
+    /// Bytes allowed unacknowledged; 0 until the first write (then [`MIN_WINDOW`]).
+    window: usize,
+    /// Bytes put into the socket so far, and of those, acknowledged.
+    written: u64,
+    acked: u64,
+    /// Loss episodes already reacted to.
+    episodes: u64,
+}
+
+impl SendWindow {
+    /// How many more bytes may be written now, given the socket's send queue, its buffer
+    /// size, and the connection's loss state.
+    fn room(&mut self, queued: usize, capacity: usize, loss: (u64, bool)) -> usize {
+        let floor = MIN_WINDOW.min(capacity);
+        if self.window == 0 {
+            self.window = floor;
+        }
+        let acked_total = self.written.saturating_sub(queued as u64);
+        if acked_total > self.acked {
+            let newly = (acked_total - self.acked) as usize;
+            self.acked = acked_total;
+            self.window = (self.window + newly / 2).min(capacity);
+        }
+        let (episodes, repairing) = loss;
+        if episodes != self.episodes {
+            self.episodes = episodes;
+            self.window = (self.window * 7 / 10).max(floor);
+        }
+        if repairing {
+            return 0;
+        }
+        self.window.saturating_sub(queued)
+    }
 }
 
 /// A TCP connection through the tunnel.
@@ -26,6 +67,8 @@ pub(crate) fn to_std(endpoint: IpEndpoint) -> SocketAddr {
 pub struct TcpStream {
     shared: Arc<Shared>,
     handle: SocketHandle,
+    /// The send window of [`CongestionControl::Adaptive`](crate::CongestionControl).
+    window: SendWindow,
     /// The ephemeral port this stream owns (connected streams); accepted streams share their
     /// listener's port.
     owned_port: Option<u16>,
@@ -85,6 +128,7 @@ impl TcpStream {
         let mut stream = TcpStream {
             shared,
             handle,
+            window: SendWindow::default(),
             owned_port: Some(port),
             local: SocketAddr::new(addr.ip(), port),
             peer: addr,
@@ -175,15 +219,31 @@ impl AsyncRead for TcpStream {
 
 impl AsyncWrite for TcpStream {
     fn poll_write(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         if data.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        let mut inner = self.shared.lock();
-        let socket = inner.sockets.get_mut::<tcp::Socket>(self.handle);
+        let this = &mut *self;
+        let mut inner = this.shared.lock();
+        let adaptive = this.shared.config.congestion_control == CongestionControl::Adaptive;
+        let room = if adaptive {
+            let key = (
+                this.local.ip(),
+                this.local.port(),
+                this.peer.ip(),
+                this.peer.port(),
+            );
+            let loss = inner.device.segments.recovery.loss_state(&key);
+            let socket = inner.sockets.get_mut::<tcp::Socket>(this.handle);
+            this.window
+                .room(socket.send_queue(), socket.send_capacity(), loss)
+        } else {
+            usize::MAX
+        };
+        let socket = inner.sockets.get_mut::<tcp::Socket>(this.handle);
         if !socket.may_send() {
             let kind = if socket.state() == tcp::State::Closed {
                 io::ErrorKind::ConnectionReset
@@ -192,14 +252,20 @@ impl AsyncWrite for TcpStream {
             };
             return Poll::Ready(Err(io_error(kind, "connection closed for sending")));
         }
-        match socket.send_slice(data) {
+        if room == 0 {
+            // An acknowledgement (which frees buffer space) wakes us.
+            socket.register_send_waker(cx.waker());
+            return Poll::Pending;
+        }
+        match socket.send_slice(&data[..data.len().min(room)]) {
             Ok(0) => {
                 socket.register_send_waker(cx.waker());
                 Poll::Pending
             }
             Ok(n) => {
                 drop(inner);
-                self.shared.wake_driver();
+                this.window.written += n as u64;
+                this.shared.wake_driver();
                 Poll::Ready(Ok(n))
             }
             Err(tcp::SendError::InvalidState) => Poll::Ready(Err(io_error(
@@ -351,6 +417,7 @@ impl TcpListener {
             TcpStream {
                 shared: self.shared.clone(),
                 handle,
+                window: SendWindow::default(),
                 owned_port: None,
                 local,
                 peer,
@@ -375,5 +442,52 @@ impl Drop for TcpListener {
             inner.tcp_ports.release(self.port);
         }
         self.shared.wake_driver();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CAP: usize = 512 * 1024;
+
+    #[test]
+    fn the_window_starts_at_the_floor_and_grows_by_half_of_what_is_acked() {
+        let mut w = SendWindow::default();
+        assert_eq!(w.room(0, CAP, (0, false)), MIN_WINDOW);
+        w.written = MIN_WINDOW as u64;
+        // Nothing acknowledged yet: no room.
+        assert_eq!(w.room(MIN_WINDOW, CAP, (0, false)), 0);
+        // 20 000 bytes acknowledged: the window grows by 10 000.
+        let queued = MIN_WINDOW - 20_000;
+        assert_eq!(
+            w.room(queued, CAP, (0, false)),
+            MIN_WINDOW + 10_000 - queued
+        );
+        assert_eq!(w.window, MIN_WINDOW + 10_000);
+        // Never above the send buffer.
+        w.written += 10_000_000;
+        let _ = w.room(0, CAP, (0, false));
+        assert_eq!(w.window, CAP);
+    }
+
+    #[test]
+    fn each_loss_episode_shrinks_the_window_once_and_repair_stops_new_data() {
+        let mut w = SendWindow {
+            window: 400_000,
+            ..SendWindow::default()
+        };
+        assert_eq!(w.room(0, CAP, (1, true)), 0, "nothing new while repairing");
+        assert_eq!(w.window, 280_000);
+        // The same episode again: no second cut.
+        assert_eq!(w.room(0, CAP, (1, false)), 280_000);
+        // A new one: cut again, but never below the floor.
+        for episode in 2..20 {
+            let _ = w.room(0, CAP, (episode, false));
+        }
+        assert_eq!(w.window, MIN_WINDOW);
+        // A send buffer smaller than the floor is the limit.
+        let mut small = SendWindow::default();
+        assert_eq!(small.room(0, 16_384, (0, false)), 16_384);
     }
 }

@@ -32,20 +32,26 @@
 //! # }
 //! ```
 
+use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use rwg_config::{Config, Endpoint};
+use rwg_driver::reresolve::{choose, Choice};
 use rwg_driver::{short_key, Clock, Driver, Transmitter};
+use rwg_proto::crypto::PublicKey;
 use rwg_proto::device::{Event, Received, Sent, Transmit, DEFAULT_MTU, HEADROOM, TAILROOM};
 use rwg_proto::Device;
 use tokio::net::UdpSocket as TokioUdpSocket;
 use tokio::sync::{watch, Notify};
-use tokio::task::JoinHandle;
+use tokio::task::AbortHandle;
 
-use crate::stack::{NetStack, StackConfig};
+use crate::stack::{CongestionControl, NetStack, StackConfig};
 use crate::tunnel::PacketTunnel;
 
 /// Largest UDP datagram we read: bigger than any transport message of a sane MTU.
@@ -55,8 +61,66 @@ const RECEIVE_BATCH: usize = 64;
 /// Kernel socket buffers asked for (the kernel may cap them).
 const SOCKET_BUFFER: usize = 4 << 20;
 
+/// Resolves the host names of peer endpoints (outside the tunnel).
+pub trait EndpointResolver: Send + Sync + 'static {
+    /// The addresses of `host` with `port`, preferred first.
+    fn resolve<'a>(
+        &'a self,
+        host: &'a str,
+        port: u16,
+    ) -> Pin<Box<dyn Future<Output = io::Result<Vec<SocketAddr>>> + Send + 'a>>;
+}
+
+/// The system's resolver (`getaddrinfo` and the like, through the standard library), on a
+/// blocking thread.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemResolver;
+
+impl EndpointResolver for SystemResolver {
+    fn resolve<'a>(
+        &'a self,
+        host: &'a str,
+        port: u16,
+    ) -> Pin<Box<dyn Future<Output = io::Result<Vec<SocketAddr>>> + Send + 'a>> {
+        let host = host.to_owned();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                use std::net::ToSocketAddrs;
+                (host.as_str(), port)
+                    .to_socket_addrs()
+                    .map(Iterator::collect)
+            })
+            .await
+            .map_err(io::Error::other)?
+        })
+    }
+}
+
+/// When endpoints given as host names are resolved again: what `reresolve-dns.sh` does for
+/// wg-quick users, built in. A peer whose last handshake is older than `after_silence` (or
+/// that never completed one that long after the start) has its name resolved again, at
+/// most once per `check_every`; if the name now points elsewhere, the endpoint moves there
+/// and a handshake starts at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reresolve {
+    /// Silence after which a peer's name is resolved again. A tunnel in use rekeys every
+    /// 2 minutes, so anything above that means the peer stopped answering.
+    pub after_silence: Duration,
+    /// How often silent peers are looked at (and so the most often a name is resolved).
+    pub check_every: Duration,
+}
+
+impl Default for Reresolve {
+    fn default() -> Self {
+        Reresolve {
+            after_silence: Duration::from_secs(135),
+            check_every: Duration::from_secs(30),
+        }
+    }
+}
+
 /// Options for [`Tunnel::start_with`].
-#[derive(Debug, Clone, Default)]
+#[derive(Clone)]
 pub struct TunnelOptions {
     /// The local UDP address to bind. Default: `0.0.0.0` (or `[::]` if every peer endpoint
     /// is IPv6) with the config's `ListenPort`, or any free port.
@@ -65,6 +129,39 @@ pub struct TunnelOptions {
     pub tcp_rx_buffer_size: Option<usize>,
     /// Per-socket TCP send buffer size of the stack; default: [`StackConfig::new`]'s.
     pub tcp_tx_buffer_size: Option<usize>,
+    /// Congestion control of the stack's TCP senders; default: [`StackConfig::new`]'s.
+    pub congestion_control: Option<CongestionControl>,
+    /// Resolves endpoint host names, at the start and again when a peer goes silent;
+    /// default: [`SystemResolver`].
+    pub endpoint_resolver: Arc<dyn EndpointResolver>,
+    /// When endpoint host names are resolved again; `None`: never (only at the start).
+    /// Default: [`Reresolve::default`].
+    pub reresolve: Option<Reresolve>,
+}
+
+impl Default for TunnelOptions {
+    fn default() -> Self {
+        TunnelOptions {
+            bind: None,
+            tcp_rx_buffer_size: None,
+            tcp_tx_buffer_size: None,
+            congestion_control: None,
+            endpoint_resolver: Arc::new(SystemResolver),
+            reresolve: Some(Reresolve::default()),
+        }
+    }
+}
+
+impl std::fmt::Debug for TunnelOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TunnelOptions")
+            .field("bind", &self.bind)
+            .field("tcp_rx_buffer_size", &self.tcp_rx_buffer_size)
+            .field("tcp_tx_buffer_size", &self.tcp_tx_buffer_size)
+            .field("congestion_control", &self.congestion_control)
+            .field("reresolve", &self.reresolve)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Counters of the glue's UDP traffic.
@@ -112,6 +209,13 @@ struct Glue {
     counters: Counters,
     /// Wakes the glue task when the device has work for it (the device's waker).
     attention: Notify,
+    /// When the tunnel started.
+    started: std::time::Instant,
+    /// When the last handshake with each peer completed.
+    handshake_at: Mutex<HashMap<PublicKey, std::time::Instant>>,
+    /// Peers whose endpoint was given as a host name: the name and port.
+    hosts: Vec<(PublicKey, String, u16)>,
+    resolver: Arc<dyn EndpointResolver>,
 }
 
 impl Glue {
@@ -202,11 +306,12 @@ impl PacketTunnel for WireGuardTunnel {
 #[derive(Debug)]
 pub struct Tunnel;
 
-/// The running glue of a [`Tunnel`]: counters, the device, and the task. Dropping it does
-/// not stop the tunnel; [`TunnelHandle::stop`] does.
+/// The running glue of a [`Tunnel`]: counters, the device, and the task. Cheap to clone;
+/// dropping it does not stop the tunnel; [`TunnelHandle::stop`] does.
+#[derive(Clone)]
 pub struct TunnelHandle {
     glue: Arc<Glue>,
-    task: JoinHandle<()>,
+    tasks: Vec<AbortHandle>,
     local_addr: SocketAddr,
     handshakes: watch::Receiver<u64>,
 }
@@ -254,9 +359,88 @@ impl TunnelHandle {
         let _ = rx.wait_for(|n| *n > 0).await;
     }
 
-    /// Stop the glue task. The stack stays usable but its packets go nowhere.
+    /// Stop the glue task (and the re-resolution task). The stack stays usable but its
+    /// packets go nowhere.
     pub fn stop(&self) {
-        self.task.abort();
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+
+    /// How long ago the last handshake with `peer` completed; `None` if none has.
+    pub fn since_handshake(&self, peer: &PublicKey) -> Option<Duration> {
+        self.glue.since_handshake(peer)
+    }
+
+    /// Resolve `peer`'s endpoint host name again now and, if it points elsewhere, move the
+    /// endpoint there and start a handshake. Returns the new endpoint, or `None` if it did
+    /// not change. Fails with `InvalidInput` for a peer whose endpoint was not a host name.
+    pub async fn reresolve(&self, peer: &PublicKey) -> io::Result<Option<SocketAddr>> {
+        self.glue.reresolve(peer).await
+    }
+}
+
+impl Glue {
+    fn since_handshake(&self, peer: &PublicKey) -> Option<Duration> {
+        self.handshake_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(peer)
+            .map(std::time::Instant::elapsed)
+    }
+
+    /// Whether `peer` has been silent longer than `limit`.
+    fn silent(&self, peer: &PublicKey, limit: Duration) -> bool {
+        self.since_handshake(peer)
+            .unwrap_or_else(|| self.started.elapsed())
+            > limit
+    }
+
+    async fn reresolve(&self, peer: &PublicKey) -> io::Result<Option<SocketAddr>> {
+        let Some((_, host, port)) = self.hosts.iter().find(|(k, _, _)| k == peer) else {
+            return Err(invalid(format!(
+                "peer {}: its endpoint is not a host name",
+                short_key(peer)
+            )));
+        };
+        let local = self.sender.local_addr()?;
+        let addresses = self.resolver.resolve(host, *port).await?;
+        let current = self.device.peer(peer).and_then(|p| p.endpoint);
+        // Only an address the socket can send to; the current one if the name still has it.
+        let new = match choose(&addresses, current, |a| a.is_ipv4() == local.is_ipv4()) {
+            Choice::Keep => return Ok(None),
+            Choice::Move(new) => new,
+            Choice::NoUsableAddress => {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("{host} has no address of the UDP socket's family"),
+                ))
+            }
+        };
+        let err =
+            |e: rwg_proto::device::ConfigError| invalid(format!("peer {}: {e}", short_key(peer)));
+        self.device.set_endpoint(peer, new).map_err(err)?;
+        // If a handshake went out in the last 5 s this waits for its retry, which now goes
+        // to the new address.
+        let _ = self.device.initiate_handshake(self.now(), peer);
+        tracing::info!(peer = %short_key(peer), %host, endpoint = %new, "endpoint re-resolved");
+        Ok(Some(new))
+    }
+}
+
+/// Resolve the names of silent peers again, per `policy`, while the glue lives.
+async fn reresolve_loop(glue: std::sync::Weak<Glue>, policy: Reresolve) {
+    loop {
+        tokio::time::sleep(policy.check_every).await;
+        let Some(glue) = glue.upgrade() else { return };
+        for (peer, host, _) in &glue.hosts {
+            if !glue.silent(peer, policy.after_silence) {
+                continue;
+            }
+            if let Err(e) = glue.reresolve(peer).await {
+                tracing::debug!(peer = %short_key(peer), %host, "re-resolving the endpoint: {e}");
+            }
+        }
     }
 }
 
@@ -359,16 +543,31 @@ impl Tunnel {
             ));
         }
         let mut config = config.clone();
-        let needs_dns = config
-            .peers
-            .iter()
-            .any(|p| matches!(p.endpoint, Some(Endpoint::Host { .. })));
-        if needs_dns {
-            config =
-                tokio::task::spawn_blocking(move || config.resolve_endpoints().map(|()| config))
+        let mut hosts = Vec::new();
+        for peer in &mut config.peers {
+            if let Some(Endpoint::Host { host, port }) = &peer.endpoint {
+                let found = options
+                    .endpoint_resolver
+                    .resolve(host, *port)
                     .await
-                    .map_err(io::Error::other)?
-                    .map_err(|e| io::Error::new(io::ErrorKind::NotFound, e.to_string()))?;
+                    .map_err(|e| {
+                        io::Error::new(
+                            io::ErrorKind::NotFound,
+                            format!("cannot resolve {host}: {e}"),
+                        )
+                    })?;
+                // IPv4 first: the default socket is IPv4 unless every endpoint is IPv6.
+                let addr = found
+                    .iter()
+                    .find(|a| a.is_ipv4())
+                    .or(found.first())
+                    .copied()
+                    .ok_or_else(|| {
+                        io::Error::new(io::ErrorKind::NotFound, format!("{host} has no address"))
+                    })?;
+                hosts.push((peer.public_key, host.clone(), *port));
+                peer.endpoint = Some(Endpoint::Addr(addr));
+            }
         }
         let (socket, sender) = bind_socket(options.bind.unwrap_or_else(|| default_bind(&config)))?;
         let local_addr = socket.local_addr()?;
@@ -385,6 +584,10 @@ impl Tunnel {
             clock,
             counters: Counters::default(),
             attention: Notify::new(),
+            started: std::time::Instant::now(),
+            handshake_at: Mutex::new(HashMap::new()),
+            hosts,
+            resolver: options.endpoint_resolver.clone(),
         });
         configure(&glue.device, &config, now)?;
 
@@ -401,6 +604,9 @@ impl Tunnel {
         if let Some(size) = options.tcp_tx_buffer_size {
             stack_config.tcp_tx_buffer_size = size;
         }
+        if let Some(cc) = options.congestion_control {
+            stack_config.congestion_control = cc;
+        }
         let tunnel = WireGuardTunnel {
             glue: glue.clone(),
             buf: Mutex::new(vec![0u8; HEADROOM + mtu + TAILROOM]),
@@ -408,13 +614,17 @@ impl Tunnel {
         let (stack, driver) = NetStack::new(stack_config, tunnel)?;
         tokio::spawn(driver);
         let (handshakes_tx, handshakes) = watch::channel(0u64);
-        let task = tokio::spawn(run(glue.clone(), stack.clone(), handshakes_tx));
+        let mut tasks =
+            vec![tokio::spawn(run(glue.clone(), stack.clone(), handshakes_tx)).abort_handle()];
+        if let Some(policy) = options.reresolve.filter(|_| !glue.hosts.is_empty()) {
+            tasks.push(tokio::spawn(reresolve_loop(Arc::downgrade(&glue), policy)).abort_handle());
+        }
         tracing::debug!(%local_addr, peers = config.peers.len(), "tunnel started");
         Ok((
             stack,
             TunnelHandle {
                 glue,
-                task,
+                tasks,
                 local_addr,
                 handshakes,
             },
@@ -427,8 +637,15 @@ impl Tunnel {
 async fn run(glue: Arc<Glue>, stack: NetStack, handshakes: watch::Sender<u64>) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut driver = Driver::new(glue.device.clone(), glue.clock);
+    let weak = Arc::downgrade(&glue);
     driver.on_event(move |event| {
-        if let Event::HandshakeCompleted { .. } = event {
+        if let Event::HandshakeCompleted { peer } = event {
+            if let Some(glue) = weak.upgrade() {
+                glue.handshake_at
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(*peer, std::time::Instant::now());
+            }
             handshakes.send_modify(|n| *n += 1);
         }
     });

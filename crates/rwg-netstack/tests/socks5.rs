@@ -456,3 +456,95 @@ async fn forwards() {
     .await
     .expect("in time");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncated_udp_answers_are_asked_again_over_tcp() {
+    let (a, b) = pair();
+    common::dns_server(&b, true, true);
+    let resolver =
+        DnsResolver::new(a.clone(), addr(B4, 53)).with_timeout(Duration::from_millis(500), 2);
+    timeout(LIMIT, async {
+        assert_eq!(
+            resolver.resolve_host("echo.test").await.expect("resolves"),
+            vec![B4, B6]
+        );
+        assert_eq!(
+            resolver
+                .resolve_host("missing.test")
+                .await
+                .expect_err("nxdomain")
+                .kind(),
+            io::ErrorKind::NotFound
+        );
+    })
+    .await
+    .expect("in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncated_answers_without_a_tcp_server_fail() {
+    let (a, b) = pair();
+    common::dns_server(&b, true, false);
+    let resolver =
+        DnsResolver::new(a.clone(), addr(B4, 53)).with_timeout(Duration::from_millis(500), 2);
+    let e = timeout(LIMIT, resolver.resolve_host("echo.test"))
+        .await
+        .expect("in time")
+        .expect_err("no TCP server");
+    assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused, "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_over_the_cap_are_closed_and_counted() {
+    use rwg_netstack::metrics::{ProxyMetrics, Service, SocksResult};
+    use rwg_netstack::relay::ConnectionLimit;
+    use rwg_netstack::socks5::Reply;
+
+    let (a, b) = pair();
+    echo_tcp(&b, 7);
+    let metrics = ProxyMetrics::new();
+    let limit = ConnectionLimit::new(1);
+    let server = Socks5Server::new(
+        a.clone(),
+        Arc::new(DnsResolver::new(a.clone(), addr(B4, 53))),
+        Socks5Config::default(),
+    )
+    .with_limit(limit.clone())
+    .with_metrics(metrics.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let proxy = listener.local_addr().expect("addr");
+    tokio::spawn(async move { server.serve(listener).await });
+    timeout(LIMIT, async {
+        let (mut held, code, _) = socks_request(proxy, None, 1, &v4_target([10, 0, 0, 2], 7))
+            .await
+            .expect("socks");
+        assert_eq!(code, 0);
+        assert_echo(&mut held, b"first").await;
+        assert_eq!(metrics.open_connections(Service::Socks5), 1);
+
+        let mut over = tokio::net::TcpStream::connect(proxy)
+            .await
+            .expect("connect");
+        let _ = over.write_all(&[5, 1, 0]).await;
+        let mut rest = Vec::new();
+        let _ = over.read_to_end(&mut rest).await;
+        assert!(rest.is_empty(), "closed without an answer: {rest:?}");
+        assert_eq!(metrics.socks(SocksResult::OverLimit), 1);
+        assert_eq!(metrics.refused(Service::Socks5), 1);
+
+        drop(held);
+        while limit.in_use() > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (mut again, code, _) = socks_request(proxy, None, 1, &v4_target([10, 0, 0, 2], 7))
+            .await
+            .expect("socks");
+        assert_eq!(code, 0);
+        assert_echo(&mut again, b"second").await;
+    })
+    .await
+    .expect("in time");
+    assert_eq!(metrics.socks(SocksResult::Reply(Reply::Succeeded)), 2);
+}

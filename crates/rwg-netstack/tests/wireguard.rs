@@ -98,3 +98,229 @@ async fn a_config_without_address_is_refused() {
     let err = Tunnel::start(&config).await.expect_err("no address");
     assert!(err.to_string().contains("Address"), "{err}");
 }
+
+/// A TCP server on `port` of `stack` that answers every connection with `name` and closes.
+fn name_server(stack: &rwg_netstack::NetStack, port: u16, name: &'static str) {
+    let listener = TcpListener::bind(stack, port).expect("bind");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let _ = s.write_all(name.as_bytes()).await;
+            let _ = s.shutdown().await;
+        }
+    });
+}
+
+async fn ask(stack: &rwg_netstack::NetStack, to: &str) -> String {
+    let mut s = TcpStream::connect(stack, to.parse().expect("addr"))
+        .await
+        .expect("connect");
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).await.expect("read");
+    answer
+}
+
+/// A peer tunnel (B or C) whose only peer is A at 10.9.0.1.
+async fn peer(
+    key: &PrivateKey,
+    address: &str,
+    a: &PrivateKey,
+) -> (rwg_netstack::NetStack, rwg_netstack::TunnelHandle) {
+    let text = format!(
+        "[Interface]\nPrivateKey = {}\nAddress = {address}/32\n[Peer]\nPublicKey = {}\nAllowedIPs = 10.9.0.1/32\n",
+        encode_key(key.as_bytes()),
+        encode_key(a.public_key().as_bytes()),
+    );
+    let config = Config::parse("peer.conf", &text).expect("config");
+    Tunnel::start_with(&config, loopback())
+        .await
+        .expect("start peer")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_peers_are_routed_by_their_allowed_ips() {
+    use rwg_netstack::metrics::Readiness;
+
+    let (ka, kb, kc) = (
+        PrivateKey::generate(&mut rand_core::OsRng),
+        PrivateKey::generate(&mut rand_core::OsRng),
+        PrivateKey::generate(&mut rand_core::OsRng),
+    );
+    let (stack_b, tunnel_b) = peer(&kb, "10.9.1.2", &ka).await;
+    let (stack_c, tunnel_c) = peer(&kc, "10.9.2.2", &ka).await;
+    name_server(&stack_b, 7, "B");
+    name_server(&stack_c, 7, "C");
+    let text = format!(
+        "[Interface]\nPrivateKey = {}\nAddress = 10.9.0.1/32\n\
+         [Peer]\nPublicKey = {}\nEndpoint = {}\nAllowedIPs = 10.9.1.0/24\n\
+         [Peer]\nPublicKey = {}\nEndpoint = {}\nAllowedIPs = 10.9.2.0/24, fd09:2::/64\n",
+        encode_key(ka.as_bytes()),
+        encode_key(kb.public_key().as_bytes()),
+        tunnel_b.local_addr(),
+        encode_key(kc.public_key().as_bytes()),
+        tunnel_c.local_addr(),
+    );
+    let config = Config::parse("a.conf", &text).expect("config a");
+    let (stack_a, tunnel_a) = Tunnel::start_with(&config, loopback())
+        .await
+        .expect("start a");
+    assert_eq!(tunnel_a.device().peers().len(), 2);
+    let ready = Readiness::new(tunnel_a.clone(), Duration::from_secs(180));
+    let (is_ready, why) = ready.check();
+    assert!(!is_ready, "{why}");
+
+    tokio::time::timeout(Duration::from_secs(20), async {
+        assert_eq!(ask(&stack_a, "10.9.1.2:7").await, "B");
+        // One peer is not enough for readiness.
+        let (is_ready, why) = ready.check();
+        assert!(!is_ready && why.contains("no handshake"), "{why}");
+        assert_eq!(ask(&stack_a, "10.9.2.2:7").await, "C");
+        assert_eq!(ask(&stack_a, "10.9.1.2:7").await, "B");
+    })
+    .await
+    .expect("in time");
+    let (is_ready, why) = ready.check();
+    assert!(is_ready, "{why}");
+    for key in [kb.public_key(), kc.public_key()] {
+        assert!(tunnel_a.since_handshake(&key).is_some());
+    }
+    // Each peer saw only its own traffic.
+    let (b, c) = (tunnel_b.stats(), tunnel_c.stats());
+    assert!(b.handshakes == 1 && c.handshakes == 1, "{b:?} {c:?}");
+    for t in [&tunnel_a, &tunnel_b, &tunnel_c] {
+        t.stop();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_by_probe() {
+    use rwg_netstack::metrics::Readiness;
+
+    let (ka, kb) = (
+        PrivateKey::generate(&mut rand_core::OsRng),
+        PrivateKey::generate(&mut rand_core::OsRng),
+    );
+    let (stack_b, tunnel_b) = peer(&kb, "10.9.1.2", &ka).await;
+    name_server(&stack_b, 7, "B");
+    // A second configured peer that does not exist: handshakes alone never make A ready.
+    let ghost = PrivateKey::generate(&mut rand_core::OsRng).public_key();
+    let text = format!(
+        "[Interface]\nPrivateKey = {}\nAddress = 10.9.0.1/32\n\
+         [Peer]\nPublicKey = {}\nEndpoint = {}\nAllowedIPs = 10.9.1.0/24\n\
+         [Peer]\nPublicKey = {}\nEndpoint = 127.0.0.1:9\nAllowedIPs = 10.9.3.0/24\n",
+        encode_key(ka.as_bytes()),
+        encode_key(kb.public_key().as_bytes()),
+        tunnel_b.local_addr(),
+        encode_key(ghost.as_bytes()),
+    );
+    let config = Config::parse("a.conf", &text).expect("config a");
+    let (stack_a, tunnel_a) = Tunnel::start_with(&config, loopback())
+        .await
+        .expect("start a");
+    let by_handshake = Readiness::new(tunnel_a.clone(), Duration::from_secs(180));
+    let by_probe = Readiness::new(tunnel_a.clone(), Duration::from_secs(180)).with_probe(
+        &stack_a,
+        "10.9.1.2:7".parse().expect("addr"),
+        Duration::from_millis(200),
+    );
+    let unreachable = Readiness::new(tunnel_a.clone(), Duration::from_secs(180)).with_probe(
+        &stack_a,
+        "10.9.3.2:7".parse().expect("addr"),
+        Duration::from_millis(200),
+    );
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while !by_probe.check().0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the probe makes it ready");
+    let (ready, why) = by_handshake.check();
+    assert!(!ready, "{why}");
+    let (ready, why) = unreachable.check();
+    assert!(!ready, "{why}");
+    tunnel_a.stop();
+    tunnel_b.stop();
+}
+
+/// Resolves every name to whatever address the test says.
+struct MovableName(std::sync::Mutex<SocketAddr>);
+
+impl rwg_netstack::EndpointResolver for MovableName {
+    fn resolve<'a>(
+        &'a self,
+        _host: &'a str,
+        _port: u16,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = std::io::Result<Vec<SocketAddr>>> + Send + 'a>,
+    > {
+        let addr = *self.0.lock().expect("lock");
+        Box::pin(async move { Ok(vec![addr]) })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_peer_is_found_again_at_the_new_address_of_its_name() {
+    let (ka, kb) = (
+        PrivateKey::generate(&mut rand_core::OsRng),
+        PrivateKey::generate(&mut rand_core::OsRng),
+    );
+    let (stack_b1, tunnel_b1) = peer(&kb, "10.9.1.2", &ka).await;
+    name_server(&stack_b1, 7, "first");
+    let names = std::sync::Arc::new(MovableName(std::sync::Mutex::new(tunnel_b1.local_addr())));
+    let text = format!(
+        "[Interface]\nPrivateKey = {}\nAddress = 10.9.0.1/32\n\
+         [Peer]\nPublicKey = {}\nEndpoint = peer.test:51820\nAllowedIPs = 10.9.1.0/24\n",
+        encode_key(ka.as_bytes()),
+        encode_key(kb.public_key().as_bytes()),
+    );
+    let config = Config::parse("a.conf", &text).expect("config a");
+    let options = TunnelOptions {
+        endpoint_resolver: names.clone(),
+        reresolve: Some(rwg_netstack::Reresolve {
+            after_silence: Duration::from_secs(1),
+            check_every: Duration::from_millis(200),
+        }),
+        ..loopback()
+    };
+    let (stack_a, tunnel_a) = Tunnel::start_with(&config, options).await.expect("start a");
+    let kb_pub = kb.public_key();
+    assert_eq!(
+        tunnel_a.device().peer(&kb_pub).and_then(|p| p.endpoint),
+        Some(tunnel_b1.local_addr())
+    );
+    tokio::time::timeout(Duration::from_secs(20), async {
+        assert_eq!(ask(&stack_a, "10.9.1.2:7").await, "first");
+    })
+    .await
+    .expect("in time");
+
+    // The peer moves: the old one goes away, the same key comes up elsewhere, the name
+    // follows it.
+    tunnel_b1.stop();
+    drop(stack_b1);
+    let (stack_b2, tunnel_b2) = peer(&kb, "10.9.1.2", &ka).await;
+    name_server(&stack_b2, 7, "second");
+    *names.0.lock().expect("lock") = tunnel_b2.local_addr();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        // Silent for a second, then re-resolved, then a handshake with the new address.
+        while tunnel_b2.stats().handshakes == 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(ask(&stack_a, "10.9.1.2:7").await, "second");
+    })
+    .await
+    .expect("the peer is found at its new address");
+    assert_eq!(
+        tunnel_a.device().peer(&kb_pub).and_then(|p| p.endpoint),
+        Some(tunnel_b2.local_addr())
+    );
+    // Asking again finds nothing new; a literal endpoint cannot be re-resolved.
+    assert_eq!(tunnel_a.reresolve(&kb_pub).await.expect("resolves"), None);
+    let e = tunnel_b2
+        .reresolve(&ka.public_key())
+        .await
+        .expect_err("not a name");
+    assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+    tunnel_a.stop();
+    tunnel_b2.stop();
+}
