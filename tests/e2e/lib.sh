@@ -524,6 +524,99 @@ setup_pair() {
 	tun_addr "$NS_B" "$IF_B" 2
 }
 
+# --- a relay in the path: loss, duplication, reordering, replays (rwg-abuse relay) ---------------
+
+# need_abuse: the scenario needs the rwg-abuse binary ($RWG_ABUSE); without it, SKIP (FAIL under
+# E2E_STRICT), like a missing implementation.
+need_abuse() {
+	[[ -x $RWG_ABUSE ]] && return 0
+	local why="no rwg-abuse at $RWG_ABUSE (cargo build -p rwg-abuse, or set RWG_ABUSE)"
+	[[ ${E2E_STRICT:-0} != 1 ]] || fail "cannot run (E2E_STRICT): $why"
+	skip "$why"
+}
+
+# setup_relayed IMPL_A IMPL_B [LOSS DUP REORDER]
+#
+#  ┌──── $NS_A ─────────┐        ┌───────────── $NS_R ──────────────┐        ┌──── $NS_B ─────────┐
+#  │ $IF_A .241.1       │        │  rwg-abuse relay                 │        │ $IF_B .241.2       │
+#  │ (impl A, :51820)   │        │  listen 10.0.1.1:51830           │        │ (impl B, endpoint  │
+#  │ va 10.0.0.1/24 ────┼─ veth ─┼─ ra 10.0.0.2 (+ .3)  rb 10.0.1.1 ┼─ veth ─┼─ 10.0.1.1:51830)   │
+#  │                    │        │     (+ 10.0.1.3)                 │        │ vb 10.0.1.2/24     │
+#  └────────────────────┘        └──────────────────────────────────┘        └────────────────────┘
+#
+# B's endpoint for A is the relay; the relay forwards to A from 10.0.0.2 (so A learns B at
+# 10.0.0.2:<port>) and replays "from elsewhere" from 10.0.0.3 (towards A) and 10.0.1.3 (towards
+# B). No route joins 10.0.0.0/24 and 10.0.1.0/24 except through the relay. The relay starts with
+# LOSS DUP REORDER (default none) and records the first 4096 datagrams. B_KEEPALIVE as in
+# setup_pair. Sets NS_A NS_B NS_R IF_A IF_B PORT_A PORT_B RELAY_CTL RELAY_PID.
+setup_relayed() {
+	local impl_a=$1 impl_b=$2
+	need_abuse
+	new_ns NS_A a
+	new_ns NS_R r
+	new_ns NS_B b
+	IF_A=$(ifname a)
+	IF_B=$(ifname b)
+	PORT_A=51820
+	PORT_B=51821
+	veth_pair "$NS_A" va "$NS_R" ra
+	veth_pair "$NS_R" rb "$NS_B" vb
+	ip -n "$NS_A" addr add 10.0.0.1/24 dev va
+	ip -n "$NS_R" addr add 10.0.0.2/24 dev ra
+	ip -n "$NS_R" addr add 10.0.0.3/24 dev ra
+	ip -n "$NS_R" addr add 10.0.1.1/24 dev rb
+	ip -n "$NS_R" addr add 10.0.1.3/24 dev rb
+	ip -n "$NS_B" addr add 10.0.1.2/24 dev vb
+	RELAY_CTL=127.0.0.1:7700
+	ip netns exec "$NS_R" "$RWG_ABUSE" relay --listen 10.0.1.1:51830 --upstream "10.0.0.1:$PORT_A" \
+		--bind 10.0.0.2 --other-bind 10.0.0.3 --other-listen 10.0.1.3 \
+		--loss "${3:-0}" --dup "${4:-0}" --reorder "${5:-0}" --control "$RELAY_CTL" --duration 280 \
+		>"$SCDIR/relay.out" 2>"$SCDIR/relay.log" &
+	RELAY_PID=$!
+	E2E_PIDS+=("$RELAY_PID")
+	wait_until 10 relay_ctl stats >/dev/null || fail "the relay did not answer on its control socket: $(tail -n 2 "$SCDIR/relay.log" | tr '\n' ' ')"
+	genkey a
+	genkey b
+	start_wg "$impl_a" "$NS_A" "$IF_A"
+	start_wg "$impl_b" "$NS_B" "$IF_B" "${B_DAEMON_ARGS[@]}"
+	n "$NS_A" wg set "$IF_A" private-key "$SCDIR/a.key" listen-port "$PORT_A" \
+		peer "$(pub b)" allowed-ips 192.168.241.2/32,fd00::2/128
+	relay_conf_b
+	tun_addr "$NS_A" "$IF_A" 1
+	tun_addr "$NS_B" "$IF_B" 2
+}
+
+# relay_conf_b: B's peer A, through the relay (also to re-add it: a fresh handshake).
+relay_conf_b() {
+	local opt_b=()
+	[[ -z ${B_KEEPALIVE:-} ]] || opt_b+=(persistent-keepalive "$B_KEEPALIVE")
+	n "$NS_B" wg set "$IF_B" private-key "$SCDIR/b.key" listen-port "$PORT_B" \
+		peer "$(pub a)" "${opt_b[@]}" allowed-ips 192.168.241.1/32,fd00::1/128 endpoint 10.0.1.1:51830
+}
+
+# relay_ctl COMMAND...: one command to the relay; prints its answer (fails if none, or an error).
+relay_ctl() {
+	local out
+	out=$(ip netns exec "$NS_R" "$RWG_ABUSE" ctl --control "$RELAY_CTL" "$@" 2>&1) || return 1
+	[[ $out != error=* ]] || { log "relay: $* -> $out"; return 1; }
+	printf '%s\n' "$out"
+}
+
+# relay_stat STATS KEY: one counter from a `stats` answer.
+relay_stat() {
+	local v
+	v=$(tr ' ' '\n' <<<"$1" | sed -n "s/^$2=//p")
+	[[ -n $v ]] || fail "the relay's stats have no $2"
+	printf '%s\n' "$v"
+}
+
+# renew_b: B forgets its peer A and is given it again: its next packet starts a new handshake
+# with a newer timestamp, which A takes as the peer's new session (as after a rekey).
+renew_b() {
+	n "$NS_B" wg set "$IF_B" peer "$(pub a)" remove
+	relay_conf_b
+}
+
 # Tear down what the scenario created so far, to build a fresh topology in the same scenario.
 teardown() {
 	check_daemons

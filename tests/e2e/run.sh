@@ -12,6 +12,10 @@
 #   RWG              the rwg binary (default: target/release/rwg); rwg pairings are skipped if absent
 #   E2E_TRANSFER_MB  size of the big transfers (default 50)
 #   E2E_OFFLOAD_MB   size of each transfer in the offload scenario (default 10)
+#   E2E_IMPAIR_MB    size of each transfer in the impaired scenario (default 4)
+#   RWG_ABUSE        the rwg-abuse binary, the relay of the replay and impaired scenarios
+#                    (default: target/debug/rwg-abuse; cargo build -p rwg-abuse); without it they
+#                    are skipped (failed under E2E_STRICT)
 #   RWG_DISABLE, RWG_WORKERS  passed to every rwg daemon (the offload scenario sets its own)
 #   E2E_STRICT=1     a pairing that cannot run (binary or peer implementation missing) fails
 #                    instead of being skipped; the default when CI=true
@@ -27,6 +31,8 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 RWG=${RWG:-$ROOT/target/release/rwg}
 [[ $RWG == /* ]] || RWG=$PWD/$RWG
+RWG_ABUSE=${RWG_ABUSE:-$ROOT/target/debug/rwg-abuse}
+[[ $RWG_ABUSE == /* ]] || RWG_ABUSE=$PWD/$RWG_ABUSE
 E2E_TRANSFER_MB=${E2E_TRANSFER_MB:-50}
 E2E_XFER_TIMEOUT=${E2E_XFER_TIMEOUT:-120}
 E2E_SCENARIO_TIMEOUT=${E2E_SCENARIO_TIMEOUT:-300}
@@ -38,13 +44,13 @@ fi
 for d in "${CARGO_HOME:-$HOME/.cargo}/bin" /root/.cargo/bin; do
 	[[ -d $d && :$PATH: != *:$d:* ]] && PATH=$PATH:$d
 done
-export RWG E2E_TRANSFER_MB E2E_XFER_TIMEOUT PATH
+export RWG RWG_ABUSE E2E_TRANSFER_MB E2E_XFER_TIMEOUT PATH
 
 source "$HERE/lib.sh"
 source "$HERE/scenarios.sh"
 
 ALL_SCENARIOS=(ping transfer offload psk keepalive roaming show live keychange setconf peerremove mtu
-	keepaliveoff fwmark wgquick uapi hub proxy)
+	keepaliveoff fwmark wgquick uapi hub replay impaired proxy)
 DEFAULT_PAIRS="rwg:wireguard-go wireguard-go:rwg rwg:boringtun boringtun:rwg rwg:gotatun gotatun:rwg rwg:rwg wireguard-go:boringtun"
 
 usage() { sed -n '2,/^set -uo/{/^#/p}' "$0" | sed 's/^# \{0,1\}//'; }
@@ -79,7 +85,7 @@ if [[ $(id -u) != 0 ]]; then
 	echo "0 passed, 1 failed"
 	exit 1
 fi
-for tool in ip wg wg-quick ping socat tcpdump tc ss sha256sum timeout pgrep; do
+for tool in ip wg wg-quick ping socat tcpdump tc ss sha256sum timeout pgrep python3; do
 	command -v "$tool" >/dev/null || { echo "missing tool: $tool (run scripts/install-deps)" >&2; echo "0 passed, 1 failed"; exit 1; }
 done
 

@@ -967,3 +967,155 @@ sc_hub() {
 	log "spoofed packets: spoke 1 tx +$((tx1 - tx0)) bytes, none delivered by the hub (hub TUN rx +$((rx1 - rx0)) packets)"
 	must_ping "$s1" 192.168.241.3 "legitimate source still works"
 }
+
+# --- replay: an on-path replayer sends recorded datagrams again: nothing is delivered twice ---
+# Topology: setup_relayed in lib.sh (A <-> relay <-> B, no impairment). The relay records what
+# crosses it from the start: B's handshake initiation, A's response, transport datagrams both
+# ways (pings, their replies). Then, at once and again after a new handshake (B re-adds its peer,
+# as after a rekey), it replays the whole recording towards A and towards B, from its own
+# addresses ("same") and from others, 10.0.0.3 and 10.0.1.3 ("other", a replayer elsewhere).
+# Shown each time: no echo request reaches A's TUN twice and no echo reply reaches B's TUN twice
+# (counted on the TUNs, with a fresh ping as the barrier behind the replays), no handshake
+# response to a replayed initiation (the TAI64N check), nothing sent to the replayer's addresses,
+# no endpoint moves to them, and the replays did arrive (tcpdump on the veths).
+SCOPE_replay=side
+sc_replay() {
+	local ep_a ep_b st resp0 resp k=0 k2 reqs reps n_other_a n_other_b phase init_min=0
+	setup_relayed "$1" "$2"
+	capture_spawn reqa "$NS_A" "$IF_A" "icmp[icmptype] == icmp-echo and src host 192.168.241.2"
+	capture_spawn repb "$NS_B" "$IF_B" "icmp[icmptype] == icmp-echoreply and src host 192.168.241.1"
+	capture_spawn othera "$NS_A" va "udp and src host 10.0.0.3"
+	capture_spawn otherb "$NS_B" vb "udp and src host 10.0.1.3"
+	capture_listening reqa repb othera otherb
+	must_ping "$NS_B" 192.168.241.1 "through the relay"
+	must_ping "$NS_A" 192.168.241.2 "through the relay"
+	ep_b=$(peer_field "$NS_A" "$IF_A" "$(pub b)" 3)
+	ep_a=$(peer_field "$NS_B" "$IF_B" "$(pub a)" 3)
+	[[ $ep_b == 10.0.0.2:* ]] || fail "A sees B at '$ep_b', want the relay's 10.0.0.2"
+	[[ $ep_a == 10.0.1.1:51830 ]] || fail "B sees A at '$ep_a', want the relay's 10.0.1.1:51830"
+	for phase in "at once" "after a new handshake"; do
+		if [[ $phase == after* ]]; then
+			resp0=$(relay_stat "$(relay_ctl stats)" to_client_response_fwd)
+			renew_b
+			must_ping "$NS_B" 192.168.241.1 "B's new session"
+			resp=$(relay_stat "$(relay_ctl stats)" to_client_response_fwd)
+			((resp > resp0)) || fail "B re-added its peer but no new handshake response crossed the relay ($resp0 -> $resp)"
+			ep_b=$(peer_field "$NS_A" "$IF_A" "$(pub b)" 3)
+		fi
+		replay_barrier $((k += 1))
+		reqs=$(capture_count reqa) reps=$(capture_count repb)
+		n_other_a=$(capture_count othera) n_other_b=$(capture_count otherb)
+		st=$(relay_ctl stats)
+		resp0=$(relay_stat "$st" to_client_response_fwd)
+		log "$phase: $(relay_stat "$st" recorded) datagrams recorded; replaying them: $(relay_ctl replay same both), from elsewhere: $(relay_ctl replay other both)"
+		replay_barrier $((k += 1))
+		(($(capture_count othera) > n_other_a && $(capture_count otherb) > n_other_b)) ||
+			fail "$phase: the replays from elsewhere did not reach A's and B's veths"
+		(($(capture_count reqa) == reqs + 1)) ||
+			fail "$phase: $(($(capture_count reqa) - reqs - 1)) replayed echo requests delivered again on A's TUN ($1)"
+		(($(capture_count repb) == reps + 1)) ||
+			fail "$phase: $(($(capture_count repb) - reps - 1)) replayed echo replies delivered again on B's TUN ($2)"
+		st=$(relay_ctl stats)
+		# What was replayed: B's initiations (the first one twice at once; then both, twice, after
+		# the new handshake: 2 + 4) and the transport datagrams of both ways.
+		init_min=$((init_min == 0 ? 2 : 6))
+		(($(relay_stat "$st" to_upstream_initiation_replayed) >= init_min && $(relay_stat "$st" to_upstream_data_replayed) > 0 &&
+			$(relay_stat "$st" to_client_data_replayed) > 0)) ||
+			fail "$phase: the recording lacked an initiation or transport datagrams: $st"
+		resp=$(relay_stat "$st" to_client_response_fwd)
+		((resp == resp0)) || fail "$phase: A ($1) answered a replayed initiation ($((resp - resp0)) responses)"
+		for k2 in initiation response cookie data; do
+			(($(relay_stat "$st" "other_rx_to_client_$k2") == 0)) ||
+				fail "$phase: A ($1) sent $(relay_stat "$st" "other_rx_to_client_$k2") $k2 message(s) to the replayer"
+			(($(relay_stat "$st" "other_rx_to_upstream_$k2") == 0)) ||
+				fail "$phase: B ($2) sent $(relay_stat "$st" "other_rx_to_upstream_$k2") $k2 message(s) to the replayer"
+		done
+		[[ $(peer_field "$NS_A" "$IF_A" "$(pub b)" 3) == "$ep_b" ]] ||
+			fail "$phase: A ($1) moved B's endpoint to $(peer_field "$NS_A" "$IF_A" "$(pub b)" 3) (was $ep_b) after replays"
+		[[ $(peer_field "$NS_B" "$IF_B" "$(pub a)" 3) == "$ep_a" ]] ||
+			fail "$phase: B ($2) moved A's endpoint to $(peer_field "$NS_B" "$IF_B" "$(pub a)" 3) after replays"
+		log "$phase: replays reached both sides; nothing delivered twice, no response, no roaming"
+	done
+	must_ping "$NS_A" 192.168.241.2 "the session after the replays"
+}
+
+# replay_barrier K: one fresh ping B -> A (payload 300+K bytes, so it is told apart), awaited on
+# A's TUN and its reply on B's: everything sent through the relay before it has had its turn.
+replay_barrier() {
+	local size=$((300 + $1))
+	n "$NS_B" ping -n -q -c 1 -W 3 -s "$size" 192.168.241.1 >/dev/null || fail "barrier ping $1 from B not answered"
+	wait_until 5 grep -q "length $((size + 8))" "$SCDIR/reqa.cap" || fail "barrier ping $1 not seen on A's TUN"
+	wait_until 5 grep -q "length $((size + 8))" "$SCDIR/repb.cap" || fail "barrier reply $1 not seen on B's TUN"
+}
+
+# --- impaired: a path that loses 3 %, duplicates 1 % and reorders 20 % of datagrams, both ways ---
+# Topology: setup_relayed in lib.sh; B has a 1 s persistent keepalive. The relay forwards cleanly
+# until a first ping, then impairs. Shown: E2E_IMPAIR_MB (default 4) over TCP each way at the same
+# time, sha256 intact; 2000 numbered UDP datagrams each way at the same time, none delivered twice
+# (the path duplicated some; udpseq.py) and at least 90 % delivered; the relay's counters show
+# data lost, duplicated and reordered in both directions; B's keepalives cross; a new handshake
+# (B re-adds its peer) completes through the impaired path and carries traffic.
+SCOPE_impaired=side
+sc_impaired() {
+	local f st0 st1 d what dir got dups ka0 resp0 resp1
+	B_KEEPALIVE=1 setup_relayed "$1" "$2"
+	must_ping "$NS_B" 192.168.241.1 "through the clean relay"
+	relay_ctl impair 0.03 0.01 0.2 >/dev/null || fail "the relay refused to impair"
+	st0=$(relay_ctl stats)
+	f=$(payload "${E2E_IMPAIR_MB:-4}")
+	start_transfer "$NS_A" "$NS_B" 192.168.241.2 5011 "$f" impab
+	start_transfer "$NS_B" "$NS_A" fd00::1 5012 "$f" impba
+	finish_transfer impab
+	finish_transfer impba
+	# Numbered datagrams both ways at once.
+	local rxa rxb txb
+	ip netns exec "$NS_A" timeout 90 python3 "$HERE/udpseq.py" recv 192.168.241.1 6001 "$SCDIR/seq-b2a.txt" &
+	rxa=$!
+	ip netns exec "$NS_B" timeout 90 python3 "$HERE/udpseq.py" recv 192.168.241.2 6002 "$SCDIR/seq-a2b.txt" &
+	rxb=$!
+	E2E_PIDS+=("$rxa" "$rxb")
+	wait_until 5 bash -c "ip netns exec $NS_A ss -Hlun 'sport = :6001' | grep -q . && ip netns exec $NS_B ss -Hlun 'sport = :6002' | grep -q ." ||
+		fail "the UDP receivers did not bind"
+	ip netns exec "$NS_B" timeout 60 python3 "$HERE/udpseq.py" send 192.168.241.1 6001 2000 &
+	txb=$!
+	E2E_PIDS+=("$txb")
+	n "$NS_A" timeout 60 python3 "$HERE/udpseq.py" send 192.168.241.2 6002 2000 || fail "UDP sender in A failed"
+	wait "$txb" || fail "UDP sender in B failed"
+	wait "$rxa" || fail "UDP receiver in A failed (no end marker within 90 s?)"
+	wait "$rxb" || fail "UDP receiver in B failed (no end marker within 90 s?)"
+	for dir in b2a a2b; do
+		got=$(sort -un "$SCDIR/seq-$dir.txt" | grep -c . || true)
+		dups=$(sort -n "$SCDIR/seq-$dir.txt" | uniq -d | grep -c . || true)
+		((dups == 0)) || fail "UDP $dir: $dups datagram(s) delivered twice, e.g. seq $(sort -n "$SCDIR/seq-$dir.txt" | uniq -d | head -n 1) (A $1, B $2)"
+		((got >= 1800)) || fail "UDP $dir: only $got of 2000 datagrams delivered (the path loses 3 %)"
+		log "UDP $dir: $got of 2000 delivered, none twice"
+	done
+	st1=$(relay_ctl stats)
+	for d in to_upstream to_client; do
+		for what in lost dup reord; do
+			(($(relay_stat "$st1" "${d}_data_$what") > $(relay_stat "$st0" "${d}_data_$what"))) ||
+				fail "the relay did not impair ($what) any data $d: the test proved nothing"
+		done
+		log "relay $d: data forwarded $(($(relay_stat "$st1" "${d}_data_fwd") - $(relay_stat "$st0" "${d}_data_fwd"))), lost $(($(relay_stat "$st1" "${d}_data_lost") - $(relay_stat "$st0" "${d}_data_lost"))), duplicated $(($(relay_stat "$st1" "${d}_data_dup") - $(relay_stat "$st0" "${d}_data_dup"))), reordered $(($(relay_stat "$st1" "${d}_data_reord") - $(relay_stat "$st0" "${d}_data_reord")))"
+	done
+	# Keepalives keep crossing the impaired path (B, 1 s, now idle).
+	ka0=$(relay_stat "$st1" to_upstream_keepalives)
+	wait_until 15 relay_at_least to_upstream_keepalives $((ka0 + 3)) ||
+		fail "fewer than 3 keepalives from B ($2) crossed the relay in 15 s"
+	# A new handshake through the impaired path.
+	resp0=$(relay_stat "$(relay_ctl stats)" to_client_response_fwd)
+	renew_b
+	wait_ping "$NS_B" 192.168.241.1 30 || fail "no new session through the impaired path within 30 s"
+	resp1=$(relay_stat "$(relay_ctl stats)" to_client_response_fwd)
+	((resp1 > resp0)) || fail "traffic flows but no new handshake response crossed the relay"
+	log "new handshake through the impaired path: $((resp1 - resp0)) response(s) forwarded"
+	f=$(payload 1)
+	transfer "$NS_B" "$NS_A" 192.168.241.1 5013 "$f" impnew
+}
+
+# relay_at_least KEY N: is the relay's counter KEY at least N? (for wait_until)
+relay_at_least() {
+	local st
+	st=$(relay_ctl stats) || return 1
+	(($(relay_stat "$st" "$1") >= $2))
+}
