@@ -13,6 +13,7 @@ use crate::pipeline::DataPlaneConfig;
 use crate::process::TerminationSignals;
 use crate::tun::Tun;
 use crate::uapi::{UapiDevice, UapiListener};
+use rwg_driver::reresolve::NameSource;
 
 /// A TUN device and a configuration socket, ready to serve.
 #[derive(Debug)]
@@ -21,6 +22,24 @@ pub struct Daemon {
     uapi: UapiListener,
     data_plane: DataPlaneConfig,
     metrics: Option<std::net::SocketAddr>,
+    reresolve: Option<Reresolve>,
+}
+
+/// Where the daemon finds the host names of endpoints to resolve again when a peer goes silent
+/// ([`rwg_driver::reresolve`]), and how often it looks.
+pub struct Reresolve {
+    /// Lists the peers whose endpoint is a name (called every round: re-read a file here).
+    pub names: NameSource,
+    /// How often silent peers are looked at.
+    pub every: std::time::Duration,
+}
+
+impl std::fmt::Debug for Reresolve {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reresolve")
+            .field("every", &self.every)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Daemon {
@@ -31,7 +50,14 @@ impl Daemon {
             uapi,
             data_plane: DataPlaneConfig::default(),
             metrics: None,
+            reresolve: None,
         }
+    }
+
+    /// Resolves endpoint host names again when their peer goes silent, while running.
+    pub fn with_reresolve(mut self, reresolve: Option<Reresolve>) -> Daemon {
+        self.reresolve = reresolve;
+        self
     }
 
     /// Serves Prometheus metrics (and nothing else) on `addr` while running.
@@ -59,7 +85,7 @@ impl Daemon {
     /// `signals` must have been blocked before any thread was created.
     ///
     pub fn run(
-        self,
+        mut self,
         signals: Option<TerminationSignals>,
         on_serving: impl FnOnce(),
     ) -> Result<Shutdown, StartError> {
@@ -84,6 +110,12 @@ impl Daemon {
                 }
             }
         };
+        if let Some(Reresolve { names, every }) = self.reresolve.take() {
+            if let Err(e) = driver.spawn_reresolver(names, every) {
+                self.uapi.remove_socket_file();
+                return Err(StartError(format!("cannot start the re-resolver: {e}")));
+            }
+        }
         let config = DriverConfig(Arc::clone(&driver));
         self.run_with(
             config,

@@ -285,6 +285,35 @@ impl Driver {
         )
     }
 
+    /// Resolves the endpoint host names `names` lists again whenever their peer goes silent
+    /// (see [`rwg_driver::reresolve`]), on a thread of its own (resolving blocks), every
+    /// `every`, until the driver stops.
+    pub fn spawn_reresolver(
+        self: &Arc<Self>,
+        names: impl FnMut() -> Result<Vec<rwg_driver::reresolve::NamedEndpoint>, String>
+            + Send
+            + 'static,
+        every: Duration,
+    ) -> io::Result<()> {
+        let me = Arc::downgrade(self);
+        let usable = move |a: &std::net::SocketAddr| {
+            me.upgrade().is_some_and(|d| {
+                let sockets = d.sockets();
+                if a.is_ipv4() {
+                    sockets.v4().is_some()
+                } else {
+                    sockets.v6().is_some()
+                }
+            })
+        };
+        let r = rwg_driver::reresolve::Reresolver::new(self.core_arc(), self.clock, names, usable);
+        let me = Arc::clone(self);
+        std::thread::Builder::new()
+            .name("reresolve".into())
+            .spawn(move || r.run_blocking(every, || me.stopping()))
+            .map(|_| ())
+    }
+
     fn spawn_udp_readers(self: &Arc<Self>) -> io::Result<()> {
         let Some(tun) = self.tun.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
             return Ok(()); // not started yet: `start` spawns them

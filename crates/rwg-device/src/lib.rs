@@ -22,5 +22,5 @@ pub mod udp;
 #[allow(unsafe_code)]
 mod sys;
 
-pub use daemon::Daemon;
+pub use daemon::{Daemon, Reresolve};
 pub use lifecycle::{Shutdown, ShutdownHandle, StartError};

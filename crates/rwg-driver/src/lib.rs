@@ -43,6 +43,7 @@
 mod clock;
 mod control;
 pub mod metrics;
+pub mod reresolve;
 mod wakeup;
 
 pub use clock::{Clock, ManualTime, SystemClock, TimeSource};

@@ -42,6 +42,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use rwg_config::{Config, Endpoint};
+use rwg_driver::reresolve::{choose, Choice};
 use rwg_driver::{short_key, Clock, Driver, Transmitter};
 use rwg_proto::crypto::PublicKey;
 use rwg_proto::device::{Event, Received, Sent, Transmit, DEFAULT_MTU, HEADROOM, TAILROOM};
@@ -406,18 +407,15 @@ impl Glue {
         let addresses = self.resolver.resolve(host, *port).await?;
         let current = self.device.peer(peer).and_then(|p| p.endpoint);
         // Only an address the socket can send to; the current one if the name still has it.
-        let usable: Vec<SocketAddr> = addresses
-            .into_iter()
-            .filter(|a| a.is_ipv4() == local.is_ipv4())
-            .collect();
-        if current.is_some_and(|c| usable.contains(&c)) {
-            return Ok(None);
-        }
-        let Some(new) = usable.first().copied() else {
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("{host} has no address of the UDP socket's family"),
-            ));
+        let new = match choose(&addresses, current, |a| a.is_ipv4() == local.is_ipv4()) {
+            Choice::Keep => return Ok(None),
+            Choice::Move(new) => new,
+            Choice::NoUsableAddress => {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("{host} has no address of the UDP socket's family"),
+                ))
+            }
         };
         let err =
             |e: rwg_proto::device::ConfigError| invalid(format!("peer {}: {e}", short_key(peer)));

@@ -50,6 +50,16 @@ pub(crate) const ENVIRONMENT: &[(&str, &str)] = &[
         "RWG_METRICS=IP:PORT",
         "Same as --metrics IP:PORT (the option wins when both are given).",
     ),
+    (
+        "RWG_RERESOLVE=FILE|off",
+        "Resolve the Endpoint host names of FILE (a wg-quick configuration) again when their \
+         peer has had no handshake for 135 s, as reresolve-dns.sh does; re-read every round. \
+         Default: /etc/wireguard/INTERFACE-NAME.conf if it exists.",
+    ),
+    (
+        "RWG_RERESOLVE_INTERVAL=SECONDS",
+        "How often silent peers are looked at for RWG_RERESOLVE (1 to 86400; default 30).",
+    ),
 ];
 
 const ABOUT: &str =

@@ -107,6 +107,15 @@ fn run_foreground(iface: &str, metrics: Option<SocketAddr>) -> ExitCode {
             return fail(&e);
         }
     };
+    // Checked before anything is created, which a failure would leave behind. A TUN adopted
+    // from WG_TUN_FD is named by the caller's IFACE too.
+    let reresolve = match crate::reresolve::from_env(iface) {
+        Ok(r) => r,
+        Err(e) => {
+            report(&e);
+            return fail(&e);
+        }
+    };
     let (tun, uapi) = match open_resources(iface, &config) {
         Ok(r) => r,
         Err(e) => {
@@ -116,7 +125,8 @@ fn run_foreground(iface: &str, metrics: Option<SocketAddr>) -> ExitCode {
     };
     let daemon = Daemon::new(tun, uapi)
         .with_data_plane(config)
-        .with_metrics(metrics);
+        .with_metrics(metrics)
+        .with_reresolve(reresolve);
     tracing::info!(interface = daemon.interface_name(), "starting");
     let mut served = false;
     let result = daemon.run(signals, || {
@@ -147,6 +157,9 @@ fn daemonize(iface: &str) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(&e),
     };
+    if let Err(e) = crate::reresolve::from_env(iface) {
+        return fail(&e);
+    }
     let (tun, uapi) = match open_resources(iface, &config) {
         Ok(r) => r,
         Err(e) => return fail(&e),

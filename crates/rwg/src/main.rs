@@ -12,6 +12,8 @@ mod daemon;
 mod demo;
 mod keys;
 mod proxy;
+#[cfg(target_os = "linux")]
+mod reresolve;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;

@@ -170,6 +170,13 @@ fn pubkey_with(program: &str, private: &str) -> String {
 fn foreground_configured_by_wg_and_stopped_by_sigterm() {
     require_root_and_tools();
     let ns = Netns::new("fg");
+    // A route towards the peer's (unreachable, documentation-range) endpoint, so that the
+    // socket accepts the handshake initiation: tx_bytes counts only what the socket took.
+    assert!(ns.run("ip", &["link", "set", "lo", "up"]).status.success());
+    assert!(ns
+        .run("ip", &["route", "add", "192.0.2.0/24", "dev", "lo"])
+        .status
+        .success());
     let name = iface("f");
     let mut daemon = KillOnDrop(ns.cmd(RWG).args(["-f", &name]).spawn().expect("spawn rwg"));
     let daemon = &mut daemon.0;
@@ -209,7 +216,12 @@ fn foreground_configured_by_wg_and_stopped_by_sigterm() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let dump = text(&ns.run("wg", &["show", &name, "dump"]));
+    // The initiation leaves from the data path, not from inside `wg set`: wait for it.
+    let mut dump = String::new();
+    wait_for("the handshake initiation to be counted as sent", || {
+        dump = text(&ns.run("wg", &["show", &name, "dump"]));
+        dump.lines().nth(1).and_then(|l| l.split('\t').nth(6)) != Some("0")
+    });
     let lines: Vec<Vec<&str>> = dump.lines().map(|l| l.split('\t').collect()).collect();
     assert_eq!(lines.len(), 2, "{dump}");
     assert_eq!(
@@ -388,4 +400,101 @@ fn metrics_from_the_option_or_the_environment() {
     assert!(body.lines().any(|l| l == "rwg_peers 0"), "{body}");
     assert!(ns.run("ip", &["link", "del", &name]).status.success());
     wait_for("socket removal", || !sock(&name).exists());
+}
+
+/// Endpoint host names are resolved again when their peer is silent (RWG_RERESOLVE): the
+/// peer's name moves to another address in the namespace's hosts file (`ip netns exec` mounts
+/// /etc/netns/NAME/hosts over /etc/hosts), and the daemon follows it without `wg set`.
+#[test]
+#[ignore = "needs root, /dev/net/tun, ip, ss and wg: run with cargo test -- --ignored as root"]
+fn silent_peers_names_are_resolved_again() {
+    require_root_and_tools();
+    let ns = Netns::new("rr");
+    let etc = PathBuf::from(format!("/etc/netns/{}", ns.0));
+    struct RemoveDir(PathBuf);
+    impl Drop for RemoveDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    std::fs::create_dir_all(&etc).expect("mkdir /etc/netns/NAME");
+    let _etc = RemoveDir(etc.clone());
+    let hosts = etc.join("hosts");
+    let host = "peer-rr.rwg.test";
+    // Written in place (same inode): the bind mount sees the new text.
+    std::fs::write(&hosts, format!("127.0.0.2 {host}\n")).expect("hosts");
+    let dir = std::env::temp_dir().join(format!("rwg-rr-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp");
+    let _dir = RemoveDir(dir.clone());
+    let (private, _) = key_pair();
+    let (_, peer) = key_pair();
+    let conf = dir.join("wg-rr.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[Interface]\nPrivateKey = {private}\nAddress = 10.9.0.1/24\n\n\
+             [Peer]\nPublicKey = {peer}\nEndpoint = {host}:51999\nAllowedIPs = 10.9.0.2/32\n"
+        ),
+    )
+    .expect("conf");
+    let name = iface("r");
+    assert!(ns.run("ip", &["link", "set", "lo", "up"]).status.success());
+
+    // A file that is not there is refused before anything is created.
+    let bad = ns
+        .cmd(RWG)
+        .args(["-f", &name])
+        .env("RWG_RERESOLVE", dir.join("missing.conf"))
+        .output()
+        .expect("spawn rwg");
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("RWG_RERESOLVE=") && err.contains("no such file"),
+        "{err}"
+    );
+    assert!(!ns.run("ip", &["link", "show", &name]).status.success());
+
+    let mut daemon = KillOnDrop(
+        ns.cmd(RWG)
+            .args(["-f", &name])
+            .env("RWG_RERESOLVE", &conf)
+            .env("RWG_RERESOLVE_INTERVAL", "1")
+            .spawn()
+            .expect("spawn rwg"),
+    );
+    wait_for_socket(&name, &mut daemon.0);
+    // wg resolves the name once, through the namespace's hosts file.
+    let keyfile = dir.join("key");
+    std::fs::write(&keyfile, format!("{private}\n")).expect("key");
+    let out = ns.run(
+        "wg",
+        &[
+            "set",
+            &name,
+            "private-key",
+            keyfile.to_str().expect("utf8"),
+            "peer",
+            &peer,
+            "endpoint",
+            &format!("{host}:51999"),
+            "allowed-ips",
+            "10.9.0.2/32",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let endpoint = || text(&ns.run("wg", &["show", &name, "endpoints"]));
+    assert!(endpoint().contains("127.0.0.2:51999"), "{}", endpoint());
+    // The name moves; nobody tells the daemon. The peer never answered, so it is silent.
+    std::fs::write(&hosts, format!("127.0.0.3 {host}\n")).expect("hosts");
+    wait_for("the endpoint to follow the name", || {
+        endpoint().contains("127.0.0.3:51999")
+    });
+    // And it tried the new address at once: an initiation is counted as sent.
+    let dump = text(&ns.run("wg", &["show", &name, "transfer"]));
+    assert!(!dump.trim().ends_with("\t0"), "{dump}");
 }
