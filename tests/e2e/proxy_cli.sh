@@ -117,8 +117,15 @@ check_broken() {
 		grep -q "^$f:11: invalid AllowedIPs" "$WORK/check-broken.out"
 }
 check "--check lists every problem as file:line: problem and exits 1" check_broken
-nothing_listens() { ! (exec 3<>"/dev/tcp/127.0.0.1/$P_CHECK") 2>/dev/null; }
-check "--check started nothing" nothing_listens
+printf '[Interface]\nPrivateKey = %s\nAddress = 10.66.0.2/32\n\n[Peer]\nPublicKey = %s\nAllowedIPs = 10.66.0.0/24\n' \
+	"$(key proxy)" "$(pub peer)" >"$WORK/good.conf"
+check_good() { # a proxy that started would serve --http until timeout kills it (status 124)
+	local out rc=0
+	out=$(timeout 10 "$RWG" proxy --config "$WORK/good.conf" --check --http "127.0.0.1:$P_CHECK") || rc=$?
+	echo "status $rc: $out"
+	((rc == 0)) && [[ $out == "$WORK/good.conf: ok (1 peer)" ]]
+}
+check "--check on a valid file: exit 0, starts nothing" check_good
 printf '[Interface]\nPrivateKey = %s\n\n[Peer]\nPublicKey = %s\nAllowedIPs = 10.66.0.0/24\n' \
 	"$(key proxy)" "$(pub peer)" >"$WORK/noaddr.conf"
 check_noaddr() {
@@ -247,8 +254,9 @@ ready() { [[ $(readyz) == 200 ]]; }
 check "/readyz is 200 after the handshake" wait_for 10 ready
 
 # Bad input while a download runs through the same proxy: each gets its status, the download
-# stays intact.
-curl "${HTTP[@]}" -o "$WORK/big.http" http://10.66.0.1:8000/big.bin >"$WORK/big.log" 2>&1 &
+# stays intact. The download is held to 2 MB/s (at least 4 s), so that it is still running when
+# the bad input has been sent (checked).
+curl "${HTTP[@]}" --limit-rate 2M -o "$WORK/big.http" http://10.66.0.1:8000/big.bin >"$WORK/big.log" 2>&1 &
 BIG=$!
 AUTH="Proxy-Authorization: Basic YWxpY2U6czNjcmV0"
 raw_status() { # raw_status WANT FILE: send FILE's bytes to the HTTP proxy; the status is WANT
@@ -271,7 +279,11 @@ abandon() { # clients that hang up in the middle of their request head
 	page_is "$PAGE" "${HTTP[@]}" http://10.66.0.1:8000/index.html
 }
 check "clients gone in the middle of their request: the next one is served" abandon
-big_intact() { wait "$BIG" && [[ $(sha256sum <"$WORK/big.http" | cut -d' ' -f1) == "$BIG_SUM" ]]; }
+kill -0 "$BIG" 2>/dev/null && BIG_RUNNING=1 || BIG_RUNNING=0
+big_intact() {
+	((BIG_RUNNING)) || { echo "the download had ended before the bad input was sent"; return 1; }
+	wait "$BIG" && [[ $(sha256sum <"$WORK/big.http" | cut -d' ' -f1) == "$BIG_SUM" ]]
+}
 check "download through the HTTP proxy intact meanwhile" big_intact
 
 # --- connection cap and idle timeout ----------------------------------------------------------
@@ -306,6 +318,7 @@ for s in conns:
 print("closed", flush=True)
 EOF
 coproc HOLD { exec python3 "$WORK/hold.py" "$P_HTTP" 3 "$AUTH" 2>&1; }
+hold_pid=$HOLD_PID # bash unsets HOLD_PID once the coprocess has ended
 read -r -t 30 line <&"${HOLD[0]}" || line="no answer"
 if [[ $line == open ]]; then
 	pass "three CONNECT tunnels open (--max-connections 3)"
@@ -318,7 +331,7 @@ if [[ $line == open ]]; then
 else
 	failc "three CONNECT tunnels open: $line $(cat <&"${HOLD[0]}")"
 fi
-wait "$HOLD_PID" 2>/dev/null
+wait "$hold_pid" 2>/dev/null
 
 # --- health: metrics ----------------------------------------------------------------------------
 metrics >"$WORK/metrics.txt"
