@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end tests of `rwg proxy`'s HTTP proxy, stdio tunnel, health endpoint, connection cap,
-# idle timeout and --check, against a real WireGuard peer (wireguard-go on a TUN device).
+# idle timeout, endpoint re-resolution and --check, against a real WireGuard peer (wireguard-go
+# on a TUN device).
 #
 #   root namespace                                  namespace rwgc-<pid>
 #   rwg proxy --config wg.conf                      wireguard-go wgc<pid>  10.66.0.1/24
@@ -9,8 +10,10 @@
 #     --max-connections 3 --idle-timeout 3
 #     UDP 10.218.N.1  <-------------------------->  10.218.N.2:51820
 #   ssh -o ProxyCommand='rwg proxy --config stdio.conf --stdio %h:%p' root@10.66.0.1
+#   rwg proxy --config mover.conf (Endpoint = moving.test, its own /etc/hosts through a mount
+#     namespace): the peer's second address 10.219.N.2 goes away, the name moves to 10.218.N.2
 #
-# Needs root, /dev/net/tun, wireguard-go, wg, curl, socat, python3, ssh, sshd.
+# Needs root, /dev/net/tun, wireguard-go, wg, curl, socat, python3, ssh, sshd, unshare.
 # Usage: tests/e2e/proxy_cli.sh        (RWG=path/to/rwg, default target/release/rwg)
 # Output: PASS/FAIL per check, then exactly "N passed, N failed". Exit status 1 on failure.
 set -uo pipefail
@@ -72,7 +75,7 @@ wait_for() { # wait_for SECONDS COMMAND...: poll until the command succeeds
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 SSHD=$(command -v sshd || echo /usr/sbin/sshd)
 
-for tool in wireguard-go wg curl python3 ssh ssh-keygen socat ip sha256sum; do
+for tool in wireguard-go wg curl python3 ssh ssh-keygen socat ip sha256sum unshare; do
 	command -v "$tool" >/dev/null || abort "$tool is not installed"
 done
 [[ -x $SSHD ]] || abort "sshd is not installed (Debian: openssh-server)"
@@ -82,7 +85,7 @@ log "scratch $WORK, namespace $NS, rwg $RWG"
 
 # --- --check: no network needed ---------------------------------------------------------------
 umask 077
-for k in peer proxy stdio; do
+for k in peer proxy stdio mover; do
 	wg genkey >"$WORK/$k.key"
 	wg pubkey <"$WORK/$k.key" >"$WORK/$k.pub"
 done
@@ -148,7 +151,8 @@ ip netns exec "$NS" env WG_PROCESS_FOREGROUND=1 wireguard-go "$WGIF" >"$WORK/wir
 PIDS+=($!)
 wait_for 10 test -S "/var/run/wireguard/$WGIF.sock" || abort "wireguard-go did not start"
 ip netns exec "$NS" timeout -k 2 10 wg set "$WGIF" private-key "$WORK/peer.key" listen-port 51820 \
-	peer "$(pub proxy)" allowed-ips 10.66.0.2/32 peer "$(pub stdio)" allowed-ips 10.66.0.5/32 ||
+	peer "$(pub proxy)" allowed-ips 10.66.0.2/32 peer "$(pub stdio)" allowed-ips 10.66.0.5/32 \
+	peer "$(pub mover)" allowed-ips 10.66.0.6/32 ||
 	abort "wg set"
 ip -n "$NS" addr add 10.66.0.1/24 dev "$WGIF"
 ip -n "$NS" link set "$WGIF" mtu 1420 up
@@ -375,6 +379,32 @@ stdio_refused() {
 	((rc == 1)) && grep -q "cannot connect to 10.66.0.1:1" "$WORK/refused.out"
 }
 check "--stdio to a closed port: exit 1 with the reason" stdio_refused
+
+# --- endpoint re-resolution: the peer's name moves to another address ---------------------------
+# This proxy reads its own hosts file (bound over /etc/hosts in a private mount namespace, and
+# rewritten in place so that the mount keeps showing it). The peer answers at NET2.2 first; then
+# that address goes away and the name points at NET.2. The peer never sends first, so only a new
+# resolution finds it.
+NET2=10.219.$((ID % 250))
+ip addr add "$NET2.1/30" dev "$VETH"
+ip -n "$NS" addr add "$NET2.2/30" dev eth0
+printf '127.0.0.1 localhost\n%s moving.test\n' "$NET2.2" >"$WORK/hosts"
+printf '[Interface]\nPrivateKey = %s\nAddress = 10.66.0.6/32\n\n[Peer]\nPublicKey = %s\nEndpoint = moving.test:51820\nAllowedIPs = 10.66.0.0/24\nPersistentKeepalive = 1\n' \
+	"$(key mover)" "$(pub peer)" >"$WORK/mover.conf"
+P_MOVER=$(free_port)
+# shellcheck disable=SC2016 # expanded by the inner shell
+unshare -m sh -c 'mount --bind "$1" /etc/hosts && exec "$2" proxy --config "$3" --http "127.0.0.1:$4" --reresolve-after 3' \
+	sh "$WORK/hosts" "$RWG" "$WORK/mover.conf" "$P_MOVER" >"$WORK/mover.log" 2>&1 &
+PIDS+=($!)
+if wait_for 15 grep -q ready "$WORK/mover.log"; then
+	MOVER=(-x "http://127.0.0.1:$P_MOVER" --max-time 5 -sS)
+	check "--reresolve-after: reaches the peer by its name" wait_for 20 page_is "$PAGE" "${MOVER[@]}" http://10.66.0.1:8000/index.html
+	ip -n "$NS" addr del "$NET2.2/30" dev eth0
+	printf '127.0.0.1 localhost\n%s moving.test\n' "$NET.2" >"$WORK/hosts"
+	check "--reresolve-after: reaches the peer again after its name moved" wait_for 40 page_is "$PAGE" "${MOVER[@]}" http://10.66.0.1:8000/index.html
+else
+	failc "the proxy with Endpoint = moving.test did not start: $(tail -n 3 "$WORK/mover.log")"
+fi
 
 check "the proxy is still alive" kill -0 "$PROXY_PID"
 echo "$passed passed, $failed failed"

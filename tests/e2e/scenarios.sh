@@ -889,7 +889,8 @@ sc_proxy() {
 }
 
 # --- proxycli: `rwg proxy`'s HTTP proxy, --stdio with ssh/sshd, --health, connection cap, idle
-# timeout and --check against a wireguard-go peer (tests/e2e/proxy_cli.sh; one result here).
+# timeout, endpoint re-resolution and --check against a wireguard-go peer
+# (tests/e2e/proxy_cli.sh, about 20 s; one result here).
 SCOPE_proxycli=rwg
 sc_proxycli() {
 	local pid rc=0

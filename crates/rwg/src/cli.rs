@@ -243,8 +243,8 @@ stack, without a TUN device or root, and offers SOCKS5, an HTTP proxy, port forw
 connection on standard input and output into it. At least one of --socks5, --http, --forward, \
 --reverse, --stdio is needed; --forward and --reverse may repeat; --stdio goes alone. Addresses \
 are IPv4:PORT or [IPv6]:PORT. Several [Peer] sections are routed by their AllowedIPs. Endpoint \
-host names are resolved again when a peer has had no handshake for 135 s, as reresolve-dns.sh \
-does. A bad configuration file is reported as file:line: problem; --check reports every problem \
+host names are resolved again when a peer has had no handshake for 135 s (--reresolve-after), as \
+reresolve-dns.sh does. A bad configuration file is reported as file:line: problem; --check reports every problem \
 of the file that way and starts nothing. Logging goes to standard error (LOG_LEVEL, default \
 info; error with --stdio).
 
@@ -326,6 +326,13 @@ pub(crate) struct ProxyArgs {
     /// 503, SOCKS5 failure, forwards closed)
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub(crate) max_connections: Option<u64>,
+
+    /// Resolve Endpoint host names again when their peer has had no handshake for SECS
+    /// seconds, and move the endpoint if the name moved, as reresolve-dns.sh does (0: only at
+    /// the start)
+    #[arg(long, value_name = "SECS", default_value_t = 135,
+          value_parser = clap::value_parser!(u64).range(0..=86400))]
+    pub(crate) reresolve_after: u64,
 
     /// Close a connection after SECS seconds in which no byte moved either way (0: never)
     #[arg(long, value_name = "SECS", default_value_t = 600,

@@ -18,7 +18,7 @@ use rwg_netstack::http::{HttpProxy, HttpProxyConfig};
 use rwg_netstack::metrics::{render_stack, ProxyMetrics, Readiness, Service};
 use rwg_netstack::relay::ConnectionLimit;
 use rwg_netstack::socks5::{Socks5Config, Socks5Server};
-use rwg_netstack::Tunnel;
+use rwg_netstack::{Reresolve, Tunnel, TunnelOptions};
 
 use crate::cli::ProxyArgs;
 
@@ -139,8 +139,20 @@ impl Resolver for NoDns {
 type Task = Pin<Box<dyn Future<Output = String> + Send>>;
 
 async fn serve(config: rwg_config::Config, args: ProxyArgs) -> Result<(), String> {
-    // Endpoint host names are resolved again when their peer goes silent (the default).
-    let (stack, tunnel) = Tunnel::start(&config)
+    // Endpoint host names are resolved again when their peer has been silent that long,
+    // looked at every quarter of it (between 1 and 30 s).
+    let reresolve = (args.reresolve_after > 0).then(|| {
+        let after_silence = Duration::from_secs(args.reresolve_after);
+        Reresolve {
+            after_silence,
+            check_every: (after_silence / 4).clamp(Duration::from_secs(1), Duration::from_secs(30)),
+        }
+    });
+    let options = TunnelOptions {
+        reresolve,
+        ..TunnelOptions::default()
+    };
+    let (stack, tunnel) = Tunnel::start_with(&config, options)
         .await
         .map_err(|e| format!("cannot start the tunnel: {e}"))?;
     tracing::info!(

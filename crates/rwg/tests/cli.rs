@@ -102,6 +102,7 @@ fn help_lists_the_daemon_syntax_subcommands_and_environment() {
         "--health",
         "--max-connections",
         "--idle-timeout",
+        "--reresolve-after",
         "--check",
     ] {
         assert!(proxy.contains(flag), "{flag} in {proxy}");
