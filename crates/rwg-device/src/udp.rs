@@ -336,11 +336,12 @@ impl UdpSockets {
                 let chunk = &msgs[j..end];
                 match sys::udp::send_mmsg(sock, chunk, parts, scratch) {
                     Ok(n) if n > 0 => {
-                        for m in &chunk[..n] {
-                            sent_bytes += parts[m.parts.clone()]
-                                .iter()
-                                .map(|p| p.len() as u64)
-                                .sum::<u64>();
+                        for (k, m) in chunk[..n].iter().enumerate() {
+                            let bytes: usize = parts[m.parts.clone()].iter().map(|p| p.len()).sum();
+                            sent_bytes += bytes as u64;
+                            if let Some(s) = sent.get_mut(j + k) {
+                                *s = bytes;
+                            }
                         }
                         j += n;
                     }
@@ -517,6 +518,49 @@ mod tests {
         s.send_batch(&[(b"back", meta[0].from)]).expect("send back");
         let (len, _) = peer.recv_from(&mut buf).expect("recv back");
         assert_eq!(&buf[..len], b"back");
+    }
+
+    /// `sent[i]` is what the kernel took of message `i`: the whole message when it went out
+    /// (alone or as a GSO run), nothing when it was refused. Drivers take the difference off
+    /// the peer's tx_bytes, so a success counted as zero would zero the counter.
+    #[test]
+    fn send_msgs_reports_what_each_message_delivered() {
+        let s = UdpSockets::bind(0).expect("bind");
+        let peer = UdpSocket::bind("127.0.0.1:0").expect("peer");
+        let to = peer.local_addr().expect("addr");
+        // Port 0 is refused by the kernel (EINVAL) without touching the other messages.
+        let nowhere = SocketAddr::from(([127, 0, 0, 1], 0));
+        let parts: [&[u8]; 5] = [b"hello", b"x", b"abcd", b"efgh", b"ij"];
+        let msgs = [
+            OutMsg {
+                to,
+                parts: 0..1,
+                segment: 0,
+            },
+            OutMsg {
+                to: nowhere,
+                parts: 1..2,
+                segment: 0,
+            },
+            // A GSO run of two 4-byte segments and a shorter last one.
+            OutMsg {
+                to,
+                parts: 2..5,
+                segment: 4,
+            },
+        ];
+        let mut scratch = Scratch::new(8);
+        let mut sent = [usize::MAX; 3];
+        let total = s.send_msgs(&msgs, &parts, &mut scratch, &mut sent);
+        assert_eq!(sent, [5, 0, 10]);
+        assert_eq!(total, 15);
+        let mut got = Vec::new();
+        let mut buf = [0u8; 64];
+        for _ in 0..4 {
+            let (len, _) = peer.recv_from(&mut buf).expect("recv");
+            got.push(buf[..len].to_vec());
+        }
+        assert_eq!(got, [&b"hello"[..], b"abcd", b"efgh", b"ij"]);
     }
 
     #[test]
