@@ -888,6 +888,21 @@ sc_proxy() {
 	log "proxy.sh: $(tail -n 1 "$SCDIR/proxy.log")"
 }
 
+# --- proxycli: `rwg proxy`'s HTTP proxy, --stdio with ssh/sshd, --health, connection cap, idle
+# timeout, endpoint re-resolution and --check against a wireguard-go peer
+# (tests/e2e/proxy_cli.sh, about 20 s; one result here).
+SCOPE_proxycli=rwg
+sc_proxycli() {
+	local pid rc=0
+	RWG=$RWG timeout 200 "$HERE/proxy_cli.sh" >"$SCDIR/proxy_cli.log" 2>&1 &
+	pid=$!
+	E2E_PIDS+=("$pid")
+	wait "$pid" || rc=$?
+	grep -E '^(PASS|FAIL)|scratch directory' "$SCDIR/proxy_cli.log" || true
+	((rc == 0)) || fail "tests/e2e/proxy_cli.sh exited $rc ($(tail -n 1 "$SCDIR/proxy_cli.log")): $(grep '^FAIL' "$SCDIR/proxy_cli.log" | head -n 3 | tr '\n' ' ')"
+	log "proxy_cli.sh: $(tail -n 1 "$SCDIR/proxy_cli.log")"
+}
+
 # --- hub: A is the hub, two spokes (wireguard-go and boringtun) reach each other through it ---
 #
 #                   ┌──────────────── $NS_H ─────────────────┐

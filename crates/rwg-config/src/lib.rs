@@ -28,6 +28,7 @@ use std::path::Path;
 
 pub use error::{ConfigError, ErrorKind, ResolveError};
 pub use net::IpNet;
+pub use parse::Outline;
 use rwg_proto::crypto::{PresharedKey, PrivateKey, PublicKey};
 use zeroize::Zeroizing;
 
@@ -135,6 +136,24 @@ impl Config {
         let text =
             Zeroizing::new(std::fs::read_to_string(path).map_err(|e| ConfigError::io(&name, e))?);
         Config::parse(&name, &text)
+    }
+
+    /// Parse configuration text and report every problem, not only the first, in line order;
+    /// on success, also where each section starts (for checks of the caller's own).
+    pub fn parse_all(file_name: &str, text: &str) -> Result<(Config, Outline), Vec<ConfigError>> {
+        parse::parse_all(file_name, text)
+    }
+
+    /// Read and parse a file with [`Config::parse_all`]. Errors name the file as `path` is
+    /// written (what a user typed, so that `file:line` leads back to it). The text read is
+    /// zeroized once parsed.
+    pub fn from_file_all(path: impl AsRef<Path>) -> Result<(Config, Outline), Vec<ConfigError>> {
+        let path = path.as_ref();
+        let name = path.display().to_string();
+        let text = Zeroizing::new(
+            std::fs::read_to_string(path).map_err(|e| vec![ConfigError::io(&name, e)])?,
+        );
+        Config::parse_all(&name, &text)
     }
 
     /// Resolve every `Endpoint` host name with the system resolver (`ToSocketAddrs`), in place.

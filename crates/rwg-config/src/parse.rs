@@ -11,6 +11,8 @@ use crate::{Config, Endpoint, Interface, IpNet, Peer};
 #[derive(Default)]
 struct InterfaceBuilder {
     line: usize,
+    /// A `PrivateKey` line was there, valid or not: a bad one is not also a missing one.
+    key_line: bool,
     private_key: Option<PrivateKey>,
     addresses: Vec<IpNet>,
     dns_servers: Vec<IpAddr>,
@@ -29,6 +31,8 @@ struct InterfaceBuilder {
 #[derive(Default)]
 struct PeerBuilder {
     line: usize,
+    /// A `PublicKey` line was there, valid or not.
+    key_line: bool,
     public_key: Option<PublicKey>,
     preshared_key: Option<PresharedKey>,
     endpoint: Option<Endpoint>,
@@ -182,6 +186,7 @@ fn parse_nets(value: &str, into: &mut Vec<IpNet>) -> ValueResult<()> {
 fn interface_line(b: &mut InterfaceBuilder, key: &str, value: &str) -> Result<(), ErrorKind> {
     match key.to_ascii_lowercase().as_str() {
         "privatekey" => {
+            b.key_line = true;
             let bytes = parse_key_bytes(value).map_err(invalid("PrivateKey"))?;
             set_once(
                 &mut b.private_key,
@@ -236,6 +241,7 @@ fn interface_line(b: &mut InterfaceBuilder, key: &str, value: &str) -> Result<()
 fn peer_line(b: &mut PeerBuilder, key: &str, value: &str) -> Result<(), ErrorKind> {
     match key.to_ascii_lowercase().as_str() {
         "publickey" => {
+            b.key_line = true;
             let bytes = parse_key_bytes(value).map_err(invalid("PublicKey"))?;
             set_once(
                 &mut b.public_key,
@@ -264,10 +270,13 @@ fn peer_line(b: &mut PeerBuilder, key: &str, value: &str) -> Result<(), ErrorKin
     }
 }
 
-fn finish_peer(file: &str, b: PeerBuilder) -> Result<Peer, ConfigError> {
-    let public_key = b
-        .public_key
-        .ok_or_else(|| ConfigError::at(file, b.line, ErrorKind::MissingKey("PublicKey")))?;
+/// The peer, or the problem to report: none when its `PublicKey` line was already reported
+/// as invalid.
+fn finish_peer(file: &str, b: PeerBuilder) -> Result<Peer, Option<ConfigError>> {
+    let Some(public_key) = b.public_key else {
+        return Err((!b.key_line)
+            .then(|| ConfigError::at(file, b.line, ErrorKind::MissingKey("PublicKey"))));
+    };
     Ok(Peer {
         public_key,
         preshared_key: b.preshared_key,
@@ -277,10 +286,49 @@ fn finish_peer(file: &str, b: PeerBuilder) -> Result<Peer, ConfigError> {
     })
 }
 
+/// Where the sections of a parsed file start (1-based lines), for checks that a caller makes
+/// on top of the format's own, such as "this program needs an Address".
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Outline {
+    /// The line of `[Interface]`.
+    pub interface: usize,
+    /// The line of each `[Peer]`, in the order of [`Config::peers`].
+    pub peers: Vec<usize>,
+}
+
 pub(crate) fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
+    parse_in_order(file, text)
+        .map(|(config, _)| config)
+        .map_err(|problems| {
+            // The first one met is what a one-error parse reports (never empty on failure).
+            problems.into_iter().next().unwrap_or(ConfigError {
+                file: file.to_owned(),
+                line: None,
+                kind: ErrorKind::Syntax,
+            })
+        })
+}
+
+/// Parses the whole file, going on after each problem: every problem is reported, in line
+/// order (a section's missing key at its header line; problems of the whole file last).
+pub(crate) fn parse_all(file: &str, text: &str) -> Result<(Config, Outline), Vec<ConfigError>> {
+    parse_in_order(file, text).map_err(|mut problems| {
+        problems.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
+        problems
+    })
+}
+
+/// [`parse_all`]'s work, with the problems in the order they were met (a section's missing
+/// key once the section has ended).
+fn parse_in_order(file: &str, text: &str) -> Result<(Config, Outline), Vec<ConfigError>> {
     let mut interface: Option<InterfaceBuilder> = None;
     let mut peers = Vec::new();
+    let mut peer_lines = Vec::new();
+    // Lines of a section that could not be opened (unknown, malformed or a second
+    // [Interface]) are skipped: each would be one more error about the same mistake.
+    let mut skipping = false;
     let mut section = Section::None;
+    let mut problems = Vec::new();
 
     for (index, raw) in text.lines().enumerate() {
         let line_no = index + 1;
@@ -290,16 +338,25 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
             continue;
         }
         if let Some(rest) = line.strip_prefix('[') {
-            let name = rest
-                .strip_suffix(']')
-                .ok_or_else(|| err(ErrorKind::Syntax))?
-                .trim();
             if let Section::Peer(done) = std::mem::replace(&mut section, Section::None) {
-                peers.push(finish_peer(file, done)?);
+                let at = done.line;
+                match finish_peer(file, done) {
+                    Ok(peer) => {
+                        peers.push(peer);
+                        peer_lines.push(at);
+                    }
+                    Err(e) => problems.extend(e),
+                }
             }
+            skipping = true;
+            let Some(name) = rest.strip_suffix(']').map(str::trim) else {
+                problems.push(err(ErrorKind::Syntax));
+                continue;
+            };
             if name.eq_ignore_ascii_case("interface") {
                 if interface.is_some() {
-                    return Err(err(ErrorKind::DuplicateInterface));
+                    problems.push(err(ErrorKind::DuplicateInterface));
+                    continue;
                 }
                 interface = Some(InterfaceBuilder {
                     line: line_no,
@@ -312,14 +369,23 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
                     ..PeerBuilder::default()
                 });
             } else {
-                return Err(err(ErrorKind::UnknownSection(shown_name(name))));
+                problems.push(err(ErrorKind::UnknownSection(shown_name(name))));
+                continue;
             }
+            skipping = false;
             continue;
         }
-        let (key, value) = line.split_once('=').ok_or_else(|| err(ErrorKind::Syntax))?;
+        let Some((key, value)) = line.split_once('=') else {
+            problems.push(err(ErrorKind::Syntax));
+            continue;
+        };
         let (key, value) = (key.trim(), value.trim());
         if key.is_empty() {
-            return Err(err(ErrorKind::Syntax));
+            problems.push(err(ErrorKind::Syntax));
+            continue;
+        }
+        if skipping {
+            continue;
         }
         let result = match &mut section {
             Section::None => Err(ErrorKind::OutsideSection),
@@ -329,21 +395,48 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
             },
             Section::Peer(b) => peer_line(b, key, value),
         };
-        result.map_err(err)?;
+        if let Err(kind) = result {
+            problems.push(err(kind));
+        }
     }
     if let Section::Peer(done) = section {
-        peers.push(finish_peer(file, done)?);
+        let at = done.line;
+        match finish_peer(file, done) {
+            Ok(peer) => {
+                peers.push(peer);
+                peer_lines.push(at);
+            }
+            Err(e) => problems.extend(e),
+        }
     }
 
-    let b = interface.ok_or_else(|| ConfigError {
-        file: file.to_owned(),
-        line: None,
-        kind: ErrorKind::MissingInterface,
-    })?;
-    let private_key = b
-        .private_key
-        .ok_or_else(|| ConfigError::at(file, b.line, ErrorKind::MissingKey("PrivateKey")))?;
-    Ok(Config {
+    let Some(b) = interface else {
+        problems.push(ConfigError {
+            file: file.to_owned(),
+            line: None,
+            kind: ErrorKind::MissingInterface,
+        });
+        return Err(problems);
+    };
+    let Some(private_key) = b.private_key else {
+        // A PrivateKey line that was there has been reported as invalid already.
+        if !b.key_line {
+            problems.push(ConfigError::at(
+                file,
+                b.line,
+                ErrorKind::MissingKey("PrivateKey"),
+            ));
+        }
+        return Err(problems);
+    };
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let outline = Outline {
+        interface: b.line,
+        peers: peer_lines,
+    };
+    let config = Config {
         interface: Interface {
             private_key,
             addresses: b.addresses,
@@ -360,7 +453,8 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
             save_config: b.save_config,
         },
         peers,
-    })
+    };
+    Ok((config, outline))
 }
 
 /// The name of an unknown key or section as an error may show it. Every real name is short; a

@@ -171,7 +171,7 @@ pub(crate) enum Command {
     /// SOCKS5 and port forwards into a WireGuard tunnel through a userspace TCP/IP stack (no TUN
     /// device, no root)
     #[command(long_about = PROXY_LONG_ABOUT)]
-    Proxy(ProxyArgs),
+    Proxy(Box<ProxyArgs>),
     /// Print the completion script of SHELL to standard output (see rwg completions --help)
     #[command(long_about = COMPLETIONS_ABOUT)]
     Completions {
@@ -239,10 +239,19 @@ impl fmt::Debug for Credentials {
 
 const PROXY_LONG_ABOUT: &str = "\
 Joins the WireGuard network described by a wg-quick configuration file with a userspace TCP/IP \
-stack, without a TUN device or root, and offers SOCKS5 and port forwards into it. At least one \
-of --socks5, --forward, --reverse is needed; --forward and --reverse may repeat. Addresses are \
-IPv4:PORT or [IPv6]:PORT. A bad configuration file is reported as file:line: problem. Logging \
-goes to standard error (LOG_LEVEL, default info).";
+stack, without a TUN device or root, and offers SOCKS5, an HTTP proxy, port forwards, or one \
+connection on standard input and output into it. At least one of --socks5, --http, --forward, \
+--reverse, --stdio is needed; --forward and --reverse may repeat; --stdio goes alone. Addresses \
+are IPv4:PORT or [IPv6]:PORT. Several [Peer] sections are routed by their AllowedIPs. Endpoint \
+host names are resolved again when a peer has had no handshake for 135 s (--reresolve-after), as \
+reresolve-dns.sh does. A bad configuration file is reported as file:line: problem; --check reports every problem \
+of the file that way and starts nothing. Logging goes to standard error (LOG_LEVEL, default \
+info; error with --stdio).
+
+Examples:
+  rwg proxy --config wg0.conf --socks5 127.0.0.1:1080 --http 127.0.0.1:8080
+  ssh -o ProxyCommand='rwg proxy --config wg0.conf --stdio %h:%p' user@10.0.0.1
+  rwg proxy --config wg0.conf --check";
 
 /// `rwg proxy`.
 #[derive(Debug, Args)]
@@ -252,14 +261,29 @@ pub(crate) struct ProxyArgs {
     #[arg(short = 'c', long, value_name = "FILE", value_hint = ValueHint::FilePath)]
     pub(crate) config: PathBuf,
 
+    /// Check FILE: print every problem as file:line: problem and exit 1 if there is one, 0
+    /// if there is none; starts nothing
+    #[arg(long)]
+    pub(crate) check: bool,
+
     /// Serve SOCKS5 (CONNECT and UDP ASSOCIATE) on the local ADDR, e.g. 127.0.0.1:1080; host
     /// names are resolved by the configuration's DNS server, through the tunnel
-    #[arg(long, value_name = "ADDR", value_parser = parse_socks5_addr)]
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen_addr)]
     pub(crate) socks5: Option<SocketAddr>,
 
     /// Require this user name and password from SOCKS5 clients (RFC 1929)
     #[arg(long, value_name = "USER:PASS", requires = "socks5", value_parser = parse_credentials)]
     pub(crate) socks5_auth: Option<Credentials>,
+
+    /// Serve an HTTP proxy on the local ADDR, e.g. 127.0.0.1:8080: CONNECT (HTTPS and any TCP)
+    /// and plain requests with an absolute URI; host names as for --socks5
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen_addr)]
+    pub(crate) http: Option<SocketAddr>,
+
+    /// Require this user name and password from HTTP proxy clients (Basic authentication;
+    /// others get 407)
+    #[arg(long, value_name = "USER:PASS", requires = "http", value_parser = parse_credentials)]
+    pub(crate) http_auth: Option<Credentials>,
 
     /// Accept connections on the local LOCAL and connect to REMOTE in the tunnel:
     /// tcp:LOCAL:REMOTE or udp:LOCAL:REMOTE, e.g. tcp:127.0.0.1:8080:10.0.0.1:80
@@ -271,16 +295,61 @@ pub(crate) struct ProxyArgs {
     #[arg(short = 'R', long, value_name = "SPEC", value_parser = parse_reverse)]
     pub(crate) reverse: Vec<ForwardSpec>,
 
-    /// Serve Prometheus metrics of the tunnel at http://IP:PORT/metrics, e.g. 127.0.0.1:9586
-    #[arg(long, value_name = "IP:PORT", value_parser = parse_metrics_addr)]
-    pub(crate) metrics: Option<SocketAddr>,
+    /// Connect standard input and output to one TCP connection to HOST:PORT in the tunnel and
+    /// exit when it ends (for ssh's ProxyCommand: --stdio %h:%p); HOST may be a name
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        value_parser = parse_host_port,
+        conflicts_with_all = ["socks5", "http", "forward", "reverse", "health"],
+    )]
+    pub(crate) stdio: Option<(String, u16)>,
+
+    /// Serve http://IP:PORT/metrics (Prometheus: per-peer bytes, handshakes, drops by reason,
+    /// open connections, SOCKS5 and HTTP requests by result) and /readyz (200 when every peer
+    /// had a recent handshake or the --ready-probe address answers, 503 otherwise); --metrics
+    /// IP:PORT is the same option
+    #[arg(long, alias = "metrics", value_name = "IP:PORT", value_parser = parse_metrics_addr)]
+    pub(crate) health: Option<SocketAddr>,
+
+    /// For /readyz: the oldest handshake that counts as recent, in seconds
+    #[arg(long, value_name = "SECS", default_value_t = 180, requires = "health",
+          value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub(crate) ready_age: u64,
+
+    /// For /readyz: also ready while a TCP connection to IP:PORT through the tunnel succeeds
+    /// (tried every 10 s)
+    #[arg(long, value_name = "IP:PORT", requires = "health", value_parser = parse_listen_addr)]
+    pub(crate) ready_probe: Option<SocketAddr>,
+
+    /// Serve at most N client connections at once, over all services; more are refused (HTTP
+    /// 503, SOCKS5 failure, forwards closed)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub(crate) max_connections: Option<u64>,
+
+    /// Resolve Endpoint host names again when their peer has had no handshake for SECS
+    /// seconds, and move the endpoint if the name moved, as reresolve-dns.sh does (0: only at
+    /// the start)
+    #[arg(long, value_name = "SECS", default_value_t = 135,
+          value_parser = clap::value_parser!(u64).range(0..=86400))]
+    pub(crate) reresolve_after: u64,
+
+    /// Close a connection after SECS seconds in which no byte moved either way (0: never)
+    #[arg(long, value_name = "SECS", default_value_t = 600,
+          value_parser = clap::value_parser!(u64).range(0..=604_800))]
+    pub(crate) idle_timeout: u64,
 }
 
 impl ProxyArgs {
     /// What clap cannot say declaratively: is there anything to serve? The error is clap's,
     /// formatted like the others, with `rwg proxy`'s usage.
     pub(crate) fn check(&self) -> Result<(), clap::Error> {
-        if self.socks5.is_none() && self.forward.is_empty() && self.reverse.is_empty() {
+        let nothing = self.socks5.is_none()
+            && self.http.is_none()
+            && self.stdio.is_none()
+            && self.forward.is_empty()
+            && self.reverse.is_empty();
+        if nothing && !self.check {
             let mut cmd = Cli::command();
             cmd.build();
             let mut proxy = cmd
@@ -289,7 +358,8 @@ impl ProxyArgs {
                 .unwrap_or_default();
             return Err(proxy.error(
                 clap::error::ErrorKind::MissingRequiredArgument,
-                "nothing to do: give at least one of --socks5, --forward, --reverse",
+                "nothing to do: give at least one of --socks5, --http, --forward, --reverse, \
+                 --stdio (or --check)",
             ));
         }
         Ok(())
@@ -302,9 +372,17 @@ pub(crate) fn parse_metrics_addr(text: &str) -> Result<SocketAddr, String> {
         .map_err(|_| "expected IP:PORT to serve metrics on, e.g. 127.0.0.1:9586".to_owned())
 }
 
-fn parse_socks5_addr(text: &str) -> Result<SocketAddr, String> {
+fn parse_listen_addr(text: &str) -> Result<SocketAddr, String> {
     text.parse()
-        .map_err(|_| "expected IP:PORT to listen on, e.g. 127.0.0.1:1080".to_owned())
+        .map_err(|_| "expected IP:PORT or [IPv6]:PORT, e.g. 127.0.0.1:1080".to_owned())
+}
+
+/// `--stdio`: a host name or address and a port (`[IPv6]:PORT` for IPv6).
+fn parse_host_port(text: &str) -> Result<(String, u16), String> {
+    match rwg_netstack::dns::split_host_port(text, None) {
+        Some((host, port)) if !host.is_empty() && port != 0 => Ok((host, port)),
+        _ => Err("expected HOST:PORT or [IPv6]:PORT, e.g. 10.0.0.1:22".to_owned()),
+    }
 }
 
 fn parse_credentials(text: &str) -> Result<Credentials, String> {

@@ -33,7 +33,7 @@ fn main() -> ExitCode {
         Some(Command::Pubkey) => keys::pubkey(),
         Some(Command::Genpsk) => keys::genpsk(),
         Some(Command::Demo(args)) => demo::main(&args),
-        Some(Command::Proxy(args)) => proxy::main(args),
+        Some(Command::Proxy(args)) => proxy::main(*args),
         Some(Command::Completions { shell }) => {
             let mut out = std::io::stdout().lock();
             cli::completions(shell, &mut out);

@@ -1,29 +1,55 @@
-//! `rwg proxy`: a SOCKS5 server and port forwards into a WireGuard tunnel, through a userspace
-//! TCP/IP stack: no TUN device, no root.
+//! `rwg proxy`: SOCKS5, an HTTP proxy, port forwards and a stdio tunnel into a WireGuard
+//! network, through a userspace TCP/IP stack: no TUN device, no root. The services, their
+//! bounds (connection cap, idle timeout), metrics and readiness are rwg-netstack's; this
+//! module wires them to the command line.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 use std::pin::Pin;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rwg_netstack::dns::{DnsResolver, Resolver};
-use rwg_netstack::forward::{ForwardSpec, Forwarder};
+use rwg_driver::metrics::MetricsServer;
+use rwg_netstack::dns::{connect_host, DnsResolver, Resolver};
+use rwg_netstack::forward::Forwarder;
+use rwg_netstack::http::{HttpProxy, HttpProxyConfig};
+use rwg_netstack::metrics::{render_stack, ProxyMetrics, Readiness, Service};
+use rwg_netstack::relay::ConnectionLimit;
 use rwg_netstack::socks5::{Socks5Config, Socks5Server};
-use rwg_netstack::{NetStack, TcpStream, Tunnel};
+use rwg_netstack::{Reresolve, Tunnel, TunnelOptions};
 
 use crate::cli::ProxyArgs;
+
+/// How long `--stdio` waits for its connection (name resolution included).
+const STDIO_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often `--ready-probe` tries its address.
+const PROBE_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Entry point: the arguments after `proxy`, parsed.
 pub(crate) fn main(args: ProxyArgs) -> ExitCode {
     if let Err(e) = args.check() {
         e.exit();
     }
-    crate::init_logging(tracing::Level::INFO);
-    let config = match rwg_config::Config::from_file(&args.config) {
+    if args.check {
+        return check_file(&args.config);
+    }
+    // With --stdio, standard error is the user's terminal (ssh passes it through): only errors.
+    let level = if args.stdio.is_some() {
+        tracing::Level::ERROR
+    } else {
+        tracing::Level::INFO
+    };
+    crate::init_logging(level);
+    let config = match load(&args.config) {
         Ok(c) => c,
-        Err(e) => return fail(&e.to_string()),
+        Err(problems) => {
+            for p in &problems {
+                eprintln!("rwg proxy: {p}");
+            }
+            return ExitCode::FAILURE;
+        }
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -33,6 +59,8 @@ pub(crate) fn main(args: ProxyArgs) -> ExitCode {
         Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
     };
     let result = runtime.block_on(serve(config, args));
+    // --stdio reads standard input on a blocking thread that cannot be interrupted: do not
+    // wait for it.
     runtime.shutdown_background();
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -45,6 +73,48 @@ fn fail(message: &str) -> ExitCode {
     ExitCode::FAILURE
 }
 
+/// Reads and parses the file; every problem, as `file:line: problem`, in line order: the
+/// format's own and what the proxy needs on top of it.
+pub(crate) fn load(path: &Path) -> Result<rwg_config::Config, Vec<String>> {
+    let (config, outline) = rwg_config::Config::from_file_all(path)
+        .map_err(|problems| problems.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+    if config.interface.addresses.is_empty() {
+        return Err(vec![format!(
+            "{}:{}: [Interface] has no Address: rwg proxy needs an address inside the tunnel",
+            path.display(),
+            outline.interface
+        )]);
+    }
+    Ok(config)
+}
+
+/// `--check`: every problem on standard output, exit 1 if there is one.
+fn check_file(path: &Path) -> ExitCode {
+    match load(path) {
+        Ok(config) => {
+            println!(
+                "{}: ok ({} peer{})",
+                path.display(),
+                config.peers.len(),
+                if config.peers.len() == 1 { "" } else { "s" }
+            );
+            ExitCode::SUCCESS
+        }
+        Err(problems) => {
+            for p in &problems {
+                println!("{p}");
+            }
+            eprintln!(
+                "rwg proxy: {} problem{} in {}",
+                problems.len(),
+                if problems.len() == 1 { "" } else { "s" },
+                path.display()
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Used when the configuration has no `DNS`: host names are refused rather than leaked to
 /// the local resolver.
 struct NoDns;
@@ -53,7 +123,7 @@ impl Resolver for NoDns {
     fn resolve<'a>(
         &'a self,
         host: &'a str,
-    ) -> Pin<Box<dyn Future<Output = std::io::Result<Vec<std::net::IpAddr>>> + Send + 'a>> {
+    ) -> Pin<Box<dyn Future<Output = std::io::Result<Vec<IpAddr>>> + Send + 'a>> {
         Box::pin(async move {
             if let Ok(ip) = host.parse() {
                 return Ok(vec![ip]);
@@ -66,10 +136,23 @@ impl Resolver for NoDns {
     }
 }
 
-type Service = Pin<Box<dyn Future<Output = String> + Send>>;
+type Task = Pin<Box<dyn Future<Output = String> + Send>>;
 
 async fn serve(config: rwg_config::Config, args: ProxyArgs) -> Result<(), String> {
-    let (stack, tunnel) = Tunnel::start(&config)
+    // Endpoint host names are resolved again when their peer has been silent that long,
+    // looked at every quarter of it (between 1 and 30 s).
+    let reresolve = (args.reresolve_after > 0).then(|| {
+        let after_silence = Duration::from_secs(args.reresolve_after);
+        Reresolve {
+            after_silence,
+            check_every: (after_silence / 4).clamp(Duration::from_secs(1), Duration::from_secs(30)),
+        }
+    });
+    let options = TunnelOptions {
+        reresolve,
+        ..TunnelOptions::default()
+    };
+    let (stack, tunnel) = Tunnel::start_with(&config, options)
         .await
         .map_err(|e| format!("cannot start the tunnel: {e}"))?;
     tracing::info!(
@@ -78,68 +161,140 @@ async fn serve(config: rwg_config::Config, args: ProxyArgs) -> Result<(), String
         peers = config.peers.len(),
         "tunnel up"
     );
-    let mut services: Vec<Service> = Vec::new();
+    let resolver: Arc<dyn Resolver> = match config.interface.dns_servers.first() {
+        Some(dns) => Arc::new(DnsResolver::new(stack.clone(), SocketAddr::new(*dns, 53))),
+        None => Arc::new(NoDns),
+    };
+    let metrics = ProxyMetrics::new();
+
+    if let Some((host, port)) = &args.stdio {
+        let stream = tokio::time::timeout(
+            STDIO_CONNECT_TIMEOUT,
+            connect_host(&stack, &*resolver, host, *port),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no connection within {} s", STDIO_CONNECT_TIMEOUT.as_secs()),
+            ))
+        })
+        .map_err(|e| format!("--stdio: cannot connect to {host}:{port}: {e}"))?;
+        tracing::debug!("stdio connected to {host}:{port}");
+        let _open = metrics.open(Service::Stdio);
+        let result =
+            rwg_netstack::stdio::splice(stream, tokio::io::stdin(), tokio::io::stdout()).await;
+        tunnel.stop();
+        return result
+            .map(|_| ())
+            .map_err(|e| format!("--stdio {host}:{port}: {e}"));
+    }
+
+    let limit = args
+        .max_connections
+        .map(|n| ConnectionLimit::new(usize::try_from(n).unwrap_or(usize::MAX)));
+    let idle = (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout));
+    let mut services: Vec<Task> = Vec::new();
     if let Some(addr) = args.socks5 {
-        let resolver: Arc<dyn Resolver> = match config.interface.dns_servers.first() {
-            Some(dns) => Arc::new(DnsResolver::new(stack.clone(), SocketAddr::new(*dns, 53))),
-            None => Arc::new(NoDns),
-        };
-        let socks = Socks5Server::new(
+        let mut socks = Socks5Server::new(
             stack.clone(),
-            resolver,
+            resolver.clone(),
             Socks5Config {
                 credentials: args.socks5_auth.map(|c| (c.user, c.password)),
+                idle_timeout: idle,
                 ..Socks5Config::default()
             },
-        );
+        )
+        .with_metrics(metrics.clone());
+        if let Some(limit) = &limit {
+            socks = socks.with_limit(limit.clone());
+        }
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| format!("cannot listen on {addr} for SOCKS5: {e}"))?;
         tracing::info!(%addr, "SOCKS5 server listening");
-        services.push(Box::pin(run_socks5(socks, listener)));
+        services.push(Box::pin(async move {
+            match socks.serve(listener).await {
+                Ok(()) => "SOCKS5 server ended".to_owned(),
+                Err(e) => format!("SOCKS5 server failed: {e}"),
+            }
+        }));
+    }
+    if let Some(addr) = args.http {
+        let mut http = HttpProxy::new(
+            stack.clone(),
+            resolver.clone(),
+            HttpProxyConfig {
+                credentials: args.http_auth.map(|c| (c.user, c.password)),
+                idle_timeout: idle,
+                ..HttpProxyConfig::default()
+            },
+        )
+        .with_metrics(metrics.clone());
+        if let Some(limit) = &limit {
+            http = http.with_limit(limit.clone());
+        }
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen on {addr} for the HTTP proxy: {e}"))?;
+        tracing::info!(%addr, "HTTP proxy listening");
+        services.push(Box::pin(async move {
+            match http.serve(listener).await {
+                Ok(()) => "HTTP proxy ended".to_owned(),
+                Err(e) => format!("HTTP proxy failed: {e}"),
+            }
+        }));
+    }
+    for spec in args.forward.into_iter().chain(args.reverse) {
+        let mut forwarder = Forwarder::bind(&stack, spec)
+            .await
+            .map_err(|e| format!("forward {spec}: cannot listen: {e}"))?
+            .with_metrics(metrics.clone())
+            .with_idle_timeout(idle);
+        if let Some(limit) = &limit {
+            forwarder = forwarder.with_limit(limit.clone());
+        }
+        tracing::info!(%spec, "forward listening");
+        services.push(Box::pin(async move {
+            match forwarder.run().await {
+                Ok(()) => format!("forward {spec} ended"),
+                Err(e) => format!("forward {spec} failed: {e}"),
+            }
+        }));
     }
     // Stops with this function: the server's thread outlives nothing but the process.
-    let _metrics = match args.metrics {
+    let _health = match args.health {
         None => None,
         Some(addr) => {
-            let device = tunnel.device().clone();
-            let render = move |out: &mut String| rwg_driver::metrics::render(&device, out);
-            let server = rwg_driver::metrics::MetricsServer::spawn(addr, Arc::new(render), None)
+            let mut readiness = Readiness::new(tunnel.clone(), Duration::from_secs(args.ready_age));
+            if let Some(probe) = args.ready_probe {
+                readiness = readiness.with_probe(&stack, probe, PROBE_INTERVAL);
+            }
+            let (device, stack, tunnel, metrics) = (
+                tunnel.device().clone(),
+                stack.clone(),
+                tunnel.clone(),
+                metrics.clone(),
+            );
+            let render = move |out: &mut String| {
+                rwg_driver::metrics::render(&device, out);
+                render_stack(&stack.stats(), out);
+                metrics.render(out);
+                out.push_str(
+                    "# HELP rwg_proxy_udp_tx_errors_total Datagrams the UDP socket refused.\n\
+                     # TYPE rwg_proxy_udp_tx_errors_total counter\n",
+                );
+                out.push_str(&format!(
+                    "rwg_proxy_udp_tx_errors_total {}\n",
+                    tunnel.stats().tx_errors
+                ));
+            };
+            let ready = move || readiness.check();
+            let server = MetricsServer::spawn(addr, Arc::new(render), Some(Arc::new(ready)))
                 .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
             Some(StopOnDrop(server))
         }
     };
-    for spec in args.forward.into_iter().chain(args.reverse) {
-        match spec {
-            ForwardSpec::Tcp { local, remote } => {
-                let listener = tokio::net::TcpListener::bind(local)
-                    .await
-                    .map_err(|e| format!("forward {spec}: cannot listen on {local}: {e}"))?;
-                tracing::info!(%local, %remote, "TCP forward listening");
-                services.push(Box::pin(run_tcp_forward(stack.clone(), listener, remote)));
-            }
-            ForwardSpec::ReverseTcp { tunnel_port, local } => {
-                let listener =
-                    rwg_netstack::TcpListener::bind(&stack, tunnel_port).map_err(|e| {
-                        format!("forward {spec}: cannot listen on tunnel port {tunnel_port}: {e}")
-                    })?;
-                tracing::info!(tunnel_port, %local, "reverse TCP forward listening");
-                services.push(Box::pin(run_reverse(listener, local)));
-            }
-            ForwardSpec::Udp { local, .. } => {
-                let forwarder = Forwarder::bind(&stack, spec)
-                    .await
-                    .map_err(|e| format!("forward {spec}: cannot listen on {local}: {e}"))?;
-                tracing::info!(%spec, "UDP forward listening");
-                services.push(Box::pin(async move {
-                    match forwarder.run().await {
-                        Ok(()) => format!("forward {spec} ended"),
-                        Err(e) => format!("forward {spec} failed: {e}"),
-                    }
-                }));
-            }
-        }
-    }
     tracing::info!("ready");
     // Every service runs forever; if one stops, the others go on.
     let count = services.len();
@@ -157,88 +312,15 @@ async fn serve(config: rwg_config::Config, args: ProxyArgs) -> Result<(), String
         tracing::error!("{why}");
         last = why;
     }
-    drop(tunnel);
+    tunnel.stop();
     Err(format!("every service stopped; last: {last}"))
 }
 
 /// Stops the metrics server when the proxy stops serving.
-struct StopOnDrop(rwg_driver::metrics::MetricsServer);
+struct StopOnDrop(MetricsServer);
 
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
         self.0.stop();
-    }
-}
-
-async fn run_socks5(server: Socks5Server, listener: tokio::net::TcpListener) -> String {
-    loop {
-        let (client, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!("SOCKS5 accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let server = server.clone();
-        tokio::spawn(async move {
-            if let Err(e) = server.handle_client(client).await {
-                tracing::debug!(client = %peer, "SOCKS5 client: {e}");
-            }
-        });
-    }
-}
-
-async fn run_tcp_forward(
-    stack: NetStack,
-    listener: tokio::net::TcpListener,
-    remote: SocketAddr,
-) -> String {
-    loop {
-        let (mut client, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!("forward accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let stack = stack.clone();
-        tokio::spawn(async move {
-            match TcpStream::connect(&stack, remote).await {
-                Ok(mut tunnel) => {
-                    let _ = client.set_nodelay(true);
-                    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut tunnel).await {
-                        tracing::debug!(client = %peer, %remote, "forward ended: {e}");
-                    }
-                }
-                Err(e) => {
-                    // The client sees its connection closed; the reason goes to the log.
-                    tracing::warn!(client = %peer, %remote, "forward: cannot connect to {remote} through the tunnel: {e}");
-                }
-            }
-        });
-    }
-}
-
-async fn run_reverse(listener: rwg_netstack::TcpListener, local: SocketAddr) -> String {
-    loop {
-        let (mut tunnel, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => return format!("reverse forward to {local}: tunnel listener failed: {e}"),
-        };
-        tokio::spawn(async move {
-            match tokio::net::TcpStream::connect(local).await {
-                Ok(mut client) => {
-                    let _ = client.set_nodelay(true);
-                    if let Err(e) = tokio::io::copy_bidirectional(&mut tunnel, &mut client).await {
-                        tracing::debug!(peer = %peer, %local, "reverse forward ended: {e}");
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(peer = %peer, %local, "reverse forward: cannot connect to {local}: {e}");
-                }
-            }
-        });
     }
 }

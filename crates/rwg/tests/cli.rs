@@ -96,6 +96,14 @@ fn help_lists_the_daemon_syntax_subcommands_and_environment() {
         "--forward",
         "--reverse",
         "--metrics",
+        "--http",
+        "--http-auth",
+        "--stdio",
+        "--health",
+        "--max-connections",
+        "--idle-timeout",
+        "--reresolve-after",
+        "--check",
     ] {
         assert!(proxy.contains(flag), "{flag} in {proxy}");
     }
@@ -136,8 +144,64 @@ fn bad_command_lines_say_what_is_wrong_and_change_nothing() {
             &["proxy", "--config", "wg0.conf"],
             &[
                 "nothing to do",
-                "at least one of --socks5, --forward, --reverse",
+                "at least one of --socks5, --http, --forward, --reverse, --stdio",
             ],
+        ),
+        (
+            &[
+                "proxy",
+                "-c",
+                "wg0.conf",
+                "--http-auth",
+                "alice:pw",
+                "--socks5",
+                "127.0.0.1:1",
+            ],
+            &["--http <ADDR>"],
+        ),
+        (
+            &["proxy", "-c", "wg0.conf", "--http", "8080"],
+            &["'8080'", "--http", "e.g. 127.0.0.1:1080"],
+        ),
+        (
+            &[
+                "proxy",
+                "-c",
+                "wg0.conf",
+                "--stdio",
+                "10.0.0.1:22",
+                "--http",
+                "127.0.0.1:1",
+            ],
+            &["--stdio <HOST:PORT>", "cannot be used with", "--http"],
+        ),
+        (
+            &["proxy", "-c", "wg0.conf", "--stdio", "10.0.0.1"],
+            &["'10.0.0.1'", "HOST:PORT"],
+        ),
+        (
+            &[
+                "proxy",
+                "-c",
+                "wg0.conf",
+                "--http",
+                "127.0.0.1:1",
+                "--max-connections",
+                "0",
+            ],
+            &["--max-connections", "'0'"],
+        ),
+        (
+            &[
+                "proxy",
+                "-c",
+                "wg0.conf",
+                "--http",
+                "127.0.0.1:1",
+                "--idle-timeout",
+                "5m",
+            ],
+            &["--idle-timeout", "'5m'"],
         ),
         (
             &["proxy", "-c", "wg0.conf", "--socks5", "localhost"],
@@ -404,6 +468,10 @@ fn the_manual_page_is_rwg_8_and_documents_everything() {
         "--socks5-auth",
         "--reverse",
         "--metrics",
+        "--http",
+        "--stdio",
+        "--health",
+        "--check",
         "At least one of",
     ] {
         assert!(words(&proxy).contains(word), "{word} in {proxy}");
@@ -413,6 +481,90 @@ fn the_manual_page_is_rwg_8_and_documents_everything() {
         std::fs::read_to_string(pages.join("rwg.8")).expect("rwg.8"),
         roff
     );
+}
+
+// --- rwg proxy --check -------------------------------------------------------------------------
+
+#[test]
+fn proxy_check_reports_every_problem_and_starts_nothing() {
+    let dir = TempDir::new("check");
+    let private = key(&["genkey"], None);
+    let peer_private = key(&["genkey"], None);
+    let peer = key(&["pubkey"], Some(&format!("{peer_private}\n")));
+    // Problems on lines 3, 5, 6 and 11 of this text (counted here, not by rwg).
+    let bad = dir.0.join("bad.conf");
+    std::fs::write(
+        &bad,
+        format!(
+            "[Interface]\nPrivateKey = {private}\nListenPort = many\nAddress = 10.9.0.2/32\n\
+             Colour = blue\n[Peer]\nEndpoint = 192.0.2.1:51820\n\n[Peer]\nPublicKey = {peer}\n\
+             AllowedIPs = 10.9.0.1/32, nonsense\n"
+        ),
+    )
+    .expect("write");
+    // --check wins over the services: a proxy that started would not exit by itself.
+    let taken = TcpListener::bind("127.0.0.1:0").expect("listener");
+    let http = taken.local_addr().expect("addr").to_string();
+    let bad_name = bad.to_str().expect("utf-8");
+    let o = rwg(&["proxy", "--config", bad_name, "--check", "--http", &http]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}{}", stderr(&o));
+    let lines: Vec<&str> = out.lines().collect();
+    let want = [
+        format!("{bad_name}:3: invalid ListenPort"),
+        format!("{bad_name}:5: unknown key Colour"),
+        format!("{bad_name}:6: section has no PublicKey"),
+        format!("{bad_name}:11: invalid AllowedIPs"),
+    ];
+    assert_eq!(lines.len(), want.len(), "{out}");
+    for (line, want) in lines.iter().zip(&want) {
+        assert!(
+            line.starts_with(want.as_str()),
+            "{line:?} should start with {want:?}"
+        );
+    }
+    assert!(stderr(&o).contains("4 problems"), "{}", stderr(&o));
+    assert!(!out.contains(&private), "never the private key");
+
+    // A valid file: 0, and what it holds.
+    let good = dir.0.join("good.conf");
+    std::fs::write(
+        &good,
+        format!(
+            "[Interface]\nPrivateKey = {private}\nAddress = 10.9.0.2/32\n\n\
+             [Peer]\nPublicKey = {peer}\nAllowedIPs = 10.9.0.1/32\n"
+        ),
+    )
+    .expect("write");
+    let good_name = good.to_str().expect("utf-8");
+    let o = rwg(&["proxy", "--config", good_name, "--check"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o), format!("{good_name}: ok (1 peer)\n"));
+
+    // Valid for wg-quick but not for the proxy: no Address, reported at [Interface].
+    let no_address = dir.0.join("noaddr.conf");
+    std::fs::write(
+        &no_address,
+        format!("# a comment\n[Interface]\nPrivateKey = {private}\n"),
+    )
+    .expect("write");
+    let name = no_address.to_str().expect("utf-8");
+    let o = rwg(&["proxy", "--config", name, "--check"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stdout(&o).starts_with(&format!("{name}:2: [Interface] has no Address")),
+        "{}",
+        stdout(&o)
+    );
+    // Started for real, the proxy refuses the same file with the same words.
+    let o = rwg(&["proxy", "--config", bad_name, "--http", &http]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains(&format!("rwg proxy: {bad_name}:11: invalid AllowedIPs")),
+        "{}",
+        stderr(&o)
+    );
+    drop(taken);
 }
 
 // --- rwg proxy --metrics ------------------------------------------------------------------------

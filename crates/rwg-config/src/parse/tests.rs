@@ -470,3 +470,71 @@ fn a_key_pasted_on_a_line_of_its_own_is_not_printed_in_the_error() {
     let e = Config::parse("wg0.conf", "[Interface]\nPrivatKey = x\n").expect_err("typo");
     assert!(e.to_string().contains("PrivatKey"), "{e}");
 }
+
+#[test]
+fn every_problem_is_reported_with_its_line() {
+    // Five mistakes: each is reported once, in line order; the lines of an unknown section
+    // are not reported again one by one.
+    let text = format!(
+        "[Interface]\n\
+         PrivateKey = {}\n\
+         MTU = 12\n\
+         Bogus = 1\n\
+         [Peer]\n\
+         Endpoint = nowhere\n\
+         AllowedIPs = 10.0.0.0/8\n\
+         [Wat]\n\
+         Anything = goes\n\
+         Whatever = too\n\
+         [Peer]\n\
+         PublicKey = {}\n\
+         AllowedIPs = 10.1.0.0/33\n",
+        k(1),
+        k(2)
+    );
+    let problems = parse_all("wg0.conf", &text).expect_err("five problems");
+    let shown: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    let lines: Vec<Option<usize>> = problems.iter().map(|p| p.line).collect();
+    assert_eq!(
+        lines,
+        [Some(3), Some(4), Some(5), Some(6), Some(8), Some(13)],
+        "{shown:#?}"
+    );
+    for (i, want) in [
+        "wg0.conf:3: invalid MTU",
+        "wg0.conf:4: unknown key Bogus",
+        "wg0.conf:5: section has no PublicKey",
+        "wg0.conf:6: invalid Endpoint",
+        "wg0.conf:8: unknown section [Wat]",
+        "wg0.conf:13: invalid AllowedIPs",
+    ]
+    .iter()
+    .enumerate()
+    {
+        assert!(shown[i].starts_with(want), "{} vs {want}", shown[i]);
+    }
+    // The first of them is what parse() reports.
+    assert_eq!(
+        parse("wg0.conf", &text).expect_err("invalid").to_string(),
+        shown[0]
+    );
+    // A file without [Interface] and with a bad line says both.
+    let problems = parse_all("x.conf", "[Peer]\nPublicKey = x\n").expect_err("two problems");
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert_eq!(problems[1].to_string(), "x.conf: no [Interface] section");
+    // An invalid PrivateKey is one problem, not also a missing one; a misspelt key is two.
+    let problems = parse_all("y.conf", "[Interface]\nPrivateKey = x\n").expect_err("one");
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].line, Some(2));
+    let problems = parse_all("y.conf", "[Interface]\nPrivatKey = x\n").expect_err("two");
+    let lines: Vec<_> = problems.iter().map(|p| p.line).collect();
+    assert_eq!(lines, [Some(1), Some(2)], "{problems:?}");
+}
+
+#[test]
+fn the_outline_gives_each_section_its_line() {
+    let (config, outline) = parse_all("wg0.conf", &good()).expect("valid");
+    assert_eq!(outline.interface, 2);
+    assert_eq!(outline.peers, [18, 25]);
+    assert_eq!(outline.peers.len(), config.peers.len());
+}
