@@ -283,8 +283,8 @@ P_HTTP=$(free_port) P_SOCKS=$(free_port) P_METRICS=$(free_port) P_SINK=$(free_po
 # buffer (hundreds of KiB) comes from the heap, is zeroed page by page and is never given
 # back: RSS then climbs to the sum of all buffers (measured: 0.47, 0.93 and 1.07 GB over three
 # rounds of 1000 connections). A fixed threshold keeps them in mmap'd memory that is only
-# touched where used and returned on close (32-43 MB). `rwg proxy` must do the same at
-# startup (mallopt(M_MMAP_THRESHOLD) in its sys/); the test holds the library to it.
+# touched where used and returned on close (32-43 MB). `rwg proxy` does the same at startup
+# (rwg_device::process::map_large_buffers); this example gets it from glibc's tunable.
 (
 	ulimit -n 8192
 	export GLIBC_TUNABLES=glibc.malloc.mmap_threshold=131072

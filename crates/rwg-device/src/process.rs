@@ -48,6 +48,21 @@ pub fn pipe() -> io::Result<(File, File)> {
     Ok((File::from(r), File::from(w)))
 }
 
+/// Buffers of this size and larger get their own mapping (see [`map_large_buffers`]).
+pub const LARGE_BUFFER: usize = 128 * 1024;
+
+/// Makes the C allocator serve every block of [`LARGE_BUFFER`] bytes or more from its own
+/// mapping, given back to the system when freed, for the life of the process.
+///
+/// For processes that hold many large buffers that come and go, like `rwg proxy`'s per-connection
+/// socket buffers: glibc raises its threshold each time a large mapped block is freed, after
+/// which such buffers come from the heap, are touched whole and are rarely returned, so memory
+/// grows to the sum of all buffers ever open. A fixed threshold keeps only the pages in use.
+/// Errors where the C library has no such setting (not glibc).
+pub fn map_large_buffers() -> io::Result<()> {
+    sys::malloc::set_mmap_threshold(LARGE_BUFFER)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,6 +91,20 @@ mod tests {
         assert_eq!(s, "x");
         // A closed number.
         assert!(adopt_inherited(100_000).is_err());
+    }
+
+    /// glibc by default raises its threshold to the size of a mapped block when that block is
+    /// freed: after an 8 MiB buffer, a 1 MiB one would come from the heap. Not after
+    /// `map_large_buffers`.
+    #[cfg(target_env = "gnu")]
+    #[test]
+    fn large_buffers_stay_mapped_after_a_larger_one_was_freed() {
+        map_large_buffers().expect("mallopt");
+        drop(std::hint::black_box(vec![0u8; 8 << 20]));
+        let large = std::hint::black_box(vec![1u8; 1 << 20]);
+        assert!(sys::malloc::is_mmapped(large.as_ptr()));
+        let small = std::hint::black_box(vec![1u8; 4096]);
+        assert!(!sys::malloc::is_mmapped(small.as_ptr()));
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub(crate) mod hardening;
 #[cfg(test)]
 pub(crate) mod heap_probe;
 pub(crate) mod inotify;
+pub(crate) mod malloc;
 pub(crate) mod netlink;
 pub(crate) mod poll;
 pub(crate) mod secret_mem;
