@@ -336,11 +336,12 @@ impl UdpSockets {
                 let chunk = &msgs[j..end];
                 match sys::udp::send_mmsg(sock, chunk, parts, scratch) {
                     Ok(n) if n > 0 => {
-                        for m in &chunk[..n] {
-                            sent_bytes += parts[m.parts.clone()]
-                                .iter()
-                                .map(|p| p.len() as u64)
-                                .sum::<u64>();
+                        for (k, m) in chunk[..n].iter().enumerate() {
+                            let bytes: usize = parts[m.parts.clone()].iter().map(|p| p.len()).sum();
+                            sent_bytes += bytes as u64;
+                            if let Some(s) = sent.get_mut(j + k) {
+                                *s = bytes;
+                            }
                         }
                         j += n;
                     }
@@ -517,6 +518,25 @@ mod tests {
         s.send_batch(&[(b"back", meta[0].from)]).expect("send back");
         let (len, _) = peer.recv_from(&mut buf).expect("recv back");
         assert_eq!(&buf[..len], b"back");
+    }
+
+    #[test]
+    fn every_message_sent_reports_its_bytes() {
+        let s = UdpSockets::bind(0).expect("bind");
+        let peer = UdpSocket::bind("127.0.0.1:0").expect("peer");
+        let to = peer.local_addr().expect("addr");
+        let parts: [&[u8]; 3] = [b"one", b"two!", b"three"];
+        let msgs: Vec<OutMsg> = (0..3)
+            .map(|i| OutMsg {
+                to,
+                parts: i..i + 1,
+                segment: 0,
+            })
+            .collect();
+        let mut sent = [usize::MAX; 3];
+        let total = s.send_msgs(&msgs, &parts, &mut Scratch::new(4), &mut sent);
+        assert_eq!(sent, [3, 4, 5]);
+        assert_eq!(total, 12);
     }
 
     #[test]
