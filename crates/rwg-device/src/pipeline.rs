@@ -34,7 +34,7 @@ use crate::offload::{
     self, Coalescer, SegmentsOut, VnetHdr, MAX_SEGMENTS, MAX_SUPER_PACKET, VNET_HDR_LEN,
 };
 use crate::tun::{Tun, TunError};
-use crate::udp::{self, InMsg, OutMsg, Scratch};
+use crate::udp::{self, InMsg, LocalAddr, OutMsg, Scratch};
 
 /// How long a reader blocks in `poll` before it looks at its generation (socket rebinding)
 /// and at the stop flag.
@@ -376,6 +376,8 @@ pub(crate) fn tun_to_udp(d: &Driver, tun: &Tun, shutdown: &ShutdownHandle, crypt
         // the socket refuses can be taken off the right peer's tx_bytes.
         let mut peers: Vec<PeerId> = Vec::new();
         let udp_gso = d.config().udp_gso;
+        // The sticky source of the last destination looked up (one lookup per peer and run).
+        let mut source_of: Option<(PeerId, SocketAddr, Option<LocalAddr>)> = None;
         for t in &tasks {
             let (Some(job), true) = (&t.job, t.sealed > 0) else {
                 continue;
@@ -394,6 +396,14 @@ pub(crate) fn tun_to_udp(d: &Driver, tun: &Tun, shutdown: &ShutdownHandle, crypt
                         && data.len() <= seg
                         && (m.parts.len() + 1) * seg <= MAX_GSO_BYTES
                 });
+            let source = match source_of {
+                Some((p, a, source)) if p == job.peer() && a == to => source,
+                _ => {
+                    let source = sockets.source_for(Some(job.peer()), to);
+                    source_of = Some((job.peer(), to, source));
+                    source
+                }
+            };
             parts.push(data);
             if joins {
                 if let Some(m) = msgs.last_mut() {
@@ -405,6 +415,7 @@ pub(crate) fn tun_to_udp(d: &Driver, tun: &Tun, shutdown: &ShutdownHandle, crypt
                     to,
                     parts: at..at + 1,
                     segment: if gso { data.len() as u16 } else { 0 },
+                    source,
                 });
                 peers.push(job.peer());
             }
@@ -440,6 +451,8 @@ fn needed_slots(hdr: &VnetHdr, len: usize) -> usize {
 struct OpenTask<'a> {
     datagram: &'a mut [u8],
     from: SocketAddr,
+    /// The local address it was sent to (for replies to leave from it).
+    local: Option<LocalAddr>,
     job: Option<rwg_proto::device::ReceiveJob>,
     opened: bool,
 }
@@ -461,9 +474,14 @@ pub(crate) fn udp_to_tun(
             len: 0,
             from: SocketAddr::from(([0, 0, 0, 0], 0)),
             segment: 0,
+            local: None,
         };
         RECV_MESSAGES
     ];
+    let sockets = d.sockets();
+    // What was last told to `learn_source`, and the sticky generation then: told again only
+    // when it changes (a read lock per datagram otherwise).
+    let mut learned: Option<(PeerId, SocketAddr, LocalAddr, u64)> = None;
     let mut scratch = Scratch::new(RECV_MESSAGES);
     let mut coalescer = Coalescer::with(offloads.tso, offloads.uso);
     let mut plain = vec![0u8; VNET_HDR_LEN + MAX_SUPER_PACKET];
@@ -508,6 +526,7 @@ pub(crate) fn udp_to_tun(
                 tasks.push(OpenTask {
                     datagram,
                     from,
+                    local: msg.local,
                     job: None,
                     opened: false,
                 });
@@ -522,6 +541,11 @@ pub(crate) fn udp_to_tun(
                     Ok(job) => t.job = Some(job),
                     Err(Received::Dropped(reason)) => {
                         tracing::trace!(%reason, from = %t.from, "datagram dropped")
+                    }
+                    Err(Received::Handshake) => {
+                        if let Some(local) = t.local {
+                            sockets.note_handshake_source(t.from, local);
+                        }
                     }
                     Err(_) => {}
                 }
@@ -547,8 +571,19 @@ pub(crate) fn udp_to_tun(
                 if !t.opened {
                     continue;
                 }
-                let Received::Packet { len, .. } = data_path.finish_receive(now, job, t.datagram)
-                else {
+                let peer = job.peer();
+                let received = data_path.finish_receive(now, job, t.datagram);
+                if let (Received::Packet { .. } | Received::Keepalive, Some(local)) =
+                    (&received, t.local)
+                {
+                    // Authenticated: replies to this peer leave from where it wrote to.
+                    let generation = sockets.sticky_generation();
+                    if learned != Some((peer, t.from, local, generation)) {
+                        sockets.learn_source(peer, t.from, local);
+                        learned = Some((peer, t.from, local, generation));
+                    }
+                }
+                let Received::Packet { len, .. } = received else {
                     continue;
                 };
                 let packet = &t.datagram[HEADROOM..HEADROOM + len];
