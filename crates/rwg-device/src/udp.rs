@@ -45,8 +45,8 @@ struct Sticky {
     /// Per source of a handshake message: the local address it was sent to, for the answer
     /// (a handshake response or cookie reply) sent before any data authenticates.
     handshakes: Mutex<HashMap<SocketAddr, LocalAddr>>,
-    /// Bumped whenever addresses are forgotten, so that callers caching what they learned
-    /// know to tell it again.
+    /// Bumped whenever an entry changes or addresses are forgotten, so that callers caching
+    /// what they told know to tell it again.
     generation: AtomicU64,
 }
 
@@ -504,6 +504,8 @@ impl UdpSockets {
             peers.clear();
         }
         peers.insert(peer, (endpoint, local));
+        // Another reader (the other family's) may cache what it told before this change.
+        self.sticky.generation.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Remembers that a handshake message from `from` was sent to `local` (not authenticated:
@@ -554,8 +556,9 @@ impl UdpSockets {
         self.sticky.generation.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Changes whenever learned sources are forgotten: a caller that skips telling
-    /// [`learn_source`](Self::learn_source) what it told before must tell it again then.
+    /// Changes whenever a learned source changes or is forgotten: a caller that skips telling
+    /// [`learn_source`](Self::learn_source) what it told before must tell it again then (the
+    /// peer may have roamed to the other family's socket and back in between).
     pub(crate) fn sticky_generation(&self) -> u64 {
         self.sticky.generation.load(Ordering::Relaxed)
     }
