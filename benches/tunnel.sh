@@ -11,6 +11,9 @@
 # Tests (iperf3 client in namespace "b", server in "a", over the tunnel; S = --time):
 #   tcp1      one TCP stream b->a            tcp1-rev  the same, a->b (-R)
 #   tcp4      4 parallel TCP streams b->a    udp       UDP at a fixed offered rate (-b, -l 1380)
+#   udpmax    1380-byte UDP, -b 0 (as fast as iperf3 sends), -w 4M (so that the receiving
+#             iperf3's socket buffer is not where packets are lost): the received rate, with
+#             more offered than any implementation carries here.
 #   udp64     64-byte UDP, -b 0 (as fast as iperf3 sends), -w 4M: received packets per second.
 #             Once per round the same runs straight over the veth of the first pair (no tunnel),
 #             which shows the ceiling of iperf3's sender and receiver on this machine.
@@ -20,11 +23,20 @@
 #             daemons sampled every 0.5 s; the maximum and the last sample (samples in --raw)
 # Around every test: CPU time (utime+stime from /proc/PID/stat) of both daemons, and for the
 # per-thread view, of each of their threads (/proc/PID/task/*/stat). Peak RSS (VmHWM) at the end.
+# Before every test the script waits (at most 5 s) until no daemon of any pair uses CPU, so that
+# the backlog of one test does not run into the next; and the order of the implementations
+# rotates from round to round, so that none always follows the same one.
+#
+# Comparing rwg builds and settings in the same run: --rwg-baseline BIN adds "rwg-base" (rwg
+# built from another commit; RWG_BASE_REV=text names it), and --rwg-variant 'NAME=VAR=VALUE ...'
+# (repeatable) adds "rwg-NAME", this rwg started with those environment variables, e.g.
+# --rwg-variant 'off=RWG_DISABLE=all RWG_WORKERS=1'. Each gets its own pair and ratio column.
 #
 # Needs root (netns), iperf3, wg, socat, python3. Usage:
 #   benches/tunnel.sh [--impls rwg,wireguard-go,boringtun,gotatun[,wireguard-go-upstream]]
 #                     [--tests tcp1,...] [--rounds N] [--quick] [--time S] [--udp-rate 500M]
 #                     [--bt-threads N] [--out FILE] [--raw FILE] [--keep-logs DIR]
+#                     [--rwg-baseline BIN] [--rwg-variant 'NAME=VAR=VALUE ...']...
 # RWG=path/to/rwg (default: $CARGO_TARGET_DIR or ./target, release/rwg; RWG_REV=text names the
 # commit it was built from in the header, default this checkout's HEAD); GOTATUN=path (default:
 # gotatun on PATH, else ~/.cargo/bin/gotatun); WG_GO_UPSTREAM=path (default
@@ -36,7 +48,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
 
 IMPLS=rwg,wireguard-go,boringtun,gotatun
-ALL_TESTS=tcp1,tcp1-rev,tcp4,udp,udp64,ping,pingload,flood
+ALL_TESTS=tcp1,tcp1-rev,tcp4,udp,udpmax,udp64,ping,pingload,flood
 TESTS_ARG=$ALL_TESTS
 ROUNDS=3
 TIME=10
@@ -45,6 +57,9 @@ BT_THREADS="" # empty: boringtun's default (4)
 OUT=""
 RAW=""
 LOGDIR=""
+RWG_BASE=""
+declare -A VARIANT_ENV=()
+VARIANTS=()
 need_arg() { (($# >= 2)) && [[ -n $2 ]] || { echo "$1 needs a value" >&2; exit 2; }; }
 while (($#)); do
 	case $1 in
@@ -58,7 +73,16 @@ while (($#)); do
 	--out) need_arg "$@"; OUT=$2; shift 2 ;;
 	--raw) need_arg "$@"; RAW=$2; shift 2 ;;
 	--keep-logs) need_arg "$@"; LOGDIR=$2; shift 2 ;;
-	-h | --help) sed -n '2,34p' "$0"; exit 0 ;;
+	--rwg-baseline) need_arg "$@"; RWG_BASE=$2; shift 2 ;;
+	--rwg-variant)
+		need_arg "$@"
+		[[ $2 =~ ^([a-z0-9]+)=(.*)$ ]] || { echo "--rwg-variant wants NAME=VAR=VALUE ... (NAME: a-z, 0-9)" >&2; exit 2; }
+		[[ -z ${VARIANT_ENV[${BASH_REMATCH[1]}]:-} ]] || { echo "rwg variant ${BASH_REMATCH[1]} given twice" >&2; exit 2; }
+		VARIANT_ENV[${BASH_REMATCH[1]}]=${BASH_REMATCH[2]}
+		VARIANTS+=("${BASH_REMATCH[1]}")
+		shift 2
+		;;
+	-h | --help) sed -n '2,48p' "$0"; exit 0 ;;
 	*) echo "unknown option $1" >&2; exit 2 ;;
 	esac
 done
@@ -67,6 +91,16 @@ done
 : "${RWG:=${CARGO_TARGET_DIR:-$REPO/target}/release/rwg}"
 : "${GOTATUN:=$(command -v gotatun || echo "${HOME:-/root}/.cargo/bin/gotatun")}"
 : "${WG_GO_UPSTREAM:=/work/peers/wireguard-go-upstream/wireguard-go}"
+if [[ -n $RWG_BASE ]]; then
+	[[ -x $RWG_BASE ]] || { echo "--rwg-baseline: no executable at $RWG_BASE" >&2; exit 1; }
+	IMPLS+=,rwg-base
+fi
+for v in "${VARIANTS[@]}"; do
+	for a in ${VARIANT_ENV[$v]}; do
+		[[ $a =~ ^[A-Z_][A-Z0-9_]*= ]] || { echo "--rwg-variant $v: $a is not VAR=VALUE" >&2; exit 2; }
+	done
+	IMPLS+=,rwg-$v
+done
 IFS=, read -r -a IMPL_LIST <<<"$IMPLS"
 IFS=, read -r -a TESTS <<<"$TESTS_ARG"
 ((${#IMPL_LIST[@]})) || { echo "--impls is empty" >&2; exit 2; }
@@ -85,6 +119,8 @@ for impl in "${IMPL_LIST[@]}"; do
 	SEEN[$impl]=1
 	case $impl in
 	rwg) [[ -x $RWG ]] || { echo "no rwg at $RWG: cargo build --release -p rwg, or set RWG" >&2; exit 1; } ;;
+	rwg-base) ;;
+	rwg-*) [[ -n ${VARIANT_ENV[${impl#rwg-}]:-} ]] || { echo "unknown implementation $impl (rwg variants come from --rwg-variant)" >&2; exit 2; } ;;
 	wireguard-go) command -v wireguard-go >/dev/null || { echo "wireguard-go not on PATH: apt-get install wireguard-go" >&2; exit 1; } ;;
 	boringtun) command -v boringtun-cli >/dev/null || { echo "boringtun-cli not on PATH: cargo install --locked boringtun-cli" >&2; exit 1; } ;;
 	gotatun) [[ -x $GOTATUN ]] || { echo "no gotatun at $GOTATUN: cargo install --locked gotatun-cli, or set GOTATUN" >&2; exit 1; } ;;
@@ -140,6 +176,12 @@ start_daemon() {
 	local impl=$1 ns=$2 ifc=$3 logf="$WORK/daemon-$3.log" pid
 	case $impl in
 	rwg) ip netns exec "$ns" env WG_PROCESS_FOREGROUND=1 LOG_LEVEL=error "$RWG" -f "$ifc" >"$logf" 2>&1 & ;;
+	rwg-base) ip netns exec "$ns" env WG_PROCESS_FOREGROUND=1 LOG_LEVEL=error "$RWG_BASE" -f "$ifc" >"$logf" 2>&1 & ;;
+	rwg-*)
+		local vars
+		read -r -a vars <<<"${VARIANT_ENV[${impl#rwg-}]}"
+		ip netns exec "$ns" env WG_PROCESS_FOREGROUND=1 LOG_LEVEL=error "${vars[@]}" "$RWG" -f "$ifc" >"$logf" 2>&1 &
+		;;
 	wireguard-go) ip netns exec "$ns" env WG_PROCESS_FOREGROUND=1 LOG_LEVEL=error wireguard-go -f "$ifc" >"$logf" 2>&1 & ;;
 	boringtun) ip netns exec "$ns" boringtun-cli --foreground --disable-drop-privileges --verbosity error \
 		${BT_THREADS:+--threads "$BT_THREADS"} "$ifc" >"$logf" 2>&1 & ;;
@@ -284,6 +326,7 @@ run_test() {
 	tcp1-rev) timeout $((TIME + 20)) ip netns exec "$nsb" iperf3 -c $dst -t "$TIME" -R -J >"$j" || true ;;
 	tcp4) timeout $((TIME + 20)) ip netns exec "$nsb" iperf3 -c $dst -t "$TIME" -P 4 -J >"$j" || true ;;
 	udp) timeout $((TIME + 20)) ip netns exec "$nsb" iperf3 -c $dst -t "$TIME" -u -b "$UDP_RATE" -l 1380 -J >"$j" || true ;;
+	udpmax) timeout $((TIME + 20)) ip netns exec "$nsb" iperf3 -c $dst -t "$TIME" -u -b 0 -l 1380 -w 4M -J >"$j" || true ;;
 	udp64) timeout $((TIME + 20)) ip netns exec "$nsb" iperf3 -c $dst -t "$TIME" -u -b 0 -l 64 -w 4M -J >"$j" || true ;;
 	ping) ip netns exec "$nsb" ping -n -c 50 -i 0.01 -W 1 $dst >"$j" 2>&1 || true ;;
 	pingload)
@@ -321,6 +364,8 @@ ver() { "$@" 2>/dev/null | head -1 || true; }
 	for impl in "${IMPL_LIST[@]}"; do
 		case $impl in
 		rwg) printf 'rwg\trwg %s\n' "${RWG_REV:-$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$REPO" diff --quiet HEAD -- crates 2>/dev/null || echo '+dirty')} ($RWG)" ;;
+		rwg-base) printf 'rwg-base\trwg-base: rwg %s (%s)\n' "${RWG_BASE_REV:-?}" "$RWG_BASE" ;;
+		rwg-*) printf '%s\t%s: the rwg above with %s\n' "$impl" "$impl" "${VARIANT_ENV[${impl#rwg-}]}" ;;
 		wireguard-go) printf 'wireguard-go\tDebian %s\n' "$(ver wireguard-go --version)" ;;
 		boringtun) printf 'boringtun\t%s, threads %s\n' "$(ver boringtun-cli --version)" "${BT_THREADS:-default (4)}" ;;
 		gotatun) printf 'gotatun\t%s\n' "$(ver "$GOTATUN" --version)" ;;
@@ -329,17 +374,42 @@ ver() { "$@" 2>/dev/null | head -1 || true; }
 		esac
 	done
 	printf 'iperf3\t%s\n' "$(iperf3 --version | head -1)"
-	printf 'params\trounds %s, -t %s s, UDP -b %s -l 1380, UDP 64 B -b 0 -w 4M, ping -c 50 -i 0.01, ping under load -c %s -i 0.02, flood -b 0 -l 1380\n' \
+	printf 'params\trounds %s, -t %s s, UDP -b %s -l 1380, UDP max -b 0 -l 1380 -w 4M, UDP 64 B -b 0 -l 64 -w 4M, ping -c 50 -i 0.01, ping under load -c %s -i 0.02, flood -b 0 -l 1380; implementations in a rotating order, each test after the daemons went idle\n' \
 		"$ROUNDS" "$TIME" "$UDP_RATE" $((TIME * 40))
 } >"$WORK/env.tsv"
 
 for i in "${!IMPL_LIST[@]}"; do setup_pair "$i" "${IMPL_LIST[$i]}"; done
 
+# Waits (at most 5 s) until no daemon used CPU for 0.3 s: the previous test's backlog is done.
+ALL_PIDS=()
+settle() {
+	local deadline=$(($(date +%s) + 5)) prev="" cur p t
+	while (($(date +%s) < deadline)); do
+		cur=0
+		for p in "${ALL_PIDS[@]}"; do
+			t=$(stat_ticks "/proc/$p/stat") || t="gone 0"
+			cur=$((cur + ${t##* }))
+		done
+		[[ $cur == "$prev" ]] && return 0
+		prev=$cur
+		sleep 0.3
+	done
+	log "daemons still busy after 5 s; measuring anyway"
+}
+
+for i in "${!IMPL_LIST[@]}"; do
+	v=PA_$i
+	w=PB_$i
+	ALL_PIDS+=("${!v}" "${!w}")
+done
+N=${#IMPL_LIST[@]}
 for ((r = 1; r <= ROUNDS; r++)); do
 	for t in "${TESTS[@]}"; do
 		# The generator's ceiling: the same 64-byte UDP test over the first pair's bare veth.
-		[[ $t == udp64 ]] && run_test 0 veth "$r" udp64
-		for i in "${!IMPL_LIST[@]}"; do
+		[[ $t == udp64 ]] && settle && run_test 0 veth "$r" udp64
+		for ((k = 0; k < N; k++)); do
+			i=$(((k + r - 1) % N))
+			settle
 			run_test "$i" "${IMPL_LIST[$i]}" "$r" "$t"
 		done
 	done

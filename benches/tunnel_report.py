@@ -56,7 +56,7 @@ def sample(a):
         end = j.get("end", {})
         if "error" in j:
             emit("error", j["error"].replace("\t", " "))
-        if a.test in ("udp", "udp64", "flood"):
+        if a.test in ("udp", "udpmax", "udp64", "flood"):
             s = end.get("sum", {})
             # iperf3 3.12: end.sum is the sender's bytes with the receiver's loss counts;
             # end.sum_received the receiver's own bytes and packets.
@@ -72,6 +72,7 @@ def sample(a):
                 emit("lost_pct", f"{lost:.2f}")
                 if s.get("seconds"):
                     emit("sent_kpps", f"{s.get('packets', 0) / s['seconds'] / 1e3:.1f}")
+                    emit("sent_mbps", f"{s['bytes'] * 8 / s['seconds'] / 1e6:.1f}")
                 if recv and recv.get("seconds") and "packets" in recv:
                     got = recv["packets"] - recv.get("lost_packets", 0)
                     emit("kpps", f"{got / recv['seconds'] / 1e3:.1f}")
@@ -193,8 +194,11 @@ def report(a):
         ("tcp1", "mbps", "TCP 1 stream b→a, Mbit/s", 0),
         ("tcp1-rev", "mbps", "TCP 1 stream a→b (-R), Mbit/s", 0),
         ("tcp4", "mbps", "TCP 4 streams, Mbit/s", 0),
-        ("udp", "mbps", "UDP 1380 B achieved, Mbit/s", 0),
-        ("udp", "lost_pct", "UDP 1380 B loss, %", 1),
+        ("udp", "mbps", "UDP 1380 B at a fixed offered rate (-b), achieved, Mbit/s", 0),
+        ("udp", "lost_pct", "UDP 1380 B at a fixed rate, loss, %", 1),
+        ("udpmax", "mbps", "UDP 1380 B received (-b 0 -w 4M), Mbit/s", 0),
+        ("udpmax", "sent_mbps", "UDP 1380 B offered (-b 0), Mbit/s", 0),
+        ("udpmax", "lost_pct", "UDP 1380 B (-b 0 -w 4M) loss, %", 1),
         ("udp64", "kpps", "UDP 64 B received, kpps", 1),
         ("udp64", "sent_kpps", "UDP 64 B offered (iperf3 -b 0), kpps", 1),
         ("udp64", "lost_pct", "UDP 64 B loss, %", 1),
@@ -205,7 +209,7 @@ def report(a):
         ("pingload", "max_ms", "ping under 1 TCP stream max, ms", 3),
         ("pingload", "lost_pct", "ping under 1 TCP stream lost, %", 1),
         ("pingload", "mbps", "TCP 1 stream while pinging, Mbit/s", 0),
-        ("flood", "mbps", "flood UDP 1380 B -b 0 received, Mbit/s", 0),
+        ("flood", "mbps", "flood UDP 1380 B -b 0 (receiver: default socket buffer) received, Mbit/s", 0),
         ("flood", "lost_pct", "flood loss, %", 1),
         ("flood", "rss_max_kb", "flood: RSS max of the larger daemon, MiB", 1, MiB),
         ("flood", "rss_final_kb", "flood: RSS at the flood's end, larger daemon, MiB", 1, MiB),
@@ -216,6 +220,7 @@ def report(a):
         ("tcp1-rev", "TCP 1 stream -R"),
         ("tcp4", "TCP 4 streams"),
         ("udp", "UDP"),
+        ("udpmax", "UDP 1380 B -b 0"),
         ("udp64", "UDP 64 B"),
         ("flood", "UDP flood"),
     ]
@@ -273,7 +278,7 @@ def report(a):
     for t, l in eff:
         lossrows.append((t, "udp_rcvbuf_drops", f"{l}: UDP rcvbuf drops", 0))
         lossrows.append((t, "tun_queue_drops", f"{l}: TUN queue drops", 0))
-        if t not in ("udp", "udp64", "flood"):
+        if t not in ("udp", "udpmax", "udp64", "flood"):
             lossrows.append((t, "retrans", f"{l}: TCP retransmits", 0))
     table("lost packets per test", lossrows, lambda s: s, None)
 

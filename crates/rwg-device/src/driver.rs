@@ -349,7 +349,7 @@ impl Driver {
         let mut driver = rwg_driver::Driver::new(Arc::clone(&self.core), self.clock);
         let w = Arc::clone(&self.waker);
         self.core.set_waker(Some(Arc::new(move || w.wake())));
-        let mut out = UdpOut(self);
+        let mut out = UdpOut(self, crate::udp::Scratch::new(1));
         let mut last_mtu = std::time::Instant::now();
         while !self.stopping.load(Ordering::Relaxed) {
             let deadline = driver.turn(&mut out);
@@ -367,22 +367,15 @@ impl Driver {
     }
 }
 
-/// The control path's datagrams go out of the current UDP sockets.
-struct UdpOut<'a>(&'a Driver);
+/// The control path's datagrams go out of the current UDP sockets, from the peer's sticky
+/// source address when one is known.
+struct UdpOut<'a>(&'a Driver, crate::udp::Scratch);
 
 impl Transmitter for UdpOut<'_> {
     fn transmit(&mut self, t: &Transmit, datagrams: &[u8]) -> usize {
-        let sockets = self.0.sockets();
-        let mut sent = 0;
-        for d in t.datagrams(datagrams) {
-            match sockets.send_to(d, t.destination) {
-                Ok(()) => sent += d.len(),
-                Err(e) => {
-                    tracing::debug!(error = %e, destination = %t.destination, "send failed")
-                }
-            }
-        }
-        sent
+        self.0
+            .sockets()
+            .send_transmit(t.datagrams(datagrams), t.destination, t.peer, &mut self.1)
     }
 }
 

@@ -34,7 +34,7 @@ use crate::offload::{
     self, Coalescer, SegmentsOut, VnetHdr, MAX_SEGMENTS, MAX_SUPER_PACKET, VNET_HDR_LEN,
 };
 use crate::tun::{Tun, TunError};
-use crate::udp::{self, InMsg, OutMsg, Scratch};
+use crate::udp::{self, InMsg, LocalAddr, OutMsg, Scratch};
 
 /// How long a reader blocks in `poll` before it looks at its generation (socket rebinding)
 /// and at the stop flag.
@@ -129,10 +129,31 @@ impl DataPlaneConfig {
     }
 }
 
-/// Spreads the crypto of a batch over worker threads (nothing with one worker).
+/// Estimated CPU time to seal or open one packet, besides its bytes: ring's ChaCha20-Poly1305
+/// takes about 0.27 µs for 64 bytes and 1.5 µs for 1420 bytes on the machines measured in
+/// BENCHMARKS.md ("Crypto primitives"), i.e. about 0.2 µs plus 0.9 ns per byte.
+const CRYPTO_NS_PER_PACKET: u64 = 200;
+/// Picoseconds per byte of the same estimate (0.9 ns).
+const CRYPTO_PS_PER_BYTE: u64 = 900;
+/// A batch is shared with the workers only when its crypto is estimated to take at least this
+/// long: handing work to a sleeping thread and waiting for it costs a few context switches
+/// (5–15 µs each on the 2-core VMs measured), which a ping (one packet) or a burst of small
+/// packets would pay without gaining anything. 128 packets of 64 bytes stay on the reading
+/// thread; 32 or more full-size packets are shared.
+const SHARE_MIN_NS: u64 = 48_000;
+
+/// Estimated nanoseconds of crypto for one packet of `bytes` bytes.
+fn crypto_ns(bytes: usize) -> u64 {
+    CRYPTO_NS_PER_PACKET + bytes as u64 * CRYPTO_PS_PER_BYTE / 1000
+}
+
+/// Spreads the crypto of a batch over worker threads (nothing with one worker). The thread
+/// that read the batch does a share itself; small batches stay on it entirely.
 #[derive(Debug)]
 pub(crate) struct Crypto {
+    /// `workers - 1` threads: the reading thread is the other one.
     pool: Option<rayon::ThreadPool>,
+    workers: usize,
 }
 
 impl Crypto {
@@ -140,23 +161,86 @@ impl Crypto {
         let pool = (workers > 1)
             .then(|| {
                 rayon::ThreadPoolBuilder::new()
-                    .num_threads(workers)
+                    .num_threads(workers - 1)
                     .thread_name(|i| format!("crypto-{i}"))
                     .build()
                     .map_err(|e| tracing::warn!(error = %e, "no crypto workers; encrypting on the reading threads"))
                     .ok()
             })
             .flatten();
-        Crypto { pool }
+        let workers = if pool.is_some() { workers } else { 1 };
+        Crypto { pool, workers }
     }
 
-    /// Runs `f` on every item, spread over the workers when there are enough items to share.
-    fn each<T: Send>(&self, items: &mut [T], f: impl Fn(&mut T) + Sync + Send) {
-        use rayon::prelude::*;
-        match &self.pool {
-            Some(pool) if items.len() >= 4 => pool.install(|| items.par_iter_mut().for_each(f)),
-            _ => items.iter_mut().for_each(f),
+    /// How many threads a batch of `packets` packets whose crypto is estimated at `ns`
+    /// nanoseconds is split over (1: the reading thread alone). Each share carries at least
+    /// half of [`SHARE_MIN_NS`], so that on many cores a middling batch is not cut into
+    /// hand-offs that cost more than they save.
+    fn shares(&self, packets: usize, ns: u64) -> usize {
+        if self.workers < 2 || packets < 2 || ns < SHARE_MIN_NS {
+            return 1;
         }
+        let by_cost = usize::try_from(ns / (SHARE_MIN_NS / 2)).unwrap_or(usize::MAX);
+        self.workers.min(packets).min(by_cost)
+    }
+
+    /// Runs `f` on every item; `bytes` says how many bytes an item's crypto covers (for the
+    /// estimate of whether sharing pays). When it does, the items are cut into contiguous
+    /// chunks of about equal estimated cost: the first is done on the calling thread, the
+    /// others on the workers, and this returns once all are done. Items stay in place, so
+    /// whatever the caller does with them afterwards happens in their order.
+    fn each<T: Send>(
+        &self,
+        items: &mut [T],
+        bytes: impl Fn(&T) -> usize,
+        f: impl Fn(&mut T) + Sync + Send,
+    ) {
+        let pool = match &self.pool {
+            Some(pool) if items.len() >= 2 => pool,
+            _ => return items.iter_mut().for_each(f),
+        };
+        let total: u64 = items.iter().map(|t| crypto_ns(bytes(t))).sum();
+        let shares = self.shares(items.len(), total);
+        if shares < 2 {
+            return items.iter_mut().for_each(f);
+        }
+        let target = total.div_ceil(shares as u64);
+        // How many leading items of `items` make up one share (at least one): the share ends
+        // before or after the item that reaches the target, whichever is nearer to it.
+        let cut = |items: &[T]| {
+            let mut sum = 0;
+            for (i, t) in items.iter().enumerate() {
+                let cost = crypto_ns(bytes(t));
+                if sum + cost >= target {
+                    return if i > 0 && sum + cost - target > target - sum {
+                        i
+                    } else {
+                        i + 1
+                    };
+                }
+                sum += cost;
+            }
+            items.len()
+        };
+        let f = &f;
+        pool.in_place_scope(|scope| {
+            let n = cut(items);
+            let (mine, mut rest) = items.split_at_mut(n);
+            for share in 1..shares {
+                if rest.is_empty() {
+                    break;
+                }
+                let n = if share + 1 == shares {
+                    rest.len()
+                } else {
+                    cut(rest)
+                };
+                let (theirs, others) = std::mem::take(&mut rest).split_at_mut(n);
+                rest = others;
+                scope.spawn(move |_| theirs.iter_mut().for_each(f));
+            }
+            mine.iter_mut().for_each(f);
+        });
     }
 }
 
@@ -179,8 +263,10 @@ pub(crate) fn tun_to_udp(d: &Driver, tun: &Tun, shutdown: &ShutdownHandle, crypt
     let mut sent: Vec<usize> = Vec::with_capacity(SEND_SLOTS);
     // A packet read but not yet segmented because the batch was full.
     let mut held: Option<usize> = None;
+    // Whether the last batch ended because the TUN had nothing more (else more is waiting).
+    let mut drained = true;
     while !d.stopping() {
-        if held.is_none() {
+        if held.is_none() && drained {
             match tun.wait_readable(READER_POLL_MS) {
                 Ok(true) => {}
                 Ok(false) => continue,
@@ -195,12 +281,16 @@ pub(crate) fn tun_to_udp(d: &Driver, tun: &Tun, shutdown: &ShutdownHandle, crypt
         }
         // 1. Read and split until the batch is full or the TUN is empty.
         let mut count = 0;
+        drained = false;
         loop {
             let n = match held.take() {
                 Some(n) => n,
                 None => match tun.read(&mut read_buf) {
                     Ok(n) => n,
-                    Err(TunError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(TunError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                        drained = true;
+                        break;
+                    }
                     Err(TunError::Gone) => {
                         d.stop();
                         shutdown.shutdown(Shutdown::InterfaceDeleted);
@@ -208,6 +298,7 @@ pub(crate) fn tun_to_udp(d: &Driver, tun: &Tun, shutdown: &ShutdownHandle, crypt
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "reading from the TUN");
+                        drained = true;
                         break;
                     }
                 },
@@ -267,12 +358,16 @@ pub(crate) fn tun_to_udp(d: &Driver, tun: &Tun, shutdown: &ShutdownHandle, crypt
                 }
             }
         }
-        // 3. Seal, on the workers.
-        crypto.each(&mut tasks, |t| {
-            if let Some(job) = &t.job {
-                t.sealed = job.seal(t.slot, t.packet_len).unwrap_or(0);
-            }
-        });
+        // 3. Seal, shared with the workers if the batch is big enough.
+        crypto.each(
+            &mut tasks,
+            |t| t.packet_len,
+            |t| {
+                if let Some(job) = &t.job {
+                    t.sealed = job.seal(t.slot, t.packet_len).unwrap_or(0);
+                }
+            },
+        );
         // 4. Send, in order, equal-sized messages to one destination as one GSO run.
         let sockets = d.sockets();
         let mut parts: Vec<&[u8]> = Vec::with_capacity(count);
@@ -281,6 +376,8 @@ pub(crate) fn tun_to_udp(d: &Driver, tun: &Tun, shutdown: &ShutdownHandle, crypt
         // the socket refuses can be taken off the right peer's tx_bytes.
         let mut peers: Vec<PeerId> = Vec::new();
         let udp_gso = d.config().udp_gso;
+        // The sticky source of the last destination looked up (one lookup per peer and run).
+        let mut source_of: Option<(PeerId, SocketAddr, Option<LocalAddr>)> = None;
         for t in &tasks {
             let (Some(job), true) = (&t.job, t.sealed > 0) else {
                 continue;
@@ -299,6 +396,14 @@ pub(crate) fn tun_to_udp(d: &Driver, tun: &Tun, shutdown: &ShutdownHandle, crypt
                         && data.len() <= seg
                         && (m.parts.len() + 1) * seg <= MAX_GSO_BYTES
                 });
+            let source = match source_of {
+                Some((p, a, source)) if p == job.peer() && a == to => source,
+                _ => {
+                    let source = sockets.source_for(Some(job.peer()), to);
+                    source_of = Some((job.peer(), to, source));
+                    source
+                }
+            };
             parts.push(data);
             if joins {
                 if let Some(m) = msgs.last_mut() {
@@ -310,6 +415,7 @@ pub(crate) fn tun_to_udp(d: &Driver, tun: &Tun, shutdown: &ShutdownHandle, crypt
                     to,
                     parts: at..at + 1,
                     segment: if gso { data.len() as u16 } else { 0 },
+                    source,
                 });
                 peers.push(job.peer());
             }
@@ -345,6 +451,8 @@ fn needed_slots(hdr: &VnetHdr, len: usize) -> usize {
 struct OpenTask<'a> {
     datagram: &'a mut [u8],
     from: SocketAddr,
+    /// The local address it was sent to (for replies to leave from it).
+    local: Option<LocalAddr>,
     job: Option<rwg_proto::device::ReceiveJob>,
     opened: bool,
 }
@@ -366,24 +474,41 @@ pub(crate) fn udp_to_tun(
             len: 0,
             from: SocketAddr::from(([0, 0, 0, 0], 0)),
             segment: 0,
+            local: None,
         };
         RECV_MESSAGES
     ];
+    let sockets = d.sockets();
+    // What was last told to `learn_source`, and the sticky generation then: told again only
+    // when it changes (a read lock per datagram otherwise).
+    let mut learned: Option<(PeerId, SocketAddr, LocalAddr, u64)> = None;
     let mut scratch = Scratch::new(RECV_MESSAGES);
     let mut coalescer = Coalescer::with(offloads.tso, offloads.uso);
     let mut plain = vec![0u8; VNET_HDR_LEN + MAX_SUPER_PACKET];
+    // Whether the last receive left the socket's queue empty: only then is it worth waiting
+    // (under load the next recvmmsg has messages at once, and a poll first is a wasted call).
+    let mut drained = true;
     while !d.stopping() && d.generation() == generation {
-        match udp::wait_readable(socket, READER_POLL_MS) {
-            Ok(true) => {}
-            Ok(false) => continue,
-            Err(e) => return d.fail(format!("waiting for UDP: {e}")),
+        if drained {
+            match udp::wait_readable(socket, READER_POLL_MS) {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => return d.fail(format!("waiting for UDP: {e}")),
+            }
         }
         let n = match udp::recv_msgs(socket, &mut buf, RECV_STRIDE, &mut metas, &mut scratch) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Ok(n) => {
+                drained = n < RECV_MESSAGES;
+                n
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                drained = true;
+                continue;
+            }
             Err(e) => {
                 // ICMP errors of earlier sends surface here (ECONNREFUSED): not fatal.
                 tracing::trace!(error = %e, "UDP receive");
+                drained = true;
                 continue;
             }
         };
@@ -401,6 +526,7 @@ pub(crate) fn udp_to_tun(
                 tasks.push(OpenTask {
                     datagram,
                     from,
+                    local: msg.local,
                     job: None,
                     opened: false,
                 });
@@ -416,16 +542,25 @@ pub(crate) fn udp_to_tun(
                     Err(Received::Dropped(reason)) => {
                         tracing::trace!(%reason, from = %t.from, "datagram dropped")
                     }
+                    Err(Received::Handshake) => {
+                        if let Some(local) = t.local {
+                            sockets.note_handshake_source(t.from, local);
+                        }
+                    }
                     Err(_) => {}
                 }
             }
         }
-        // Decrypt on the workers.
-        crypto.each(&mut tasks, |t| {
-            if let Some(job) = &t.job {
-                t.opened = job.open(t.datagram).is_ok();
-            }
-        });
+        // Decrypt, shared with the workers if the batch is big enough.
+        crypto.each(
+            &mut tasks,
+            |t| t.datagram.len(),
+            |t| {
+                if let Some(job) = &t.job {
+                    t.opened = job.open(t.datagram).is_ok();
+                }
+            },
+        );
         // Replay window, roaming, timers and source checks, in order; then to the TUN.
         coalescer.clear();
         {
@@ -436,8 +571,19 @@ pub(crate) fn udp_to_tun(
                 if !t.opened {
                     continue;
                 }
-                let Received::Packet { len, .. } = data_path.finish_receive(now, job, t.datagram)
-                else {
+                let peer = job.peer();
+                let received = data_path.finish_receive(now, job, t.datagram);
+                if let (Received::Packet { .. } | Received::Keepalive, Some(local)) =
+                    (&received, t.local)
+                {
+                    // Authenticated: replies to this peer leave from where it wrote to.
+                    let generation = sockets.sticky_generation();
+                    if learned != Some((peer, t.from, local, generation)) {
+                        sockets.learn_source(peer, t.from, local);
+                        learned = Some((peer, t.from, local, generation));
+                    }
+                }
+                let Received::Packet { len, .. } = received else {
                     continue;
                 };
                 let packet = &t.datagram[HEADROOM..HEADROOM + len];
@@ -537,6 +683,117 @@ mod tests {
             let e = DataPlaneConfig::parse(None, Some(bad)).expect_err("bad number");
             assert!(e.contains("from 1 to 256"), "{e}");
         }
+    }
+
+    /// The name of the thread each item was handled on, for a batch of packets of the given
+    /// sizes given to `crypto`.
+    fn threads_used(crypto: &Crypto, sizes: &[usize]) -> Vec<String> {
+        let mut items: Vec<(usize, usize, Option<String>)> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| (i, n, None))
+            .collect();
+        crypto.each(
+            &mut items,
+            |(_, size, _)| *size,
+            |(_, _, on)| {
+                assert!(on.is_none(), "an item handled twice");
+                *on = std::thread::current().name().map(str::to_owned);
+            },
+        );
+        // Every item handled once, and in place.
+        for (i, (index, _, on)) in items.iter().enumerate() {
+            assert_eq!(*index, i);
+            assert!(on.is_some(), "item {i} was not handled");
+        }
+        items
+            .into_iter()
+            .map(|(_, _, on)| on.unwrap_or_default())
+            .collect()
+    }
+
+    fn me() -> String {
+        std::thread::current()
+            .name()
+            .map(str::to_owned)
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn small_batches_stay_on_the_reading_thread_and_big_ones_are_shared() {
+        let me = me();
+        let two = Crypto::new(2);
+        // A ping, and a burst of 128 small packets: too little crypto to pay for a hand-off.
+        for (packets, size) in [(1, 84), (3, 1420), (SEND_SLOTS, 64)] {
+            let on = threads_used(&two, &vec![size; packets]);
+            assert!(on.iter().all(|t| *t == me), "{packets} × {size} B: {on:?}");
+        }
+        // A batch of full-size packets: the first half here, the second on the worker.
+        let on = threads_used(&two, &[1420; 64]);
+        assert!(on[..32].iter().all(|t| *t == me), "{on:?}");
+        assert!(on[32..].iter().all(|t| t == "crypto-0"), "{on:?}");
+        // One worker: everything stays here, however big.
+        let one = Crypto::new(1);
+        assert!(threads_used(&one, &[1420; SEND_SLOTS])
+            .iter()
+            .all(|t| *t == me));
+        // Three: three contiguous chunks, two of them on the pool's two threads.
+        let three = Crypto::new(3);
+        let on = threads_used(&three, &[1420; 90]);
+        assert!(on[..30].iter().all(|t| *t == me), "{on:?}");
+        assert!(on[30..].iter().all(|t| t.starts_with("crypto-")), "{on:?}");
+        assert!(on[30..60].windows(2).all(|w| w[0] == w[1]), "{on:?}");
+        assert!(on[60..].windows(2).all(|w| w[0] == w[1]), "{on:?}");
+    }
+
+    #[test]
+    fn shares_are_cut_by_estimated_cost_not_by_count() {
+        let me = me();
+        // 40 full-size packets, then 40 ACK-sized ones: half the items are far less than half
+        // the work, so the reading thread's share ends well before the middle.
+        let sizes: Vec<usize> = [1420; 40].into_iter().chain([64; 40]).collect();
+        let on = threads_used(&Crypto::new(2), &sizes);
+        let mine = on.iter().take_while(|t| **t == me).count();
+        assert!(on[mine..].iter().all(|t| t == "crypto-0"), "{on:?}");
+        assert!(
+            (1..40).contains(&mine),
+            "the reading thread took {mine} of {on:?}"
+        );
+        // The two shares differ by at most one packet's estimate.
+        let cost = |s: &[usize]| s.iter().map(|&n| crypto_ns(n)).sum::<u64>();
+        let (here, there) = (cost(&sizes[..mine]), cost(&sizes[mine..]));
+        assert!(
+            here.abs_diff(there) <= crypto_ns(1420),
+            "{here} ns here, {there} ns there"
+        );
+    }
+
+    #[test]
+    fn the_sharing_estimate_follows_packets_and_bytes() {
+        // ≈ 0.27 µs for 64 bytes and ≈ 1.5 µs for 1420 (BENCHMARKS.md, crypto primitives).
+        assert!((250..300).contains(&crypto_ns(64)));
+        assert!((1400..1600).contains(&crypto_ns(1420)));
+        let two = Crypto::new(2);
+        assert_eq!(
+            two.shares(1, crypto_ns(65535)),
+            1,
+            "one packet is never split"
+        );
+        assert_eq!(two.shares(SEND_SLOTS, SEND_SLOTS as u64 * crypto_ns(64)), 1);
+        assert_eq!(two.shares(40, 40 * crypto_ns(1420)), 2);
+        let eight = Crypto::new(8);
+        assert_eq!(
+            eight.shares(3, 3 * crypto_ns(65535)),
+            3,
+            "no more shares than packets"
+        );
+        // On many cores a batch just big enough to share is not cut eight ways.
+        assert_eq!(eight.shares(40, 40 * crypto_ns(1420)), 2);
+        assert_eq!(
+            eight.shares(SEND_SLOTS, SEND_SLOTS as u64 * crypto_ns(1420)),
+            7
+        );
+        assert_eq!(Crypto::new(1).shares(SEND_SLOTS, u64::MAX), 1);
     }
 
     #[test]

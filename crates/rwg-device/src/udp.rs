@@ -7,14 +7,48 @@
 //! or a family the process may not use (systemd's `RestrictAddressFamilies=`). The device then
 //! runs on the other family and logs one warning. The API moves slices of datagrams so that
 //! recvmmsg/sendmmsg can replace the one-at-a-time calls without changing callers.
+//!
+//! Sticky source address: on a host with several addresses, a peer expects replies from the
+//! address it wrote to (it may filter on it, and a NAT maps that pair only). Each socket reports
+//! the local address every datagram arrived at (IP_PKTINFO / IPV6_PKTINFO); the data plane
+//! remembers it per peer when a datagram of that peer authenticates ([`UdpSockets::learn_source`]),
+//! and handshake replies use the address the handshake message came in on
+//! ([`UdpSockets::note_handshake_source`]). Sends to that peer's endpoint then carry it as their
+//! source. If the address has gone from the host, the kernel refuses the send: the address is
+//! forgotten and the datagram goes again from the route's source.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
+
+use rwg_proto::device::PeerId;
 
 use crate::sys;
-pub(crate) use crate::sys::udp::{InMsg, OutMsg, Scratch};
+pub(crate) use crate::sys::udp::{InMsg, LocalAddr, OutMsg, Scratch};
+
+/// Peers whose sticky source is remembered, at most; beyond, the table starts again empty
+/// (entries come back with the next authenticated datagram of each peer). Peer ids are never
+/// reused, so an entry of a removed peer is only dead weight until then.
+const MAX_STICKY_PEERS: usize = 1 << 18;
+/// Sources of handshake messages remembered (unauthenticated, so few), at most.
+const MAX_HANDSHAKE_SOURCES: usize = 1024;
+
+/// The local addresses replies leave from (see the module's documentation).
+#[derive(Debug, Default)]
+struct Sticky {
+    /// Per peer: the endpoint its authenticated datagram came from and the local address it
+    /// was sent to. Used only while the peer's endpoint is still that one.
+    peers: RwLock<HashMap<PeerId, (SocketAddr, LocalAddr)>>,
+    /// Per source of a handshake message: the local address it was sent to, for the answer
+    /// (a handshake response or cookie reply) sent before any data authenticates.
+    handshakes: Mutex<HashMap<SocketAddr, LocalAddr>>,
+    /// Bumped whenever an entry changes or addresses are forgotten, so that callers caching
+    /// what they told know to tell it again.
+    generation: AtomicU64,
+}
 
 /// How often port 0 is retried when the IPv6 side cannot get IPv4's pick.
 const PORT_PICK_ATTEMPTS: usize = 10;
@@ -30,6 +64,7 @@ pub struct UdpSockets {
     gso: [AtomicBool; 2],
     /// A GSO run was refused as too big (EMSGSIZE) and said so in the log.
     told_too_big: AtomicBool,
+    sticky: Sticky,
 }
 
 /// One datagram received: its length in the caller's buffer and who sent it.
@@ -205,6 +240,7 @@ impl UdpSockets {
                         fwmark: 0,
                         gso: [AtomicBool::new(true), AtomicBool::new(true)],
                         told_too_big: AtomicBool::new(false),
+                        sticky: Sticky::default(),
                     });
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => last = Some(e),
@@ -350,6 +386,38 @@ impl UdpSockets {
                         // Socket buffer full: wait until it drains a little, then retry.
                         let _ = sys::poll::wait_writable(sock, 100);
                     }
+                    Err(e)
+                        if chunk[0].source.is_some()
+                            && matches!(
+                                e.raw_os_error(),
+                                Some(
+                                    libc::EINVAL
+                                        | libc::EADDRNOTAVAIL
+                                        | libc::ENETUNREACH
+                                        | libc::EHOSTUNREACH
+                                )
+                            ) =>
+                    {
+                        // The source address is no longer ours (EINVAL, EADDRNOTAVAIL), or
+                        // no route leaves from it (ENETUNREACH, EHOSTUNREACH: what the kernel
+                        // answers for an address it does not have when no route matches it):
+                        // forget it and send from the route's.
+                        let m = &chunk[0];
+                        if let Some(source) = m.source {
+                            tracing::debug!(error = %e, source = %source.ip, destination = %m.to, "source address refused; forgetting it");
+                            self.forget_source(source.ip);
+                        }
+                        let again = [OutMsg {
+                            source: None,
+                            ..m.clone()
+                        }];
+                        let mut took = [0usize];
+                        sent_bytes += self.send_msgs(&again, parts, scratch, &mut took);
+                        if let Some(s) = sent.get_mut(j) {
+                            *s = took[0];
+                        }
+                        j += 1;
+                    }
                     Err(e) => {
                         let m = &chunk[0];
                         let gso_refused = m.segment != 0
@@ -408,12 +476,117 @@ impl UdpSockets {
                 to: m.to,
                 parts: 0..1,
                 segment: 0,
+                source: m.source,
             }];
             if let Ok(1) = sys::udp::send_mmsg(sock, &one, &[d], scratch) {
                 sent += d.len() as u64;
             }
         }
         sent
+    }
+
+    /// Remembers that an authenticated datagram of `peer` came from `endpoint` to `local`:
+    /// what goes to that peer at that endpoint leaves from `local`. Cheap when nothing changed
+    /// (a read lock).
+    pub(crate) fn learn_source(&self, peer: PeerId, endpoint: SocketAddr, local: LocalAddr) {
+        let known = self
+            .sticky
+            .peers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&peer)
+            .is_some_and(|&(e, l)| e == endpoint && l == local);
+        if known {
+            return;
+        }
+        let mut peers = self.sticky.peers.write().unwrap_or_else(|e| e.into_inner());
+        if peers.len() >= MAX_STICKY_PEERS && !peers.contains_key(&peer) {
+            peers.clear();
+        }
+        peers.insert(peer, (endpoint, local));
+        // Another reader (the other family's) may cache what it told before this change.
+        self.sticky.generation.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Remembers that a handshake message from `from` was sent to `local` (not authenticated:
+    /// used only for the answer to `from` until a datagram of the peer authenticates).
+    pub(crate) fn note_handshake_source(&self, from: SocketAddr, local: LocalAddr) {
+        let mut h = self
+            .sticky
+            .handshakes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if h.len() >= MAX_HANDSHAKE_SOURCES && !h.contains_key(&from) {
+            h.clear();
+        }
+        h.insert(from, local);
+    }
+
+    /// The local address to send to `to` from, for `peer` (None: a cookie reply) — None when
+    /// nothing was learned, and the route decides.
+    pub(crate) fn source_for(&self, peer: Option<PeerId>, to: SocketAddr) -> Option<LocalAddr> {
+        if let Some(peer) = peer {
+            let peers = self.sticky.peers.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(&(endpoint, local)) = peers.get(&peer) {
+                if endpoint == to {
+                    return Some(local);
+                }
+            }
+        }
+        self.sticky
+            .handshakes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&to)
+            .copied()
+    }
+
+    /// Forgets every use of the local address `ip` (the kernel refused it as a source).
+    fn forget_source(&self, ip: std::net::IpAddr) {
+        self.sticky
+            .peers
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, (_, l)| l.ip != ip);
+        self.sticky
+            .handshakes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, l| l.ip != ip);
+        self.sticky.generation.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Changes whenever a learned source changes or is forgotten: a caller that skips telling
+    /// [`learn_source`](Self::learn_source) what it told before must tell it again then (the
+    /// peer may have roamed to the other family's socket and back in between).
+    pub(crate) fn sticky_generation(&self) -> u64 {
+        self.sticky.generation.load(Ordering::Relaxed)
+    }
+
+    /// Sends the datagrams of a control-path transmit (handshake messages, keepalives, staged
+    /// packets) one by one to `to`, from the peer's sticky source if one is known. Returns the
+    /// bytes the socket took.
+    pub(crate) fn send_transmit<'a>(
+        &self,
+        datagrams: impl Iterator<Item = &'a [u8]>,
+        to: SocketAddr,
+        peer: Option<PeerId>,
+        scratch: &mut Scratch,
+    ) -> usize {
+        let source = self.source_for(peer, to);
+        let mut took = 0;
+        for d in datagrams {
+            let msg = [OutMsg {
+                to,
+                parts: 0..1,
+                segment: 0,
+                source,
+            }];
+            let mut sent = [0usize];
+            self.send_msgs(&msg, &[d], scratch, &mut sent);
+            took += sent[0];
+        }
+        took
     }
 
     /// Sends datagrams in order; returns how many were sent before the first error (which is
@@ -561,6 +734,73 @@ mod tests {
             got.push(buf[..len].to_vec());
         }
         assert_eq!(got, [&b"hello"[..], b"abcd", b"efgh", b"ij"]);
+    }
+
+    #[test]
+    fn every_message_sent_reports_its_bytes() {
+        let s = UdpSockets::bind(0).expect("bind");
+        let peer = UdpSocket::bind("127.0.0.1:0").expect("peer");
+        let to = peer.local_addr().expect("addr");
+        let parts: [&[u8]; 3] = [b"one", b"two!", b"three"];
+        let msgs: Vec<OutMsg> = (0..3)
+            .map(|i| OutMsg {
+                to,
+                parts: i..i + 1,
+                segment: 0,
+                source: None,
+            })
+            .collect();
+        let mut sent = [usize::MAX; 3];
+        let total = s.send_msgs(&msgs, &parts, &mut Scratch::new(4), &mut sent);
+        assert_eq!(sent, [3, 4, 5]);
+        assert_eq!(total, 12);
+    }
+
+    /// Replies to a handshake leave from the address it came to; an address the host does not
+    /// have is forgotten at the first refused send, and that datagram goes from the route's.
+    #[test]
+    fn replies_leave_from_the_noted_source_and_a_refused_one_is_dropped() {
+        let s = UdpSockets::bind(0).expect("bind");
+        let peer = UdpSocket::bind("127.0.0.1:0").expect("peer");
+        peer.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .expect("timeout");
+        let to = peer.local_addr().expect("addr");
+        let mut scratch = Scratch::new(1);
+        let mut buf = [0u8; 64];
+        assert_eq!(s.source_for(None, to), None, "nothing learned yet");
+        let two = LocalAddr {
+            ip: [127, 0, 0, 2].into(),
+            ifindex: 0,
+        };
+        s.note_handshake_source(to, two);
+        assert_eq!(s.source_for(None, to), Some(two));
+        let took = s.send_transmit([&b"hello"[..]].into_iter(), to, None, &mut scratch);
+        assert_eq!(took, 5);
+        let (len, from) = peer.recv_from(&mut buf).expect("reply");
+        assert_eq!((&buf[..len], from.ip()), (&b"hello"[..], two.ip));
+        // Another destination is not affected.
+        let elsewhere = SocketAddr::from(([127, 0, 0, 1], to.port().wrapping_add(1)));
+        assert_eq!(s.source_for(None, elsewhere), None);
+
+        let generation = s.sticky_generation();
+        let gone = LocalAddr {
+            ip: [192, 0, 2, 1].into(),
+            ifindex: 0,
+        };
+        s.note_handshake_source(to, gone);
+        let took = s.send_transmit([&b"again"[..]].into_iter(), to, None, &mut scratch);
+        assert_eq!(took, 5, "sent after all, from the route's address");
+        let (len, from) = peer.recv_from(&mut buf).expect("reply");
+        assert_eq!(
+            (&buf[..len], from.ip()),
+            (&b"again"[..], std::net::IpAddr::from([127, 0, 0, 1]))
+        );
+        assert_eq!(
+            s.source_for(None, to),
+            None,
+            "the refused address is forgotten"
+        );
+        assert_ne!(s.sticky_generation(), generation);
     }
 
     #[test]

@@ -530,3 +530,185 @@ fn silent_peers_names_are_resolved_again() {
     let dump = text(&ns.run("wg", &["show", &name, "transfer"]));
     assert!(!dump.trim().ends_with("\t0"), "{dump}");
 }
+
+/// `ip route get DEST` in `ns`: the source address the kernel picks towards `dest`.
+fn route_source(ns: &Netns, dest: &str) -> String {
+    let out = text(&ns.run("ip", &["route", "get", dest]));
+    let mut words = out.split_whitespace();
+    words
+        .find(|w| *w == "src")
+        .and_then(|_| words.next())
+        .unwrap_or_else(|| panic!("no src in `ip route get {dest}`: {out}"))
+        .to_owned()
+}
+
+/// Runs `ip` in `ns` and fails the test with its error if it fails.
+fn ip_ok(ns: &Netns, args: &[&str]) {
+    let out = ns.run("ip", args);
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Sticky source address. Namespace "a" has two IPv4 and two IPv6 addresses on one link and
+/// runs the daemon under test; namespace "b" runs a second rwg whose endpoint for "a" is the
+/// address the route would NOT pick as source. Replies must come from that address: otherwise
+/// "b" sees authenticated datagrams from the other one and its endpoint roams there (checked
+/// with `wg show endpoints` in "b"). Then the address goes away and the daemon must still reach
+/// "b", from the remaining address.
+#[test]
+#[ignore = "needs root, /dev/net/tun, ip, ss, wg and ping: run with cargo test -- --ignored as root"]
+fn replies_leave_from_the_address_the_peer_wrote_to() {
+    require_root_and_tools();
+    let a = Netns::new("sa");
+    let b = Netns::new("sb");
+    let n = std::process::id() % 1_000_000;
+    let (va, vb) = (format!("sva{n}"), format!("svb{n}"));
+    ip_ok(
+        &a,
+        &[
+            "link", "add", &va, "type", "veth", "peer", "name", &vb, "netns", &b.0,
+        ],
+    );
+    for addr in ["10.77.0.1/24", "10.77.0.2/24"] {
+        ip_ok(&a, &["addr", "add", addr, "dev", &va]);
+    }
+    for addr in ["fd77::1/64", "fd77::2/64"] {
+        ip_ok(&a, &["addr", "add", addr, "dev", &va, "nodad"]);
+    }
+    ip_ok(&b, &["addr", "add", "10.77.0.9/24", "dev", &vb]);
+    ip_ok(&b, &["addr", "add", "fd77::9/64", "dev", &vb, "nodad"]);
+    for (ns, dev) in [(&a, va.as_str()), (&b, vb.as_str())] {
+        ip_ok(ns, &["link", "set", "lo", "up"]);
+        ip_ok(ns, &["link", "set", dev, "up"]);
+    }
+    // The address "a" would answer from by itself, and the one "b" writes to instead.
+    let other = |picked: &str, pair: [&'static str; 2]| {
+        assert!(pair.contains(&picked), "route source {picked}");
+        if picked == pair[0] {
+            pair[1]
+        } else {
+            pair[0]
+        }
+    };
+    let routed4 = route_source(&a, "10.77.0.9");
+    let target4 = other(&routed4, ["10.77.0.1", "10.77.0.2"]);
+    let routed6 = route_source(&a, "fd77::9");
+    let target6 = other(&routed6, ["fd77::1", "fd77::2"]);
+
+    let dir = std::env::temp_dir().join(format!("rwg-sticky-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp");
+    struct RemoveDir(PathBuf);
+    impl Drop for RemoveDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _dir = RemoveDir(dir.clone());
+    let (ka, pa) = key_pair();
+    let (kb, pb) = key_pair();
+    let (ia, ib) = (iface("sa"), iface("sb"));
+    let mut da = KillOnDrop(a.cmd(RWG).args(["-f", &ia]).spawn().expect("spawn rwg a"));
+    let mut db = KillOnDrop(b.cmd(RWG).args(["-f", &ib]).spawn().expect("spawn rwg b"));
+    wait_for_socket(&ia, &mut da.0);
+    wait_for_socket(&ib, &mut db.0);
+    let key_a = dir.join("a.key");
+    let key_b = dir.join("b.key");
+    std::fs::write(&key_a, format!("{ka}\n")).expect("key");
+    std::fs::write(&key_b, format!("{kb}\n")).expect("key");
+    let wg_ok = |ns: &Netns, args: &[&str]| {
+        let out = ns.run("wg", args);
+        assert!(
+            out.status.success(),
+            "wg {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let port = "51820";
+    wg_ok(
+        &a,
+        &[
+            "set",
+            &ia,
+            "private-key",
+            key_a.to_str().expect("utf8"),
+            "listen-port",
+            port,
+            "peer",
+            &pb,
+            "allowed-ips",
+            "10.99.0.2/32",
+        ],
+    );
+    let endpoint4 = format!("{target4}:{port}");
+    wg_ok(
+        &b,
+        &[
+            "set",
+            &ib,
+            "private-key",
+            key_b.to_str().expect("utf8"),
+            "peer",
+            &pa,
+            "endpoint",
+            &endpoint4,
+            "allowed-ips",
+            "10.99.0.1/32",
+        ],
+    );
+    ip_ok(&a, &["addr", "add", "10.99.0.1/24", "dev", &ia]);
+    ip_ok(&a, &["link", "set", &ia, "up"]);
+    ip_ok(&b, &["addr", "add", "10.99.0.2/24", "dev", &ib]);
+    ip_ok(&b, &["link", "set", &ib, "up"]);
+    let pings = |ns: &Netns, to: &str| {
+        ns.run("ping", &["-n", "-c", "1", "-W", "1", to])
+            .status
+            .success()
+    };
+    let endpoint_of_a = || {
+        let out = text(&b.run("wg", &["show", &ib, "endpoints"]));
+        out.split_whitespace().nth(1).unwrap_or_default().to_owned()
+    };
+
+    // IPv4, through the handshake: "b" initiates to the second address; the response (and
+    // then the data) must come from it.
+    wait_for("a ping from b through the tunnel (IPv4 underlay)", || {
+        pings(&b, "10.99.0.1")
+    });
+    assert!(pings(&b, "10.99.0.1"), "a second ping");
+    assert_eq!(
+        endpoint_of_a(),
+        endpoint4,
+        "b's endpoint for a roamed: a answered from {routed4}, not from {target4}"
+    );
+
+    // IPv6, through the data path: "b" moves to a's other IPv6 address; a's replies follow.
+    let endpoint6 = format!("[{target6}]:{port}");
+    wg_ok(&b, &["set", &ib, "peer", &pa, "endpoint", &endpoint6]);
+    wait_for("a ping from b through the tunnel (IPv6 underlay)", || {
+        pings(&b, "10.99.0.1")
+    });
+    assert!(pings(&b, "10.99.0.1"), "a second ping");
+    let a_sees = text(&a.run("wg", &["show", &ia, "endpoints"]));
+    assert!(
+        a_sees.contains("[fd77::9]:"),
+        "a learned b's IPv6 endpoint: {a_sees}"
+    );
+    assert_eq!(
+        endpoint_of_a(),
+        endpoint6,
+        "b's endpoint for a roamed: a answered from {routed6}, not from {target6}"
+    );
+
+    // The address goes away: a's next datagrams to b are refused from it and go from the
+    // route's address instead; b follows them there.
+    ip_ok(&a, &["addr", "del", &format!("{target6}/64"), "dev", &va]);
+    wait_for("a ping from a after its address went away", || {
+        pings(&a, "10.99.0.2")
+    });
+    assert_eq!(endpoint_of_a(), format!("[{routed6}]:{port}"));
+}
