@@ -18,7 +18,7 @@ fuzz_dir=$(cd "$(dirname "$0")" && pwd)
 cd "$fuzz_dir/.."
 
 seconds=${FUZZ_SECONDS:-20}
-targets=${FUZZ_TARGETS:-"messages cookie responder initiator transport peer replay allowed_ips"}
+targets=${FUZZ_TARGETS:-"messages cookie responder initiator transport peer replay allowed_ips offload uapi wg_quick_config socks5"}
 export PATH="$HOME/.cargo/bin:$PATH"
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
@@ -56,11 +56,17 @@ for t in $targets; do
     log="$logs/$t.log"
     status=ok
     mkdir -p "$fuzz_dir/corpus/$t" "$fuzz_dir/artifacts/$t"
+    # The committed, minimised corpus (seeds/<target>, see README.md "Seeds") is read too;
+    # new finds go to corpus/<target> only.
+    seeds=()
+    if [ -d "$fuzz_dir/seeds/$t" ]; then
+        seeds=("$fuzz_dir/seeds/$t")
+    fi
     # The binary `cargo fuzz run` would start, with its settings, started directly so that the
     # CPU time measured is the fuzzer's alone. One job, bounded time; a single input slower
     # than 10 s or above 2 GB is a finding too.
     if ! { time ASAN_OPTIONS=detect_odr_violation=0 "$target_dir/$host/release/$t" \
-        -artifact_prefix="$fuzz_dir/artifacts/$t/" "$fuzz_dir/corpus/$t" \
+        -artifact_prefix="$fuzz_dir/artifacts/$t/" "$fuzz_dir/corpus/$t" "${seeds[@]}" \
         -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
         -print_final_stats=1 >"$log" 2>&1; } 2>"$logs/$t.time"; then
         status=CRASH
