@@ -8,6 +8,7 @@
 #   fuzz/smoke.sh                      # all targets, 20 s each
 #   FUZZ_SECONDS=60 fuzz/smoke.sh      # longer
 #   FUZZ_TARGETS="messages cookie" fuzz/smoke.sh
+#   FUZZ_SANITIZER=none fuzz/smoke.sh  # campaign build: no ASan, 5-6x the executions (README.md)
 #
 # Uses the nightly toolchain when rustup has one; otherwise stable with RUSTC_BOOTSTRAP=1
 # (cargo-fuzz needs -Z flags for the sanitizer and coverage instrumentation); FUZZ_STABLE=1
@@ -18,7 +19,7 @@ fuzz_dir=$(cd "$(dirname "$0")" && pwd)
 cd "$fuzz_dir/.."
 
 seconds=${FUZZ_SECONDS:-20}
-targets=${FUZZ_TARGETS:-"messages cookie responder initiator transport peer replay allowed_ips"}
+targets=${FUZZ_TARGETS:-"messages cookie responder initiator transport peer replay allowed_ips offload uapi wg_quick_config socks5"}
 export PATH="$HOME/.cargo/bin:$PATH"
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
@@ -39,13 +40,32 @@ echo "smoke: $toolchain, ${seconds}s per target: $targets" >&2
 # Comparison tracing (libFuzzer's way past magic values) is turned off for the build as a whole
 # and back on for rwg-proto and the harness by Cargo.toml's per-package rustflags: in the hash,
 # cipher and curve code it only cost time (over half of it) and found nothing to compare.
-"${fuzz[@]}" build --no-trace-compares
-
-# Seeds from genuine handshakes (see src/bin/make_corpus.rs); make_corpus was just built with
-# the targets, so this costs no extra compilation.
+# AddressSanitizer by default (CI); FUZZ_SANITIZER=none builds without it, into a target
+# directory of its own so that switching does not rebuild the other.
+sanitizer=${FUZZ_SANITIZER:-address}
 host=$(rustc -vV | sed -n 's/^host: //p')
-target_dir=${CARGO_TARGET_DIR:-$fuzz_dir/target}
-"$target_dir/$host/release/make_corpus" "$fuzz_dir/corpus" >&2
+asan_dir=${CARGO_TARGET_DIR:-$fuzz_dir/target}
+target_dir=$asan_dir
+build=(build --no-trace-compares)
+if [ "$sanitizer" = address ]; then
+    "${fuzz[@]}" "${build[@]}"
+else
+    # Only the targets: make_corpus, which has no libFuzzer, links only against ASan's runtime
+    # (it provides the coverage callbacks); it is taken from the ASan build below.
+    target_dir="$asan_dir/$sanitizer"
+    build+=(-s "$sanitizer" --target-dir "$target_dir")
+    for t in $targets; do
+        "${fuzz[@]}" "${build[@]}" "$t"
+    done
+fi
+
+# Seeds from genuine handshakes (see src/bin/make_corpus.rs); make_corpus was built with the
+# targets, so this costs no extra compilation.
+if [ -x "$asan_dir/$host/release/make_corpus" ]; then
+    "$asan_dir/$host/release/make_corpus" "$fuzz_dir/corpus" >&2
+else
+    echo "smoke: no make_corpus (run once without FUZZ_SANITIZER); seeds/ only" >&2
+fi
 
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
@@ -56,11 +76,17 @@ for t in $targets; do
     log="$logs/$t.log"
     status=ok
     mkdir -p "$fuzz_dir/corpus/$t" "$fuzz_dir/artifacts/$t"
+    # The committed, minimised corpus (seeds/<target>, see README.md "Seeds") is read too;
+    # new finds go to corpus/<target> only.
+    seeds=()
+    if [ -d "$fuzz_dir/seeds/$t" ]; then
+        seeds=("$fuzz_dir/seeds/$t")
+    fi
     # The binary `cargo fuzz run` would start, with its settings, started directly so that the
     # CPU time measured is the fuzzer's alone. One job, bounded time; a single input slower
     # than 10 s or above 2 GB is a finding too.
     if ! { time ASAN_OPTIONS=detect_odr_violation=0 "$target_dir/$host/release/$t" \
-        -artifact_prefix="$fuzz_dir/artifacts/$t/" "$fuzz_dir/corpus/$t" \
+        -artifact_prefix="$fuzz_dir/artifacts/$t/" "$fuzz_dir/corpus/$t" "${seeds[@]}" \
         -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
         -print_final_stats=1 >"$log" 2>&1; } 2>"$logs/$t.time"; then
         status=CRASH

@@ -9,8 +9,8 @@ pub mod daemon;
 pub mod driver;
 pub mod lifecycle;
 mod link;
-#[cfg(test)]
-mod memory;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod memory;
 pub mod offload;
 pub mod pipeline;
 pub mod process;

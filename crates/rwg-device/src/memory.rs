@@ -2,7 +2,8 @@
 //! moves no packets.
 //!
 //! Test-only: the request-level UAPI tests run against it and, in `driver::tests`, against the
-//! daemon's real `DriverConfig`, so that the two agree.
+//! daemon's real `DriverConfig`, so that the two agree. The `fuzzing` feature makes it public
+//! for the `uapi` fuzz target (fuzz/); no build of the daemon has it.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -18,7 +19,7 @@ struct MemoryPeer {
 
 /// The configuration store. Peers are kept in creation order.
 #[derive(Debug, Default)]
-pub(crate) struct MemoryDevice {
+pub struct MemoryDevice {
     private_key: Option<PrivateKey>,
     own_public: Option<[u8; 32]>,
     listen_port: u16,
@@ -49,7 +50,7 @@ pub(crate) fn mask_prefix(addr: IpAddr, cidr: u8) -> IpAddr {
 
 impl MemoryDevice {
     /// An empty store; ports and marks are recorded, nothing is bound.
-    pub(crate) fn new() -> MemoryDevice {
+    pub fn new() -> MemoryDevice {
         MemoryDevice::default()
     }
 

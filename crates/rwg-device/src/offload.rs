@@ -659,7 +659,9 @@ fn ip_info_lenient(p: &[u8], v6: bool, proto: u8) -> Option<IpInfo> {
 }
 
 /// Whether two segments' headers allow joining: IP fields other than length, ID and checksum
-/// equal (TTL, TOS, flags); for TCP also ACK, window, flags other than PSH, and options.
+/// equal (TTL, TOS, flags); for TCP also ACK, window, flags other than PSH, the reserved bits
+/// next to them (AccECN's AE), and options. Not the urgent pointer: it means nothing without
+/// URG, and a segment with URG never joins (the kernel's GRO does the same).
 fn same_headers_for_joining(a: &[u8], b: &[u8], v6: bool, hdrs: usize, proto: u8) -> bool {
     if a.len() < hdrs || b.len() < hdrs {
         return false;
@@ -677,6 +679,7 @@ fn same_headers_for_joining(a: &[u8], b: &[u8], v6: bool, hdrs: usize, proto: u8
     let flags_mask = !TCP_PSH;
     ip_same
         && a[l4 + 8..l4 + 12] == b[l4 + 8..l4 + 12] // ack
+        && a[l4 + 12] == b[l4 + 12] // data offset, reserved bits, AE
         && (a[l4 + 13] & flags_mask) == (b[l4 + 13] & flags_mask)
         && a[l4 + 14..l4 + 16] == b[l4 + 14..l4 + 16] // window
         && a[l4 + 20..hdrs] == b[l4 + 20..hdrs] // options
