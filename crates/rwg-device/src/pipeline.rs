@@ -420,7 +420,9 @@ pub(crate) fn udp_to_tun(
                 }
             }
         }
-        // Decrypt on the workers.
+        // Decrypt on the workers: only what has a keypair, so that a batch of handshake
+        // messages or junk (a flood) never waits for a worker to be scheduled.
+        tasks.retain(|t| t.job.is_some());
         crypto.each(&mut tasks, |t| {
             if let Some(job) = &t.job {
                 t.opened = job.open(t.datagram).is_ok();
