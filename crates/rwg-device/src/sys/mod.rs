@@ -10,6 +10,7 @@ pub(crate) mod heap_probe;
 pub(crate) mod inotify;
 pub(crate) mod netlink;
 pub(crate) mod poll;
+pub(crate) mod sched;
 pub(crate) mod secret_mem;
 pub(crate) mod signals;
 pub(crate) mod tun;
