@@ -10,7 +10,7 @@
 //! | lock | holds | taken by |
 //! |---|---|---|
 //! | `shared` (RwLock) | identity, peers, allowed IPs, MTU, wall clock | read: everything; write: configuration |
-//! | `indices` (RwLock) | receiver index → peer | read: the data path (once per batch); write: handshakes, timers |
+//! | `indices` (RwLock) | receiver index → peer | read: the data path (once per batch), the handshake door; write: handshakes past the door, timers |
 //! | `control` (Mutex) | RNG, cookie checker, rate limiter, load | handshakes, timers, configuration |
 //! | each peer's (Mutex) | the peer's protocol state | both paths, briefly |
 //! | `schedule` (Mutex) | the deadline queue | whoever changes a peer's earliest deadline to an earlier one |
