@@ -27,6 +27,9 @@ use crate::udp::UdpSockets;
 
 /// The control thread re-reads the TUN's MTU at least this often.
 const MTU_REFRESH: Duration = Duration::from_secs(30);
+/// The control thread's nice value (handshakes, timers, the control path's sends): under CPU
+/// contention each data-path thread weighs about ten times as much (CFS weights 1024 : 110).
+const CONTROL_NICE: i32 = 10;
 /// How long [`Driver::rebind_sockets`] waits for the old sockets' readers to let go of the port
 /// (they look at their generation at least once a second).
 const REBIND_WAIT: Duration = Duration::from_secs(3);
@@ -346,6 +349,14 @@ impl Driver {
 
     /// The control path (rwg-driver's loop) plus this driver's own housekeeping: the TUN's MTU.
     fn control_loop(&self) {
+        // When the CPU is short, the data path goes first: a handshake flood then backs up in
+        // the core's bounded handshake queue, which drops what it cannot hold before any
+        // crypto, instead of taking the CPU from the tunnel's traffic (as the kernel's
+        // handshake workqueue yields to its packet processing). Timers are in seconds; with
+        // CPU to spare this changes nothing. See BENCHMARKS.md, "Under attack".
+        if let Err(e) = crate::sys::sched::set_thread_nice(CONTROL_NICE) {
+            tracing::debug!(error = %e, "control thread keeps its priority");
+        }
         let mut driver = rwg_driver::Driver::new(Arc::clone(&self.core), self.clock);
         let w = Arc::clone(&self.waker);
         self.core.set_waker(Some(Arc::new(move || w.wake())));

@@ -551,7 +551,10 @@ pub(crate) fn udp_to_tun(
                 }
             }
         }
-        // Decrypt, shared with the workers if the batch is big enough.
+        // Decrypt, shared with the workers if the batch is big enough: only what has a
+        // keypair, so that a batch of handshake messages or junk (a flood) costs no crypto
+        // scheduling at all.
+        tasks.retain(|t| t.job.is_some());
         crypto.each(
             &mut tasks,
             |t| t.datagram.len(),

@@ -68,6 +68,11 @@ pub const MAX_STAGED_PACKETS: usize = 128;
 /// Handshake messages the data path queues for the control path; more are dropped (the
 /// kernel's MAX_QUEUED_INCOMING_HANDSHAKES).
 pub const MAX_QUEUED_HANDSHAKES: usize = 4096;
+/// Queued handshake messages taken off the queue at once by
+/// [`Device::handle_queued_handshakes`](crate::device::Device::handle_queued_handshakes): one
+/// lock of the queue per chunk rather than per message, so that the data path, which appends
+/// to it, rarely waits for it.
+pub const HANDSHAKE_CHUNK: usize = 64;
 /// Datagrams waiting in a device's outbox beyond this are dropped and counted.
 pub const MAX_OUTBOX_DATAGRAMS: usize = 16_384;
 /// Events waiting beyond this: the oldest is dropped.

@@ -10,7 +10,7 @@
 //! | lock | holds | taken by |
 //! |---|---|---|
 //! | `shared` (RwLock) | identity, peers, allowed IPs, MTU, wall clock | read: everything; write: configuration |
-//! | `indices` (RwLock) | receiver index → peer | read: the data path (once per batch); write: handshakes, timers |
+//! | `indices` (RwLock) | receiver index → peer | read: the data path (once per batch), the handshake door; write: handshakes past the door, timers |
 //! | `control` (Mutex) | RNG, cookie checker, rate limiter, load | handshakes, timers, configuration |
 //! | each peer's (Mutex) | the peer's protocol state | both paths, briefly |
 //! | `schedule` (Mutex) | the deadline queue | whoever changes a peer's earliest deadline to an earlier one |
@@ -43,7 +43,7 @@ use core::time::Duration;
 use rand_core::CryptoRngCore;
 
 use crate::allowed_ips::AllowedIps;
-use crate::constants::{TIMER_BUDGET, UNDER_LOAD_AFTER};
+use crate::constants::{HANDSHAKE_CHUNK, TIMER_BUDGET, UNDER_LOAD_AFTER};
 use crate::cookie::{CookieChecker, MacVerdict};
 use crate::crypto::{PresharedKey, PrivateKey, PublicKey, TAG_LEN};
 use crate::index::IndexTable;
@@ -234,6 +234,14 @@ impl QueuedMessage {
             Message::Transport(_) => return None,
         })
     }
+}
+
+/// What the door ([`Device::admit`]) found out about a message it let in.
+enum Admitted {
+    /// An initiation whose static key was decrypted and belongs to a peer.
+    Initiation(noise::InitiationStatic),
+    /// A response, still to be matched to a handshake by its receiver index.
+    Response,
 }
 
 /// A handshake message, borrowed, of one of the three handshake types.
@@ -831,7 +839,20 @@ impl Device {
         msg: HandshakeMessage<'_>,
     ) -> Received {
         let queued = self.queued_handshakes.load(Ordering::Relaxed);
-        self.with_control(|ctx| self.handle_handshake(ctx, now, source, msg, queued))
+        self.with_control(|ctx| {
+            match self.admit(
+                ctx.shared,
+                ctx.indices,
+                ctx.control,
+                now,
+                source,
+                msg,
+                queued,
+            ) {
+                Ok(a) => self.consume_admitted(ctx, now, source, msg, a),
+                Err(r) => r,
+            }
+        })
     }
 
     fn run_due(&self, now: Instant) {
@@ -844,34 +865,58 @@ impl Device {
     /// [`Received::Handshake`] for them), at most as many as were queued when it started.
     /// Returns how many it handled. Their number while they wait is the load signal that turns
     /// cookies on (PROTOCOL.md §4).
+    ///
+    /// A flood must not stall the data path, which takes the index table's read lock for every
+    /// batch: so messages are taken off the queue [`HANDSHAKE_CHUNK`] at a time, and the door
+    /// (mac1, mac2, cookie replies, the rate limiter, an initiation's static key) runs under
+    /// read locks only. The index table's write lock is taken only for the few messages that
+    /// pass the door and reach a peer.
     pub fn handle_queued_handshakes(&self, now: Instant) -> usize {
         let queued = self.queued_handshakes.load(Ordering::Acquire);
         if queued == 0 {
             return 0;
         }
-        self.with_control(|ctx| {
-            let mut handled = 0;
-            while handled < queued {
-                let next = {
-                    let mut q = self.handshakes.lock();
-                    let item = q.pop_front();
-                    self.queued_handshakes.store(q.len(), Ordering::Release);
-                    item.map(|i| (i, q.len()))
-                };
-                let Some(((source, msg), remaining)) = next else {
-                    break;
-                };
-                self.handle_handshake(
-                    ctx,
-                    now,
-                    source,
-                    HandshakeMessage::of_queued(&msg),
-                    remaining,
-                );
-                handled += 1;
+        let mut chunk: Vec<(SocketAddr, QueuedMessage)> =
+            Vec::with_capacity(queued.min(HANDSHAKE_CHUNK));
+        let mut admitted: Vec<(SocketAddr, QueuedMessage, Admitted)> = Vec::new();
+        let mut handled = 0;
+        while handled < queued {
+            let left_after_chunk = {
+                let mut q = self.handshakes.lock();
+                let n = HANDSHAKE_CHUNK.min(queued - handled).min(q.len());
+                chunk.extend(q.drain(..n));
+                self.queued_handshakes.store(q.len(), Ordering::Release);
+                q.len()
+            };
+            if chunk.is_empty() {
+                break;
             }
-            handled
-        })
+            handled += chunk.len();
+            {
+                let shared = self.shared.read();
+                let indices = self.indices.read();
+                let mut control = self.control.lock();
+                let n = chunk.len();
+                for (i, (source, msg)) in chunk.drain(..).enumerate() {
+                    // What was still queued behind this message: the load signal.
+                    let waiting = left_after_chunk + (n - 1 - i);
+                    let m = HandshakeMessage::of_queued(&msg);
+                    let door = self.admit(&shared, &indices, &mut control, now, source, m, waiting);
+                    if let Ok(a) = door {
+                        admitted.push((source, msg, a));
+                    }
+                }
+            }
+            if !admitted.is_empty() {
+                self.with_control(|ctx| {
+                    for (source, msg, a) in admitted.drain(..) {
+                        let m = HandshakeMessage::of_queued(&msg);
+                        self.consume_admitted(ctx, now, source, m, a);
+                    }
+                });
+            }
+        }
+        handled
     }
 
     /// Whether handshake messages wait for [`handle_queued_handshakes`](Self::handle_queued_handshakes).
@@ -1083,49 +1128,52 @@ impl Device {
 
     // ----- the control path: the door for handshake messages -----
 
-    /// An initiation, response or cookie reply (PROTOCOL.md §3, §4): mac1 always; under load
-    /// mac2 and the rate limiter; then the peer the message belongs to.
-    fn handle_handshake(
+    /// The door for an initiation, response or cookie reply (PROTOCOL.md §3, §4): mac1 always;
+    /// under load mac2 (else a cookie reply) and the rate limiter; an initiation's static key
+    /// must be a peer's. A cookie reply is consumed here. Needs no write lock: `Ok` is what
+    /// [`consume_admitted`](Self::consume_admitted) still has to do, `Err` the outcome.
+    #[allow(clippy::too_many_arguments)]
+    fn admit(
         &self,
-        ctx: &mut ControlCtx<'_>,
+        shared: &Shared,
+        indices: &IndexTable<PeerId>,
+        control: &mut Control,
         now: Instant,
         source: SocketAddr,
         msg: HandshakeMessage<'_>,
         queued: usize,
-    ) -> Received {
+    ) -> Result<Admitted, Received> {
         self.counters
             .handshake_messages_received
             .fetch_add(1, Ordering::Relaxed);
-        let Some(identity) = ctx.shared.identity.as_ref() else {
-            return self.dropped(DropReason::NoPrivateKey);
+        let Some(identity) = shared.identity.as_ref() else {
+            return Err(self.dropped(DropReason::NoPrivateKey));
         };
         let (bytes, sender_index) = match msg {
             HandshakeMessage::CookieReply(reply) => {
                 // §4: found among handshakes and keypairs by index; no macs on a cookie reply.
-                let Some(&id) = ctx.indices.get(reply.receiver_index()) else {
-                    return self.dropped(DropReason::UnexpectedMessage);
+                let Some(&id) = indices.get(reply.receiver_index()) else {
+                    return Err(self.dropped(DropReason::UnexpectedMessage));
                 };
-                let result = ctx
-                    .shared
+                let result = shared
                     .peers
                     .get(&id)
                     .map(|cell| cell.state.lock().peer.consume_cookie_reply(now, &reply));
-                return match result {
+                return Err(match result {
                     Some(Ok(())) => Received::Handshake,
                     Some(Err(r)) => self.dropped(r),
                     None => self.dropped(DropReason::UnexpectedMessage),
-                };
+                });
             }
             HandshakeMessage::Initiation(m) => (m.bytes(), m.sender_index()),
             HandshakeMessage::Response(m) => (m.bytes(), m.sender_index()),
         };
-        let control = &mut *ctx.control;
         let under_load = control.under_load(now, queued);
         match control
             .cookie_checker
             .verify(now, &mut *control.rng, bytes, source, under_load)
         {
-            MacVerdict::InvalidMac => return self.dropped(DropReason::InvalidMac),
+            MacVerdict::InvalidMac => return Err(self.dropped(DropReason::InvalidMac)),
             MacVerdict::ValidMacNoCookie => {
                 let mut reply = [0u8; COOKIE_REPLY_LEN];
                 control.cookie_checker.create_reply(
@@ -1137,35 +1185,58 @@ impl Device {
                     &mut reply,
                 );
                 self.push_transmit(source, &reply, None);
-                return Received::Handshake;
+                return Err(Received::Handshake);
             }
             MacVerdict::ValidMacAndCookie => {
                 if under_load && !control.rate_limiter.allow(now, source.ip()) {
-                    return self.dropped(DropReason::RateLimited);
+                    return Err(self.dropped(DropReason::RateLimited));
                 }
             }
         }
-        let result = match msg {
+        match msg {
             HandshakeMessage::Initiation(m) => match noise::consume_initiation(identity, &m) {
-                Err(_) => Err(DropReason::HandshakeFailed),
-                Ok(part) => match ctx.shared.by_key.get(part.remote_static()).copied() {
+                Ok(part) if shared.by_key.contains_key(part.remote_static()) => {
+                    Ok(Admitted::Initiation(part))
+                }
+                _ => Err(self.dropped(DropReason::HandshakeFailed)),
+            },
+            _ => Ok(Admitted::Response),
+        }
+    }
+
+    /// The rest of a message the door let in: the peer it belongs to handles it.
+    fn consume_admitted(
+        &self,
+        ctx: &mut ControlCtx<'_>,
+        now: Instant,
+        source: SocketAddr,
+        msg: HandshakeMessage<'_>,
+        admitted: Admitted,
+    ) -> Received {
+        let result = match (msg, admitted) {
+            (HandshakeMessage::Initiation(m), Admitted::Initiation(part)) => {
+                // Looked up again: the peer may have been removed since the door.
+                match ctx.shared.by_key.get(part.remote_static()).copied() {
                     None => Err(DropReason::HandshakeFailed),
                     Some(id) => self
                         .on_peer(ctx, now, id, |peer, cx, sink| {
                             peer.consume_initiation(cx, part, &m, source, sink)
                         })
                         .unwrap_or(Err(DropReason::HandshakeFailed)),
-                },
-            },
-            HandshakeMessage::Response(m) => match ctx.indices.get(m.receiver_index()).copied() {
-                None => Err(DropReason::UnexpectedMessage),
-                Some(id) => self
-                    .on_peer(ctx, now, id, |peer, cx, sink| {
-                        peer.consume_response(cx, &m, source, sink)
-                    })
-                    .unwrap_or(Err(DropReason::UnexpectedMessage)),
-            },
-            HandshakeMessage::CookieReply(_) => Ok(()),
+                }
+            }
+            (HandshakeMessage::Response(m), _) => {
+                match ctx.indices.get(m.receiver_index()).copied() {
+                    None => Err(DropReason::UnexpectedMessage),
+                    Some(id) => self
+                        .on_peer(ctx, now, id, |peer, cx, sink| {
+                            peer.consume_response(cx, &m, source, sink)
+                        })
+                        .unwrap_or(Err(DropReason::UnexpectedMessage)),
+                }
+            }
+            // The door lets in only initiations (with their static key) and responses.
+            _ => Err(DropReason::HandshakeFailed),
         };
         match result {
             Ok(()) => Received::Handshake,

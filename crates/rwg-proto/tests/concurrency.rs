@@ -14,8 +14,11 @@ use std::time::Duration;
 
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
-use rwg_proto::crypto::{PrivateKey, PublicKey};
-use rwg_proto::device::{Device, DropReason, Received, Sent, HEADROOM, TAILROOM};
+use rwg_proto::crypto::{mac, PresharedKey, PrivateKey, PublicKey};
+use rwg_proto::device::{
+    Device, DropReason, Received, Sent, HEADROOM, TAILROOM, UNDER_LOAD_QUEUE_LEN,
+};
+use rwg_proto::noise::RemoteStatic;
 use rwg_proto::Instant;
 
 const WATCHDOG: Duration = Duration::from_secs(60);
@@ -467,6 +470,58 @@ fn configuration_changes_while_the_data_path_runs() {
             assert_eq!(total_drops(d), vec![]);
             assert_eq!(d.peers().len(), 1, "only the established peer is left");
         }
+    });
+}
+
+/// A handshake flood must not stall the data path. While a data-path batch holds its read
+/// guards, the control path still gets through a queue of flooded initiations (mac1 right, no
+/// mac2: under load each earns a cookie reply), because the door takes no write lock. Before,
+/// the whole queue was handled under the index table's write lock, and every receive and send
+/// batch waited for it.
+#[test]
+fn the_door_lets_a_flood_through_while_a_data_path_batch_is_open() {
+    /// How long the control path may take before it counts as blocked: far more than 256 mac
+    /// checks need, far less than the watchdog.
+    const BLOCKED: Duration = Duration::from_secs(20);
+    with_watchdog(|| {
+        let pair = established();
+        let (a, now) = (&pair.a, pair.now);
+        let flood = 2 * UNDER_LOAD_QUEUE_LEN;
+        let mac1_key = RemoteStatic::new(pair.key_a, PresharedKey::none()).mac1_key();
+        let mut rng = ChaCha20Rng::seed_from_u64(9);
+        {
+            let path = a.data_path();
+            for i in 0..flood {
+                let mut msg = [0u8; 148];
+                msg[0] = 1;
+                msg[4..8].copy_from_slice(&(i as u32).to_le_bytes());
+                rng.fill_bytes(&mut msg[8..116]);
+                let mac1 = mac(&mac1_key, &[&msg[..116]]);
+                msg[116..132].copy_from_slice(&mac1);
+                let from = SocketAddr::new([10, 9, (i >> 8) as u8, i as u8].into(), 40000);
+                assert_eq!(path.decapsulate(now, from, &mut msg), Received::Handshake);
+            }
+        }
+        let cookies_before = a.counters().cookie_replies_sent;
+        let batch = a.data_path();
+        let (done, handled) = mpsc::channel();
+        thread::scope(|s| {
+            s.spawn(move || {
+                let _ = done.send(a.handle_queued_handshakes(now));
+            });
+            let handled = handled.recv_timeout(BLOCKED);
+            // Lets a blocked control path finish either way.
+            drop(batch);
+            assert_eq!(
+                handled,
+                Ok(flood),
+                "the control path waited for the data path's batch"
+            );
+        });
+        assert_eq!(
+            a.counters().cookie_replies_sent - cookies_before,
+            flood as u64
+        );
     });
 }
 

@@ -11,6 +11,7 @@ pub(crate) mod inotify;
 pub(crate) mod malloc;
 pub(crate) mod netlink;
 pub(crate) mod poll;
+pub(crate) mod sched;
 pub(crate) mod secret_mem;
 pub(crate) mod signals;
 pub(crate) mod tun;
