@@ -272,7 +272,7 @@ impl Forwarder {
         let idle = self.idle_timeout;
         match &self.bound {
             Bound::Tcp(listener, remote) => loop {
-                let Ok((mut client, _)) = listener.accept().await else {
+                let Ok((mut client, from)) = listener.accept().await else {
                     tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
                     continue;
                 };
@@ -283,8 +283,15 @@ impl Forwarder {
                 let (stack, remote) = (self.stack.clone(), *remote);
                 tokio::spawn(async move {
                     let _admitted = admitted;
-                    if let Ok(mut tunnel) = TcpStream::connect(&stack, remote).await {
-                        let _ = relay(&mut client, &mut tunnel, idle).await;
+                    match TcpStream::connect(&stack, remote).await {
+                        Ok(mut tunnel) => {
+                            let _ = relay(&mut client, &mut tunnel, idle).await;
+                        }
+                        // The client sees its connection closed; the reason goes to the log.
+                        Err(e) => tracing::warn!(
+                            client = %from,
+                            "forward: cannot connect to {remote} through the tunnel: {e}"
+                        ),
                     }
                 });
             },
@@ -296,9 +303,14 @@ impl Forwarder {
                 let local = *local;
                 tokio::spawn(async move {
                     let _admitted = admitted;
-                    if let Ok(mut client) = tokio::net::TcpStream::connect(local).await {
-                        let _ = client.set_nodelay(true);
-                        let _ = relay(&mut tunnel, &mut client, idle).await;
+                    match tokio::net::TcpStream::connect(local).await {
+                        Ok(mut client) => {
+                            let _ = client.set_nodelay(true);
+                            let _ = relay(&mut tunnel, &mut client, idle).await;
+                        }
+                        Err(e) => {
+                            tracing::warn!("reverse forward: cannot connect to {local}: {e}")
+                        }
                     }
                 });
             },
