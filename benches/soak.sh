@@ -63,7 +63,7 @@ while (($#)); do
 	--udp-rate) need_arg "$@"; UDP_RATE=$2; shift 2 ;;
 	--out) need_arg "$@"; OUT=$2; shift 2 ;;
 	--keep-logs) need_arg "$@"; LOGDIR=$2; shift 2 ;;
-	-h | --help) sed -n '2,42p' "$0"; exit 0 ;;
+	-h | --help) sed -n '2,40p' "$0"; exit 0 ;;
 	*) echo "unknown option $1" >&2; exit 2 ;;
 	esac
 done
