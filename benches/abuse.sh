@@ -36,6 +36,8 @@ set -euo pipefail
 umask 077
 
 HERE=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=benches/lib.sh
+source "$HERE/lib.sh"
 REPO=$(cd "$HERE/.." && pwd)
 
 IMPLS=rwg,wireguard-go,boringtun,gotatun
@@ -114,42 +116,21 @@ NSLIST=()
 PIDLIST=()
 IFLIST=()
 METRICS_PORT=9586
-log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
 
 cleanup() {
 	set +e
-	local p ns ifc i
+	local p ifc
 	touch "$WORK/stop" # any attacker still running stops
 	for p in $(jobs -p); do kill -TERM "$p" 2>/dev/null; done
 	for ifc in "${IFLIST[@]}"; do [[ -s $WORK/pid-$ifc ]] && PIDLIST+=("$(cat "$WORK/pid-$ifc")"); done
-	for p in "${PIDLIST[@]}"; do kill -TERM "$p" 2>/dev/null; done
-	for p in "${PIDLIST[@]}"; do
-		for ((i = 0; i < 30; i++)); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-		kill -KILL "$p" 2>/dev/null
-	done
-	for ns in "${NSLIST[@]}"; do ip netns del "$ns" 2>/dev/null; done
-	for ifc in "${IFLIST[@]}"; do rm -f "/var/run/wireguard/$ifc.sock" "/var/run/wireguard/$ifc.name"; done
+	stop_pids "${PIDLIST[@]}"
+	remove_run "${NSLIST[@]}" -- "${IFLIST[@]}"
 	if [[ -n $LOGDIR ]]; then mkdir -p "$LOGDIR" && cp -r "$WORK"/. "$LOGDIR"/; fi
 	rm -rf "$WORK"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-wait_until() { # SECONDS CMD...
-	local deadline=$(($(date +%s) + $1))
-	shift
-	until "$@"; do
-		(($(date +%s) < deadline)) || return 1
-		sleep 0.1
-	done
-}
-
-sock_ready() { # IFACE PID
-	kill -0 "$2" 2>/dev/null || return 0 # dead: stop waiting, checked after
-	[[ -S /var/run/wireguard/$1.sock ]] || return 1
-	# socat rather than wg: wg unlinks a socket that refuses connections.
-	printf 'get=1\n\n' | timeout 2 socat -t 2 - "UNIX-CONNECT:/var/run/wireguard/$1.sock" 2>/dev/null | grep -q '^errno=0$'
-}
 
 # start_daemon IMPL NS IFACE -> echoes pid. rwg serves metrics on the namespace's loopback.
 start_daemon() {

@@ -28,6 +28,8 @@ set -euo pipefail
 umask 077
 
 HERE=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=benches/lib.sh
+source "$HERE/lib.sh"
 REPO=$(cd "$HERE/.." && pwd)
 
 IMPLS=rwg,wireguard-go
@@ -77,7 +79,6 @@ TAG=$(($$ % 10000))
 NS=""
 IFC=""
 PID=""
-log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
 
 stop_daemon() {
 	local i
@@ -99,21 +100,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-wait_until() { # SECONDS CMD...
-	local deadline=$(($(date +%s) + $1))
-	shift
-	until "$@"; do
-		(($(date +%s) < deadline)) || return 1
-		sleep 0.1
-	done
-}
-
-sock_ready() { # IFACE PID
-	kill -0 "$2" 2>/dev/null || return 0 # dead: stop waiting, checked after
-	[[ -S /var/run/wireguard/$1.sock ]] || return 1
-	# socat rather than wg: wg unlinks a socket that refuses connections.
-	printf 'get=1\n\n' | timeout 2 socat -t 2 - "UNIX-CONNECT:/var/run/wireguard/$1.sock" 2>/dev/null | grep -q '^errno=0$'
-}
 
 start_daemon() { # IMPL IDX: sets NS, IFC, PID
 	local impl=$1

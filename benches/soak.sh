@@ -42,6 +42,8 @@ set -euo pipefail
 umask 077
 
 HERE=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=benches/lib.sh
+source "$HERE/lib.sh"
 REPO=$(cd "$HERE/.." && pwd)
 
 DURATION=3600
@@ -92,43 +94,22 @@ TAG=$(($$ % 100000))
 NSA=sk$TAG-a NSB=sk$TAG-b IFA=sk${TAG}a IFB=sk${TAG}b
 NSLIST=()
 LOCK=$WORK/lock # held around every UAPI use and every /proc sample: fds are counted between them
-log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
 
 cleanup() {
 	set +e
-	local p i ns ifc
+	local p ifc
 	touch "$WORK/stop"
 	for p in $(jobs -p); do kill -TERM "$p" 2>/dev/null; done
-	for ifc in "$IFA" "$IFB"; do
-		[[ -s $WORK/pid-$ifc ]] || continue
-		p=$(cat "$WORK/pid-$ifc")
-		kill -TERM "$p" 2>/dev/null
-		for ((i = 0; i < 30; i++)); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-		kill -KILL "$p" 2>/dev/null
-	done
-	for ns in "${NSLIST[@]}"; do ip netns del "$ns" 2>/dev/null; done
-	for ifc in "$IFA" "$IFB"; do rm -f "/var/run/wireguard/$ifc.sock" "/var/run/wireguard/$ifc.name"; done
+	local pids=()
+	for ifc in "$IFA" "$IFB"; do [[ -s $WORK/pid-$ifc ]] && pids+=("$(cat "$WORK/pid-$ifc")"); done
+	stop_pids "${pids[@]}"
+	remove_run "${NSLIST[@]}" -- "$IFA" "$IFB"
 	if [[ -n $LOGDIR ]]; then mkdir -p "$LOGDIR" && cp -r "$WORK"/. "$LOGDIR"/; fi
 	rm -rf "$WORK"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-wait_until() { # SECONDS CMD...
-	local deadline=$(($(date +%s) + $1))
-	shift
-	until "$@"; do
-		(($(date +%s) < deadline)) || return 1
-		sleep 0.1
-	done
-}
-
-sock_ready() { # IFACE PID
-	kill -0 "$2" 2>/dev/null || return 0 # dead: stop waiting, checked after
-	[[ -S /var/run/wireguard/$1.sock ]] || return 1
-	# socat rather than wg: wg unlinks a socket that refuses connections.
-	printf 'get=1\n\n' | timeout 2 socat -t 2 - "UNIX-CONNECT:/var/run/wireguard/$1.sock" 2>/dev/null | grep -q '^errno=0$'
-}
 
 start_daemon() { # NS IFACE -> echoes pid (`ip netns exec` execs: $! is rwg itself)
 	local pid
