@@ -45,47 +45,6 @@ fn echo_udp(stack: &NetStack, port: u16) {
     });
 }
 
-/// A DNS server on the stack that answers every A query with B4 and every AAAA with B6,
-/// except `missing.test`, which gets NXDOMAIN.
-fn dns_server(stack: &NetStack) {
-    let socket = UdpSocket::bind(stack, 53).expect("bind");
-    tokio::spawn(async move {
-        let mut buf = [0u8; 512];
-        while let Ok((n, from)) = socket.recv_from(&mut buf).await {
-            let query = &buf[..n];
-            let question_end = n;
-            let qtype = u16::from_be_bytes([query[n - 4], query[n - 3]]);
-            let mut r = query[..question_end].to_vec();
-            r[2] = 0x81;
-            r[3] = 0x80;
-            if query[12..].starts_with(b"\x07missing\x04test") {
-                r[3] |= 3;
-            } else {
-                r[7] = 1;
-                r.extend_from_slice(&[0xc0, 12]);
-                r.extend_from_slice(&qtype.to_be_bytes());
-                r.extend_from_slice(&[0, 1, 0, 0, 0, 30]);
-                match qtype {
-                    1 => {
-                        r.extend_from_slice(&[0, 4]);
-                        r.extend_from_slice(&[10, 0, 0, 2]);
-                    }
-                    _ => {
-                        r.extend_from_slice(&[0, 16]);
-                        r.extend_from_slice(
-                            &"fd00::2"
-                                .parse::<std::net::Ipv6Addr>()
-                                .expect("ip")
-                                .octets(),
-                        );
-                    }
-                }
-            }
-            let _ = socket.send_to(&r, from).await;
-        }
-    });
-}
-
 async fn start_socks(stack: &NetStack, credentials: Option<(&str, &str)>) -> SocketAddr {
     let resolver = Arc::new(DnsResolver::new(stack.clone(), addr(B4, 53)));
     let config = Socks5Config {
@@ -166,7 +125,7 @@ async fn assert_echo(s: &mut tokio::net::TcpStream, message: &[u8]) {
 async fn connect_by_ip_and_by_name() {
     let (a, b) = pair();
     echo_tcp(&b, 7);
-    dns_server(&b);
+    common::dns_server(&b, false, false);
     let proxy = start_socks(&a, None).await;
     timeout(LIMIT, async {
         let (mut s, code, bound) = socks_request(proxy, None, 1, &v4_target([10, 0, 0, 2], 7))
@@ -202,7 +161,7 @@ async fn connect_by_ip_and_by_name() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn error_replies() {
     let (a, b) = pair();
-    dns_server(&b);
+    common::dns_server(&b, false, false);
     let proxy = start_socks(&a, None).await;
     timeout(LIMIT, async {
         // Nobody listens: connection refused.
@@ -313,7 +272,7 @@ async fn garbage_closes_only_that_client() {
 async fn udp_associate_round_trip() {
     let (a, b) = pair();
     echo_udp(&b, 7);
-    dns_server(&b);
+    common::dns_server(&b, false, false);
     let proxy = start_socks(&a, None).await;
     timeout(LIMIT, async {
         let (control, code, bound) = socks_request(proxy, None, 3, &v4_target([0, 0, 0, 0], 0))
@@ -366,7 +325,7 @@ async fn udp_associate_round_trip() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dns_resolver_through_tunnel() {
     let (a, b) = pair();
-    dns_server(&b);
+    common::dns_server(&b, false, false);
     let resolver =
         DnsResolver::new(a.clone(), addr(B4, 53)).with_timeout(Duration::from_millis(500), 2);
     timeout(LIMIT, async {
