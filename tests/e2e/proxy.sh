@@ -30,17 +30,8 @@ WORK=$(mktemp -d /tmp/rwg-proxy-e2e.XXXXXX)
 PIDS=()
 passed=0 failed=0
 
-log() { printf '[%s] %s\n' "$(date +%T)" "$*"; }
-pass() { echo "PASS: $*"; passed=$((passed + 1)); }
-failc() { echo "FAIL: $*"; failed=$((failed + 1)); }
-check() { # check NAME COMMAND...: PASS if the command succeeds
-	local name=$1
-	shift
-	if "$@" >"$WORK/check.out" 2>&1; then pass "$name"; else
-		failc "$name"
-		sed 's/^/    | /' "$WORK/check.out" | tail -n 15
-	fi
-}
+# shellcheck source=tests/e2e/checks.sh
+source "$HERE/checks.sh"
 
 cleanup() {
 	local pid
