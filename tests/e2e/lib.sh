@@ -405,12 +405,16 @@ capture_stop() {
 
 # One random payload per run, shared by all scenarios.
 payload() {
-	local mb=${1:-$E2E_TRANSFER_MB} f="$RUN_DIR/payload-${1:-$E2E_TRANSFER_MB}M"
+	local mb=${1:-$E2E_TRANSFER_MB} f="$RUN_DIR/payload-${1:-$E2E_TRANSFER_MB}M" lock
+	# Scenarios run side by side (run.sh, E2E_JOBS): one makes the file, the others wait for it.
+	exec {lock}>"$f.lock"
+	flock "$lock"
 	if [[ ! -s $f ]]; then
 		head -c "$((mb * 1024 * 1024))" /dev/urandom >"$f.tmp"
 		sha256sum <"$f.tmp" | cut -d' ' -f1 >"$f.sha256"
 		mv "$f.tmp" "$f"
 	fi
+	exec {lock}>&-
 	printf '%s\n' "$f"
 }
 

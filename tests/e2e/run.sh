@@ -22,6 +22,7 @@
 #                    instead of being skipped; the default when CI=true
 #   E2E_KEEP=1       keep the scratch directory even when everything passed
 #   E2E_VERBOSE=1    print each scenario's log as it runs
+#   E2E_JOBS         scenarios run at a time (default 2; 1 runs them one after the other)
 #   E2E_WG_TIMEOUT   seconds a `wg` call may take before the scenario fails (default 10)
 # Output: one PASS/FAIL/SKIP line per scenario and pairing, then exactly "N passed, N failed"
 # (", N skipped" when some were skipped). Exit status is non-zero if anything failed.
@@ -86,7 +87,7 @@ if [[ $(id -u) != 0 ]]; then
 	echo "0 passed, 1 failed"
 	exit 1
 fi
-for tool in ip wg wg-quick ping socat tcpdump tc ss sha256sum timeout pgrep python3; do
+for tool in ip wg wg-quick ping socat tcpdump tc ss sha256sum timeout pgrep python3 flock; do
 	command -v "$tool" >/dev/null || { echo "missing tool: $tool (run scripts/install-deps)" >&2; echo "0 passed, 1 failed"; exit 1; }
 done
 
@@ -96,40 +97,60 @@ RUN_DIR=$(mktemp -d /tmp/rwg-e2e.XXXXXX)
 export RUN_ID RUN_DIR
 passed=0 failed=0 skipped=0 SEQ=0
 failures=()
+# Scenarios run E2E_JOBS at a time (default 2). Each has its own namespaces, interface names and
+# scratch directory (all carry its SEQ), so they do not meet; results print in launch order.
+E2E_JOBS=${E2E_JOBS:-2}
+[[ $E2E_JOBS =~ ^[1-9][0-9]*$ ]] || { echo "E2E_JOBS must be a positive number, not '$E2E_JOBS'" >&2; exit 2; }
+RESULTS=()                # job index -> its PASS/FAIL/SKIP text, once finished
+declare -A JOB_OF=()      # running scenario pid -> job index
+declare -A DOG_OF=()      # running scenario pid -> its watchdog's pid
+JOB_LABEL=() JOB_DIR=() JOB_T0=()
+njobs=0 next_print=0
 
-# not_run LABEL WHY: a scenario that cannot run here: SKIP, or FAIL under E2E_STRICT.
-not_run() {
-	if [[ $E2E_STRICT == 1 ]]; then
-		printf 'FAIL  %s: cannot run (E2E_STRICT): %s\n' "$1" "$2"
-		failed=$((failed + 1))
-		failures+=("$1")
-	else
-		printf 'SKIP  %s: %s\n' "$1" "$2"
-		skipped=$((skipped + 1))
-	fi
+# record IDX KIND TEXT: the verdict of job IDX (KIND pass|fail|skip), counted now, printed in order.
+record() {
+	case $2 in
+	pass) passed=$((passed + 1)) ;;
+	skip) skipped=$((skipped + 1)) ;;
+	fail) failed=$((failed + 1)); failures+=("${JOB_LABEL[$1]}") ;;
+	esac
+	RESULTS[$1]=$3
+	while [[ -n ${RESULTS[$next_print]+x} ]]; do
+		printf '%s\n' "${RESULTS[$next_print]}"
+		next_print=$((next_print + 1))
+	done
 }
 
-# run_one SCENARIO A B: run in a subshell with its own traps; classify by exit status.
-run_one() {
-	local sc=$1 a=$2 b=$3 label reason rc t0 t1 pid i why
+# launch SCENARIO A B: start it in a subshell with its own traps and a watchdog; returns at once.
+launch() {
+	local sc=$1 a=$2 b=$3 label i why idx pid
 	SEQ=$((SEQ + 1))
+	idx=$njobs
+	njobs=$((njobs + 1))
 	label=$(printf '%-12s %s' "$sc" "[$a -> $b]")
 	case $(eval echo "\$SCOPE_$sc") in
 	side) label=$(printf '%-12s %s' "$sc" "[$a; peer $b]") ;;
 	rwg) label=$(printf '%-12s %s' "$sc" "[rwg proxy; peer $b]") ;;
 	esac
 	[[ $sc == hub ]] && label=$(printf '%-12s %s' "$sc" "[hub $a; spokes wireguard-go, boringtun]")
+	JOB_LABEL[idx]=$label
 	SCDIR="$RUN_DIR/$(printf '%02d' "$SEQ")-$sc-$a-$b"
+	JOB_DIR[idx]=$SCDIR
 	mkdir -p "$SCDIR"
 	local need=("$a" "$b")
 	[[ $sc != hub ]] || need+=(wireguard-go boringtun)
 	for i in "${need[@]}"; do
 		if ! why=$(impl_available "$i"); then
-			not_run "$label" "$why"
+			# A scenario that cannot run here: SKIP, or FAIL under E2E_STRICT.
+			if [[ $E2E_STRICT == 1 ]]; then
+				record "$idx" fail "$(printf 'FAIL  %s: cannot run (E2E_STRICT): %s' "$label" "$why")"
+			else
+				record "$idx" skip "$(printf 'SKIP  %s: %s' "$label" "$why")"
+			fi
 			return
 		fi
 	done
-	t0=$(date +%s%N)
+	JOB_T0[idx]=$(date +%s%N)
 	(
 		set -eE
 		trap on_err ERR
@@ -142,59 +163,97 @@ run_one() {
 		log "scenario $sc passed"
 	) >"$SCDIR/log" 2>&1 &
 	pid=$!
-	CUR_PID=$pid
+	JOB_OF[$pid]=$idx
 	if [[ ${E2E_VERBOSE:-0} == 1 ]]; then tail -n +1 -f --pid="$pid" "$SCDIR/log" & fi
 	# Watchdog: every step inside is bounded, this only catches the unforeseen.
-	for ((i = 0; i < E2E_SCENARIO_TIMEOUT * 10; i++)); do
-		kill -0 "$pid" 2>/dev/null || break
-		sleep 0.1
-	done
-	kill -0 "$pid" 2>/dev/null && kill -TERM "$pid"
-	wait "$pid"
-	rc=$?
-	# An interrupt lands here first: let the scenario finish its cleanup.
-	while kill -0 "$pid" 2>/dev/null; do wait "$pid"; rc=$?; done
-	CUR_PID=
-	t1=$(date +%s%N)
-	reason=$(head -n 1 "$SCDIR/reason" 2>/dev/null || true)
-	local dur
-	dur=$(printf '%d.%01ds' $(((t1 - t0) / 1000000000)) $((((t1 - t0) / 100000000) % 10)))
-	if [[ $rc == 0 && -e $SCDIR/failed ]]; then
-		rc=1 reason="(a check failed in a subshell; the scenario went on) $reason"
-	fi
-	case $rc in
-	0) printf 'PASS  %s (%s)\n' "$label" "$dur"; passed=$((passed + 1)) ;;
-	77) if [[ -e $SCDIR/skipped ]]; then
-		printf 'SKIP  %s: %s\n' "$label" "$reason"; skipped=$((skipped + 1))
-	else
-		# Only the harness's skip() skips; a command that happened to exit 77 is a failure.
-		rc=fail
-	fi ;;
-	esac
-	case $rc in
-	0 | 77) ;;
-	*)
-		[[ $rc != fail ]] || reason="exit status 77 without the harness's skip: ${reason:-no reason recorded}"
-		# (No reason recorded: the shell itself stopped it, e.g. an unset variable under set -u.)
-		[[ -n $reason ]] || reason="exit status $rc: $(grep -v '^\s*$' "$SCDIR/log" | tail -n 1 | cut -c1-200)"
-		printf 'FAIL  %s (%s): %s\n' "$label" "$dur" "$reason"
-		printf '      log: %s\n' "$SCDIR/log"
-		tail -n 15 "$SCDIR/log" | sed 's/^/      | /'
-		failed=$((failed + 1))
-		failures+=("$label")
-		;;
-	esac
+	(
+		trap 'kill "$s" 2>/dev/null; exit 0' TERM
+		sleep "$E2E_SCENARIO_TIMEOUT" &
+		s=$!
+		wait "$s"
+		kill -TERM "$pid" 2>/dev/null
+	) &
+	DOG_OF[$pid]=$!
 }
 
-echo "rwg e2e: RWG=$RWG, pairings: $pairs, scenarios: ${selected[*]}, scratch: $RUN_DIR"
+# finish PID RC: classify the finished scenario PID by its exit status RC.
+finish() {
+	local pid=$1 rc=$2 idx reason dur t1 scdir label
+	idx=${JOB_OF[$pid]}
+	unset "JOB_OF[$pid]"
+	kill -TERM "${DOG_OF[$pid]}" 2>/dev/null
+	wait "${DOG_OF[$pid]}" 2>/dev/null
+	unset "DOG_OF[$pid]"
+	scdir=${JOB_DIR[idx]} label=${JOB_LABEL[idx]}
+	t1=$(date +%s%N)
+	reason=$(head -n 1 "$scdir/reason" 2>/dev/null || true)
+	dur=$(printf '%d.%01ds' $(((t1 - JOB_T0[idx]) / 1000000000)) $((((t1 - JOB_T0[idx]) / 100000000) % 10)))
+	if [[ $rc == 0 && -e $scdir/failed ]]; then
+		rc=1 reason="(a check failed in a subshell; the scenario went on) $reason"
+	fi
+	if [[ $rc == 0 ]]; then
+		record "$idx" pass "$(printf 'PASS  %s (%s)' "$label" "$dur")"
+		return
+	fi
+	# Only the harness's skip() skips; a command that happened to exit 77 is a failure.
+	if [[ $rc == 77 && -e $scdir/skipped ]]; then
+		record "$idx" skip "$(printf 'SKIP  %s: %s' "$label" "$reason")"
+		return
+	fi
+	[[ $rc != 77 ]] || reason="exit status 77 without the harness's skip: ${reason:-no reason recorded}"
+	# (No reason recorded: the shell itself stopped it, e.g. an unset variable under set -u.)
+	[[ -n $reason ]] || reason="exit status $rc: $(grep -v '^\s*$' "$scdir/log" | tail -n 1 | cut -c1-200)"
+	record "$idx" fail "$(
+		printf 'FAIL  %s (%s): %s\n' "$label" "$dur" "$reason"
+		printf '      log: %s\n' "$scdir/log"
+		tail -n 15 "$scdir/log" | sed 's/^/      | /'
+	)"
+}
+
+# reap: wait for one running scenario to finish and classify it. (wait -n also returns for a
+# watchdog or an E2E_VERBOSE tail; those are not scenarios and are passed over.)
+reap() {
+	local pid rc
+	while ((${#JOB_OF[@]})); do
+		rc=0 pid=
+		wait -n -p pid || rc=$?
+		if [[ -z ${pid:-} ]]; then
+			# Interrupted (the INT/TERM trap ran): the scenarios were told to stop; collect them.
+			((interrupted)) || continue
+			for pid in "${!JOB_OF[@]}"; do
+				rc=0
+				wait "$pid" || rc=$?
+				finish "$pid" "$rc"
+			done
+			return
+		fi
+		[[ -n ${JOB_OF[$pid]+x} ]] || continue
+		finish "$pid" "$rc"
+		return
+	done
+}
+
+# run_one SCENARIO A B: launch it once fewer than E2E_JOBS scenarios are running.
+run_one() {
+	while ((${#JOB_OF[@]} >= E2E_JOBS)); do reap; done
+	((interrupted == 0)) || return 0
+	launch "$@"
+}
+
+echo "rwg e2e: RWG=$RWG, pairings: $pairs, scenarios: ${selected[*]}, scratch: $RUN_DIR, $E2E_JOBS at a time"
 if [[ -n ${RWG_DISABLE:-} || -n ${RWG_WORKERS:-} ]]; then
 	echo "rwg e2e: rwg daemons run with RWG_DISABLE='${RWG_DISABLE:-}' RWG_WORKERS='${RWG_WORKERS:-}' (except in the offload scenario)"
 fi
 start=$(date +%s)
 declare -A side_done=()
-CUR_PID='' interrupted=0
-# Ctrl-C or TERM: stop the running scenario (its EXIT trap cleans up), then report.
-trap 'interrupted=1; [[ -z $CUR_PID ]] || kill -TERM "$CUR_PID" 2>/dev/null' INT TERM
+interrupted=0
+# Ctrl-C or TERM: stop the running scenarios (their EXIT traps clean up), then report.
+on_interrupt() {
+	local p
+	interrupted=1
+	for p in "${!JOB_OF[@]}"; do kill -TERM "$p" 2>/dev/null; done
+}
+trap on_interrupt INT TERM
 for sc in "${selected[@]}"; do
 	((interrupted == 0)) || break
 	scope_var="SCOPE_$sc"
@@ -218,11 +277,13 @@ for sc in "${selected[@]}"; do
 		run_one "$sc" "$a" "$b"
 	done
 	if [[ ${!scope_var} == rwg && -z ${side_done[rwg]+x} ]] && ((interrupted == 0)); then
+		while ((${#JOB_OF[@]})); do reap; done
 		printf 'SKIP  %-12s [rwg]: no pairing includes rwg (%s)\n' "$sc" "$pairs"
 		skipped=$((skipped + 1))
 	fi
 	side_done=()
 done
+while ((${#JOB_OF[@]})); do reap; done
 
 total=$(($(date +%s) - start))
 echo "e2e runtime: ${total}s, logs in $RUN_DIR"
