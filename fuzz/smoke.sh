@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds every fuzz target, writes the seed corpus, and runs each target for a bounded time
-# (FUZZ_SECONDS, default 20) on one core. Exits non-zero if any target crashes, times out or
-# runs out of memory; prints one summary line per target: runs, executions per second of wall
+# (FUZZ_SECONDS, default 20) on one core, FUZZ_JOBS targets (default: one per core) at a time.
+# Exits non-zero if any target crashes, times out or runs out of memory; prints one summary line per target: runs, executions per second of wall
 # time (libFuzzer's figure), and per second of CPU time (what one core does, whatever else the
 # machine is running; the figure README.md quotes).
 #
@@ -69,16 +69,14 @@ fi
 
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
-failed=0
-summary=()
 TIMEFORMAT='%U %S'
-for t in $targets; do
-    log="$logs/$t.log"
-    status=ok
+# run_target T: one target, bounded; writes its summary line to $logs/T.summary and a crash's
+# details to $logs/T.crash. Fails if the target crashed.
+run_target() {
+    local t=$1 log="$logs/$1.log" status=ok seeds=() runs secs cov rate user sys cpu_ms cpu_rate rc=0
     mkdir -p "$fuzz_dir/corpus/$t" "$fuzz_dir/artifacts/$t"
     # The committed, minimised corpus (seeds/<target>, see README.md "Seeds") is read too;
     # new finds go to corpus/<target> only.
-    seeds=()
     if [ -d "$fuzz_dir/seeds/$t" ]; then
         seeds=("$fuzz_dir/seeds/$t")
     fi
@@ -90,9 +88,9 @@ for t in $targets; do
         -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
         -print_final_stats=1 >"$log" 2>&1; } 2>"$logs/$t.time"; then
         status=CRASH
-        failed=1
+        rc=1
         # The panic message, the reproducer path and the backtrace's first lines.
-        grep -E -A12 "panicked at|ERROR: libFuzzer|SUMMARY|Test unit written" "$log" | head -60 >&2 || tail -40 "$log" >&2
+        grep -E -A12 "panicked at|ERROR: libFuzzer|SUMMARY|Test unit written" "$log" | head -60 >"$logs/$t.crash" || tail -40 "$log" >"$logs/$t.crash"
     fi
     runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
     secs=$(sed -n 's/^Done [0-9]* runs in \([0-9]*\) second.*/\1/p' "$log" | tail -1)
@@ -102,8 +100,34 @@ for t in $targets; do
     read -r user sys <"$logs/$t.time" || true
     cpu_ms=$(( 10#${user/./} + 10#${sys/./} ))
     cpu_rate=$(( ${runs:-0} * 1000 / (cpu_ms > 0 ? cpu_ms : 1) ))
-    summary+=("$(printf '%-11s %-5s runs=%-9s execs/s=%-7s execs/cpu-s=%-7s %s' "$t" "$status" "${runs:-?}" "$rate" "$cpu_rate" "${cov:-}")")
+    printf '%-11s %-5s runs=%-9s execs/s=%-7s execs/cpu-s=%-7s %s\n' "$t" "$status" "${runs:-?}" "$rate" "$cpu_rate" "${cov:-}" >"$logs/$t.summary"
+    return "$rc"
+}
+
+# FUZZ_JOBS targets at a time (default: one per core), each on one core.
+jobs=${FUZZ_JOBS:-$(nproc)}
+failed=0
+running=0
+for t in $targets; do
+    if [ "$running" -ge "$jobs" ]; then
+        wait -n || failed=1
+        running=$((running - 1))
+    fi
+    run_target "$t" &
+    running=$((running + 1))
+done
+while [ "$running" -gt 0 ]; do
+    wait -n || failed=1
+    running=$((running - 1))
 done
 
-printf '%s\n' "${summary[@]}"
+for t in $targets; do
+    if [ -s "$logs/$t.crash" ]; then
+        echo "smoke: $t crashed:" >&2
+        cat "$logs/$t.crash" >&2
+    fi
+done
+for t in $targets; do
+    cat "$logs/$t.summary" 2>/dev/null || printf '%-11s no summary (the run did not finish)\n' "$t"
+done
 exit "$failed"
