@@ -477,6 +477,18 @@ impl Coalescer {
                 return;
             }
         }
+        // A packet that does not join may still belong to an open run's flow without saying so
+        // (an IPv4 fragment carries no ports after the first; IPv4 options or an IPv6 extension
+        // header hide them from us): whatever comes after it between the same two addresses
+        // must not be joined into a run written before it. TCP's sequence check would refuse
+        // the join anyway; UDP has no such check.
+        if let Some((src, dst)) = ip_addresses(packet) {
+            for run in &mut self.runs[..self.active] {
+                if run.key.is_some_and(|k| k.src == src && k.dst == dst) {
+                    run.closed = true;
+                }
+            }
+        }
         self.pass_through(packet);
     }
 
@@ -634,6 +646,21 @@ fn l4_offset(v6: bool, p: &[u8]) -> usize {
         40
     } else {
         usize::from(p[0] & 0x0f) * 4
+    }
+}
+
+/// The source and destination of an IPv4 or IPv6 packet, whatever else is in it.
+fn ip_addresses(p: &[u8]) -> Option<(IpAddr, IpAddr)> {
+    match p.first()? >> 4 {
+        4 => Some((
+            IpAddr::from(<[u8; 4]>::try_from(p.get(12..16)?).ok()?),
+            IpAddr::from(<[u8; 4]>::try_from(p.get(16..20)?).ok()?),
+        )),
+        6 => Some((
+            IpAddr::from(<[u8; 16]>::try_from(p.get(8..24)?).ok()?),
+            IpAddr::from(<[u8; 16]>::try_from(p.get(24..40)?).ok()?),
+        )),
+        _ => None,
     }
 }
 

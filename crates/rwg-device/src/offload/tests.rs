@@ -449,3 +449,67 @@ fn udp_datagrams_of_one_flow_join_where_uso_is_on() {
         assert_eq!(sizes.len(), 2);
     }
 }
+
+/// A datagram (or segment) of a flow that the coalescer cannot join (here: an IPv4 fragment,
+/// an IPv4 packet with options, a v6 packet with a hop-by-hop header, all between the same
+/// two addresses) ends the flow's run: the next datagram is written after it, not joined
+/// into a run written before it.
+#[test]
+fn an_unjoinable_packet_between_the_same_addresses_ends_the_run() {
+    for v6 in [false, true] {
+        let (hdr, p) = uso_packet(v6, &payload(3600, 9), 1200);
+        let datagrams = split(&hdr, &p).expect("valid");
+        let odd: Vec<Vec<u8>> = if v6 {
+            // Hop-by-hop options header (next header 0) in front of the UDP datagram.
+            let d = &datagrams[1];
+            let mut q = d[..40].to_vec();
+            q[6] = 0;
+            let plen = u16::from_be_bytes([q[4], q[5]]) + 8;
+            q[4..6].copy_from_slice(&plen.to_be_bytes());
+            q.extend_from_slice(&[17, 0, 1, 4, 0, 0, 0, 0]);
+            q.extend_from_slice(&d[40..]);
+            vec![q]
+        } else {
+            let d = &datagrams[1];
+            // The same datagram as a first fragment (MF set) ...
+            let mut frag = d.clone();
+            frag[6] |= 0x20;
+            // ... and with 4 bytes of IP options (NOP NOP NOP EOL).
+            let mut opts = vec![0x46];
+            opts.extend_from_slice(&d[1..20]);
+            opts.extend_from_slice(&[1, 1, 1, 0]);
+            opts.extend_from_slice(&d[20..]);
+            let total = (opts.len() as u16).to_be_bytes();
+            opts[2..4].copy_from_slice(&total);
+            vec![frag, opts]
+        };
+        for o in &odd {
+            let mut c = Coalescer::with(true, true);
+            c.push(&datagrams[0]);
+            c.push(o);
+            c.push(&datagrams[2]);
+            let out: Vec<Vec<u8>> = c.packets().map(|p| p[VNET_HDR_LEN..].to_vec()).collect();
+            assert_eq!(
+                out,
+                vec![datagrams[0].clone(), o.clone(), datagrams[2].clone()],
+                "v6={v6}: written in the order received, nothing joined across the odd packet"
+            );
+        }
+        // Another pair of addresses in the middle does not end it.
+        let mut other = datagrams[1].clone();
+        if v6 {
+            other[23] = 9;
+        } else {
+            other[15] = 9;
+        }
+        let mut c = Coalescer::with(true, true);
+        c.push(&datagrams[0]);
+        c.push(&other);
+        c.push(&datagrams[2]);
+        assert_eq!(
+            c.packets().count(),
+            2,
+            "v6={v6}: the run joins across another flow"
+        );
+    }
+}
