@@ -102,47 +102,9 @@ echo "hello from the far side of the tunnel $ID" >"$WORK/www/index.html"
 head -c 20000000 /dev/urandom >"$WORK/www/big.bin"
 BIG_SUM=$(sha256sum <"$WORK/www/big.bin" | cut -d' ' -f1)
 
-cat >"$WORK/httpd.py" <<'EOF'
-import functools, http.server, sys
-class Server(http.server.ThreadingHTTPServer):
-    request_queue_size = 512
-    daemon_threads = True
-class Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-handler = functools.partial(Quiet, directory=sys.argv[3])
-Server((sys.argv[1], int(sys.argv[2])), handler).serve_forever()
-EOF
-cat >"$WORK/dns.py" <<'EOF'
-# Answers A queries for one name; AAAA for it is empty, every other name is NXDOMAIN.
-import socket, sys
-addr, name, answer = sys.argv[1], sys.argv[2].lower(), socket.inet_aton(sys.argv[3])
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind((addr, 53))
-while True:
-    q, client = s.recvfrom(512)
-    try:
-        i, labels = 12, []
-        while q[i]:
-            labels.append(q[i + 1:i + 1 + q[i]].decode().lower())
-            i += 1 + q[i]
-        qtype = int.from_bytes(q[i + 1:i + 3], "big")
-        question = q[12:i + 5]
-    except Exception:
-        continue
-    qname = ".".join(labels)
-    if qname == name and qtype == 1:
-        flags, answers = b"\x81\x80", b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04" + answer
-    elif qname == name:
-        flags, answers = b"\x81\x80", b""
-    else:
-        flags, answers = b"\x81\x83", b""
-    count = (1 if answers else 0).to_bytes(2, "big")
-    s.sendto(q[:2] + flags + b"\x00\x01" + count + b"\x00\x00\x00\x00" + question + answers, client)
-EOF
-ip netns exec "$NS" python3 "$WORK/httpd.py" "$PEER_IP" 8000 "$WORK/www" >"$WORK/http.log" 2>&1 &
+ip netns exec "$NS" python3 "$HERE/servers/httpd.py" "$PEER_IP" 8000 "$WORK/www" >"$WORK/http.log" 2>&1 &
 PIDS+=($!)
-ip netns exec "$NS" python3 "$WORK/dns.py" "$PEER_IP" web.test "$PEER_IP" >"$WORK/dns.log" 2>&1 &
+ip netns exec "$NS" python3 "$HERE/servers/dns1.py" "$PEER_IP" web.test "$PEER_IP" >"$WORK/dns.log" 2>&1 &
 PIDS+=($!)
 ip netns exec "$NS" socat UDP4-RECVFROM:7007,bind="$PEER_IP",fork PIPE >"$WORK/udpecho.log" 2>&1 &
 PIDS+=($!)

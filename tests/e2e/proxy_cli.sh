@@ -147,15 +147,6 @@ mkdir -p "$WORK/www"
 echo "page of the peer $ID" >"$WORK/www/index.html"
 head -c 8000000 /dev/urandom >"$WORK/www/big.bin"
 BIG_SUM=$(sha256sum <"$WORK/www/big.bin" | cut -d' ' -f1)
-cat >"$WORK/httpd.py" <<'EOF'
-import functools, http.server, sys
-class Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-class Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-Server((sys.argv[1], int(sys.argv[2])), functools.partial(Quiet, directory=sys.argv[3])).serve_forever()
-EOF
 cat >"$WORK/echo.py" <<'EOF'
 import asyncio, sys
 async def echo(r, w):
@@ -171,25 +162,11 @@ async def main():
     await server.serve_forever()
 asyncio.run(main())
 EOF
-ip netns exec "$NS" python3 "$WORK/httpd.py" 10.66.0.1 8000 "$WORK/www" >"$WORK/httpd.log" 2>&1 &
+ip netns exec "$NS" python3 "$HERE/servers/httpd.py" 10.66.0.1 8000 "$WORK/www" >"$WORK/httpd.log" 2>&1 &
 PIDS+=($!)
 ip netns exec "$NS" python3 "$WORK/echo.py" 10.66.0.1 7008 >"$WORK/echo.log" 2>&1 &
 PIDS+=($!)
-mkdir -p "$WORK/ssh" /run/sshd
-ssh-keygen -q -t ed25519 -N '' -f "$WORK/ssh/host_key"
-ssh-keygen -q -t ed25519 -N '' -f "$WORK/ssh/client_key"
-cp "$WORK/ssh/client_key.pub" "$WORK/ssh/authorized_keys"
-cat >"$WORK/ssh/sshd_config" <<EOF
-ListenAddress 10.66.0.1:22
-HostKey $WORK/ssh/host_key
-AuthorizedKeysFile $WORK/ssh/authorized_keys
-PermitRootLogin prohibit-password
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-UsePAM no
-StrictModes no
-PidFile none
-EOF
+sshd_setup "$WORK/ssh" 10.66.0.1:22
 
 # --- the proxy under test ---------------------------------------------------------------------
 cat >"$WORK/wg.conf" <<EOF

@@ -1,17 +1,16 @@
 #!/usr/bin/env bash
-# End-to-end tests of rwg-netstack's proxy features against real WireGuard peers
-# (wireguard-go on TUN devices in namespaces), driven through the example binary
-# netstack-proxy (crates/rwg-netstack/examples), which uses the library API that `rwg proxy`
-# is wired to.
+# End-to-end tests of `rwg proxy`'s (rwg-netstack's) proxy features against real WireGuard
+# peers (wireguard-go on TUN devices in namespaces): what tests/e2e/proxy_cli.sh does not cover
+# (several peers, a small path MTU, bad HTTP requests, memory under many connections).
 #
 #   root namespace                                    namespace P (rwgfp-<pid>)
-#   netstack-proxy --config wg.conf                   wireguard-go 10.66.0.1/24
+#   rwg proxy --config wg.conf                        wireguard-go 10.66.0.1/24
 #     HTTP proxy, SOCKS5, forwards, /metrics  veth      HTTP :8000, echo :7008, DNS :53, sshd :22
 #     UDP 10.214.N.1  <---------------------------->    10.214.N.2:51820   (forwards 10.88.0.0/24)
 #                                                        | veth, MTU 1280 on P's side
 #                                                      namespace H: 10.88.0.2, a TCP sink
 #                     <---------------------------->  namespace Q: wireguard-go 10.77.0.1/24, HTTP
-#   namespace C: netstack-proxy with Endpoint = moving.test (C's own hosts file)
+#   namespace C: rwg proxy with Endpoint = moving.test (C's own hosts file)
 #                     <---------------------------->  namespace M: wireguard-go 10.99.0.1/24,
 #                                                     its address moves from .2 to .3
 #
@@ -21,16 +20,14 @@
 # readiness, endpoint re-resolution when the peer moves, RSS under 1000 SOCKS connections.
 #
 # Needs root, /dev/net/tun, wireguard-go, wg, curl, python3, ssh, sshd, socat.
-# Usage: tests/e2e/proxy_features.sh
-#   NETSTACK_PROXY=path (default target/release/examples/netstack-proxy; build it with
-#   cargo build --release -p rwg-netstack --example netstack-proxy)
+# Usage: tests/e2e/proxy_features.sh   (RWG=path/to/rwg, default target/release/rwg)
 # Output: PASS/FAIL per check, then exactly "N passed, N failed". Exit status 1 on failure.
 set -uo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
-NP=${NETSTACK_PROXY:-$ROOT/target/release/examples/netstack-proxy}
-[[ $NP == /* ]] || NP=$PWD/$NP
+RWG=${RWG:-$ROOT/target/release/rwg}
+[[ $RWG == /* ]] || RWG=$PWD/$RWG
 
 ID=$$
 S=$((ID % 100000))
@@ -77,9 +74,9 @@ for tool in wireguard-go wg curl python3 ssh ssh-keygen socat ip sha256sum; do
 	command -v "$tool" >/dev/null || abort "$tool is not installed"
 done
 [[ -x $SSHD ]] || abort "sshd is not installed (Debian: openssh-server)"
-[[ -x $NP ]] || abort "no netstack-proxy at $NP (cargo build --release -p rwg-netstack --example netstack-proxy)"
+[[ -x $RWG ]] || abort "no rwg binary at $RWG (cargo build --release -p rwg, or set RWG)"
 [[ $(id -u) == 0 ]] || abort "needs root (network namespaces, TUN)"
-log "scratch $WORK, namespaces *-$ID, netstack-proxy $NP"
+log "scratch $WORK, namespaces *-$ID, rwg $RWG"
 wg() { timeout -k 2 10 wg "$@"; }
 
 # --- namespaces and links -------------------------------------------------------------------
@@ -146,43 +143,6 @@ echo "page of peer Q $ID" >"$WORK/www-q/index.html"
 echo "page of peer M $ID" >"$WORK/www-m/index.html"
 head -c 20000000 /dev/urandom >"$WORK/www-p/big.bin"
 BIG_SUM=$(sha256sum <"$WORK/www-p/big.bin" | cut -d' ' -f1)
-cat >"$WORK/httpd.py" <<'EOF'
-import functools, http.server, sys
-class Server(http.server.ThreadingHTTPServer):
-    request_queue_size = 512
-    daemon_threads = True
-class Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-Server((sys.argv[1], int(sys.argv[2])), functools.partial(Quiet, directory=sys.argv[3])).serve_forever()
-EOF
-cat >"$WORK/dns.py" <<'EOF'
-# Answers A queries for one name; AAAA for it is empty, every other name is NXDOMAIN.
-import socket, sys
-addr, name, answer = sys.argv[1], sys.argv[2].lower(), socket.inet_aton(sys.argv[3])
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind((addr, 53))
-while True:
-    q, client = s.recvfrom(512)
-    try:
-        i, labels = 12, []
-        while q[i]:
-            labels.append(q[i + 1:i + 1 + q[i]].decode().lower())
-            i += 1 + q[i]
-        qtype = int.from_bytes(q[i + 1:i + 3], "big")
-        question = q[12:i + 5]
-    except Exception:
-        continue
-    qname = ".".join(labels)
-    if qname == name and qtype == 1:
-        flags, answers = b"\x81\x80", b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04" + answer
-    elif qname == name:
-        flags, answers = b"\x81\x80", b""
-    else:
-        flags, answers = b"\x81\x83", b""
-    count = (1 if answers else 0).to_bytes(2, "big")
-    s.sendto(q[:2] + flags + b"\x00\x01" + count + b"\x00\x00\x00\x00" + question + answers, client)
-EOF
 cat >"$WORK/echo.py" <<'EOF'
 # A TCP echo server for many connections at once (one thread, asyncio).
 import asyncio, sys
@@ -214,35 +174,21 @@ while True:
     c.sendall(h.hexdigest().encode() + b"\n")
     c.close()
 EOF
-ip netns exec "$NSP" python3 "$WORK/httpd.py" 10.66.0.1 8000 "$WORK/www-p" >"$WORK/http-p.log" 2>&1 &
+ip netns exec "$NSP" python3 "$HERE/servers/httpd.py" 10.66.0.1 8000 "$WORK/www-p" >"$WORK/http-p.log" 2>&1 &
 PIDS+=($!)
-ip netns exec "$NSP" python3 "$WORK/dns.py" 10.66.0.1 web.test 10.66.0.1 >"$WORK/dns.log" 2>&1 &
+ip netns exec "$NSP" python3 "$HERE/servers/dns1.py" 10.66.0.1 web.test 10.66.0.1 >"$WORK/dns.log" 2>&1 &
 PIDS+=($!)
 ip netns exec "$NSP" bash -c "ulimit -n 8192; exec python3 '$WORK/echo.py' 10.66.0.1 7008" >"$WORK/echo.log" 2>&1 &
 PIDS+=($!)
-ip netns exec "$NSQ" python3 "$WORK/httpd.py" 10.77.0.1 8000 "$WORK/www-q" >"$WORK/http-q.log" 2>&1 &
+ip netns exec "$NSQ" python3 "$HERE/servers/httpd.py" 10.77.0.1 8000 "$WORK/www-q" >"$WORK/http-q.log" 2>&1 &
 PIDS+=($!)
 ip netns exec "$NSH" python3 "$WORK/sink.py" 10.88.0.2 9000 >"$WORK/sink.log" 2>&1 &
 PIDS+=($!)
-ip netns exec "$NSM" python3 "$WORK/httpd.py" 10.99.0.1 8000 "$WORK/www-m" >"$WORK/http-m.log" 2>&1 &
+ip netns exec "$NSM" python3 "$HERE/servers/httpd.py" 10.99.0.1 8000 "$WORK/www-m" >"$WORK/http-m.log" 2>&1 &
 PIDS+=($!)
 
 # sshd in P, for the stdio tunnel.
-mkdir -p "$WORK/ssh" /run/sshd
-ssh-keygen -q -t ed25519 -N '' -f "$WORK/ssh/host_key"
-ssh-keygen -q -t ed25519 -N '' -f "$WORK/ssh/client_key"
-cp "$WORK/ssh/client_key.pub" "$WORK/ssh/authorized_keys"
-cat >"$WORK/ssh/sshd_config" <<EOF
-ListenAddress 10.66.0.1:22
-HostKey $WORK/ssh/host_key
-AuthorizedKeysFile $WORK/ssh/authorized_keys
-PermitRootLogin prohibit-password
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-UsePAM no
-StrictModes no
-PidFile none
-EOF
+sshd_setup "$WORK/ssh" 10.66.0.1:22
 ip netns exec "$NSP" "$SSHD" -D -e -f "$WORK/ssh/sshd_config" >"$WORK/sshd.log" 2>&1 &
 PIDS+=($!)
 
@@ -265,24 +211,22 @@ AllowedIPs = 10.77.0.0/24
 EOF
 chmod 600 "$WORK/wg.conf"
 P_HTTP=$(free_port) P_SOCKS=$(free_port) P_METRICS=$(free_port) P_SINK=$(free_port)
-# glibc raises its mmap threshold each time a large block is freed, after which every socket
-# buffer (hundreds of KiB) comes from the heap, is zeroed page by page and is never given
-# back: RSS then climbs to the sum of all buffers (measured: 0.47, 0.93 and 1.07 GB over three
-# rounds of 1000 connections). A fixed threshold keeps them in mmap'd memory that is only
-# touched where used and returned on close (32-43 MB). `rwg proxy` does the same at startup
-# (rwg_device::process::map_large_buffers); this example gets it from glibc's tunable.
+# (The RSS check below is what `rwg proxy`'s fixed glibc mmap threshold is for, set at startup by
+# rwg_device::process::map_large_buffers: without it glibc raises its threshold each time a
+# large block is freed, socket buffers then come from the heap and are never given back, and
+# RSS climbed to 0.47, 0.93 and 1.07 GB over three rounds of 1000 connections.)
+# The HTTP proxy's connect timeout is rwg proxy's default (15 s): "nobody there: 504" waits it out.
 (
 	ulimit -n 8192
-	export GLIBC_TUNABLES=glibc.malloc.mmap_threshold=131072
-	exec "$NP" --config "$WORK/wg.conf" --http "127.0.0.1:$P_HTTP" --socks5 "127.0.0.1:$P_SOCKS" \
-		--auth alice:s3cret --metrics "127.0.0.1:$P_METRICS" --connect-timeout 3 \
+	exec "$RWG" proxy --config "$WORK/wg.conf" --http "127.0.0.1:$P_HTTP" --socks5 "127.0.0.1:$P_SOCKS" \
+		--http-auth alice:s3cret --socks5-auth alice:s3cret --health "127.0.0.1:$P_METRICS" \
 		--forward "tcp:127.0.0.1:$P_SINK:10.88.0.2:9000"
 ) >"$WORK/proxy.log" 2>&1 &
 PROXY_PID=$!
 PIDS+=("$PROXY_PID")
 wait_for 15 grep -q ready "$WORK/proxy.log" || {
 	cat "$WORK/proxy.log"
-	abort "netstack-proxy did not start"
+	abort "rwg proxy did not start"
 }
 log "proxy up (pid $PROXY_PID): HTTP 127.0.0.1:$P_HTTP, SOCKS5 127.0.0.1:$P_SOCKS"
 metrics() { curl -s --max-time 5 "http://127.0.0.1:$P_METRICS/metrics"; }
@@ -380,7 +324,7 @@ AllowedIPs = 10.66.0.0/24
 EOF
 chmod 600 "$WORK/stdio.conf"
 SSH=(ssh -i "$WORK/ssh/client_key" -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null
-	-o LogLevel=ERROR -o ConnectTimeout=30 -o "ProxyCommand=$NP --config $WORK/stdio.conf --stdio %h:%p")
+	-o LogLevel=ERROR -o ConnectTimeout=30 -o "ProxyCommand=$RWG proxy --config $WORK/stdio.conf --stdio %h:%p")
 ssh_echo() { [[ $(timeout 60 "${SSH[@]}" root@10.66.0.1 echo through the tunnel) == "through the tunnel" ]]; }
 check "ssh with ProxyCommand --stdio runs a command" ssh_echo
 head -c 3000000 /dev/urandom >"$WORK/ssh.bin"
@@ -477,8 +421,8 @@ AllowedIPs = 10.99.0.0/24
 PersistentKeepalive = 1
 EOF
 chmod 600 "$WORK/mover.conf"
-ip netns exec "$NSC" "$NP" --config "$WORK/mover.conf" --socks5 127.0.0.1:1080 \
-	--reresolve-after 3 --reresolve-every 1 >"$WORK/mover.log" 2>&1 &
+ip netns exec "$NSC" "$RWG" proxy --config "$WORK/mover.conf" --socks5 127.0.0.1:1080 \
+	--reresolve-after 3 >"$WORK/mover.log" 2>&1 &
 PIDS+=($!)
 wait_for 15 grep -q ready "$WORK/mover.log" || { cat "$WORK/mover.log"; abort "the moving client did not start"; }
 in_c() { page_is "$PAGE_M" -sS --max-time 5 --socks5-hostname 127.0.0.1:1080 http://10.99.0.1:8000/index.html; }
