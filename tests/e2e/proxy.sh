@@ -108,12 +108,12 @@ ip netns exec "$NS" python3 "$HERE/servers/dns1.py" "$PEER_IP" web.test "$PEER_I
 PIDS+=($!)
 ip netns exec "$NS" socat UDP4-RECVFROM:7007,bind="$PEER_IP",fork PIPE >"$WORK/udpecho.log" 2>&1 &
 PIDS+=($!)
-ip netns exec "$NS" socat TCP4-LISTEN:7008,bind="$PEER_IP",fork,reuseaddr PIPE >"$WORK/tcpecho.log" 2>&1 &
+ip netns exec "$NS" python3 "$HERE/tcp_echo.py" "$PEER_IP" 7008 >"$WORK/tcpecho.log" 2>&1 &
 PIDS+=($!)
 
 # A local service for the reverse forward: a TCP echo in the root namespace.
 P_SOCKS=$(free_port) P_FWD=$(free_port) P_UDP=$(free_port) P_LOCAL=$(free_port) P_BAD=$(free_port) P_REFUSED=$(free_port)
-socat TCP4-LISTEN:"$P_LOCAL",bind=127.0.0.1,fork,reuseaddr PIPE >"$WORK/localecho.log" 2>&1 &
+python3 "$HERE/tcp_echo.py" 127.0.0.1 "$P_LOCAL" >"$WORK/localecho.log" 2>&1 &
 PIDS+=($!)
 
 # --- rwg proxy ----------------------------------------------------------------------------------
@@ -216,6 +216,34 @@ tcp_forward() {
 	[[ $sum == "$ECHO_SUM" ]] || { echo "sha256 $sum, expected $ECHO_SUM"; return 1; }
 }
 check "TCP forward: 3 MB both ways through the tunnel's TCP echo" tcp_forward
+
+cat >"$WORK/echo_client.py" <<'EOF'
+# Sends the file while reading the echo; each transfer must come back whole within 20 s.
+import socket, sys, threading
+port, path, rounds = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+data = open(path, "rb").read()
+for i in range(rounds):
+    s = socket.create_connection(("127.0.0.1", port), timeout=20)
+    def send():
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+    t = threading.Thread(target=send, daemon=True)
+    t.start()
+    got = bytearray()
+    try:
+        while b := s.recv(65536):
+            got += b
+    except OSError as e:
+        sys.exit("transfer %d: %r after %d of %d bytes" % (i + 1, e, len(got), len(data)))
+    t.join(20)
+    s.close()
+    if bytes(got) != data:
+        sys.exit("transfer %d: %d bytes back, differing" % (i + 1, len(got)))
+print(rounds, "transfers whole")
+EOF
+# A stall that strikes one transfer in ten or twenty (as a deadlocked echo server did, or a
+# lost wakeup would) shows up here far more often than in a single transfer.
+check "TCP forward: 8 transfers of 3 MB in a row, none stalls" timeout 200 python3 "$WORK/echo_client.py" "$P_FWD" "$WORK/echo.in" 8
 
 udp_forward() {
 	python3 - "$P_UDP" <<'EOF'

@@ -288,6 +288,11 @@ pub fn render_stack(stats: &StackStats, out: &mut String) {
             "Tail loss probes: duplicate ACKs made up so that smoltcp retransmits at once.",
             stats.tail_loss_probes,
         ),
+        (
+            "rwg_netstack_receive_window_trims_total",
+            "Incoming TCP segments cut to the receive window the stack had announced.",
+            stats.receive_window_trims,
+        ),
     ] {
         let _ = writeln!(
             out,

@@ -16,6 +16,16 @@
 //!   TSO segment); SYNs to it announce an MSS that fits. smoltcp has no PMTU discovery of its
 //!   own: without this, a transfer to a peer behind a 1280-byte path stalls for good.
 //!
+//! - **The receive window's right edge.** With window scaling, smoltcp announces its free
+//!   buffer space rounded down to the scale unit, so an ACK that follows new data can move the
+//!   right edge of the window back by up to a unit (RFC 9293 asks receivers not to do that,
+//!   because the peer may already have sent up to the old edge). smoltcp 0.12 still accepts
+//!   data up to its free buffer space, past the edge it last announced, and then panics
+//!   computing its window ("attempt to subtract sequence numbers with underflow" in
+//!   `last_scaled_window`, smoltcp issue #1048). So the edge smoltcp last announced is
+//!   tracked per connection from its outgoing segments ([`ReceiveEdges`]), and incoming data
+//!   beyond it is cut off before smoltcp sees it; the peer sends those few bytes again.
+//!
 //! Everything here reads untrusted packets: each access is bounds-checked and state is
 //! capped, so nothing panics or grows without bound.
 
@@ -506,6 +516,132 @@ impl Recovery {
     fn expire(&mut self, now: Instant) {
         self.flows
             .retain(|_, f| now.duration_since(f.last_seen) < FLOW_IDLE);
+    }
+}
+
+/// Connections whose receive edge is tracked at once; when a new one comes, the one that
+/// has sent nothing for the longest is forgotten (and goes unguarded).
+const MAX_EDGES: usize = 8192;
+
+#[derive(Debug, Clone, Copy)]
+struct Edge {
+    /// The window scale the stack applies to its own announcements on this connection (0
+    /// when either side's SYN had no window scale option).
+    shift: u8,
+    /// The right edge of the window the stack last announced: its last ACK number plus its
+    /// last window, shifted, exactly as smoltcp computes it (for a SYN-ACK, whose window is
+    /// not scaled on the wire, smoltcp shifts it anyway; the edge follows smoltcp).
+    edge: Option<u32>,
+    last_seen: Instant,
+}
+
+/// The receive window the stack announced, per connection. See the [module](self) docs.
+#[derive(Debug, Default)]
+pub(crate) struct ReceiveEdges {
+    edges: HashMap<FlowKey, Edge>,
+    /// Incoming segments cut short because they reached past the announced edge.
+    pub(crate) trimmed: u64,
+}
+
+impl ReceiveEdges {
+    /// Record what a segment the stack sends into the tunnel announces.
+    pub(crate) fn outgoing(&mut self, packet: &[u8]) {
+        let Some(seg) = parse_tcp(packet) else {
+            return;
+        };
+        let key = (seg.src, seg.src_port, seg.dst, seg.dst_port);
+        let now = Instant::now();
+        if seg.flags & RST != 0 {
+            self.edges.remove(&key);
+            return;
+        }
+        if seg.flags & SYN != 0 {
+            // A SYN-ACK carries the option only if the peer's SYN did: then it is final. Our
+            // own SYN always carries it; the peer's SYN-ACK may still refuse scaling.
+            let shift = window_scale(&packet[seg.tcp + 20..seg.tcp + seg.tcp_len]).unwrap_or(0);
+            if self.edges.len() >= MAX_EDGES && !self.edges.contains_key(&key) {
+                // Closed connections are never told apart from quiet ones: the one quiet the
+                // longest goes.
+                let oldest = self.edges.iter().min_by_key(|(_, e)| e.last_seen);
+                if let Some((&old, _)) = oldest {
+                    self.edges.remove(&old);
+                }
+            }
+            self.edges.insert(
+                key,
+                Edge {
+                    shift,
+                    edge: None,
+                    last_seen: now,
+                },
+            );
+        }
+        let Some(entry) = self.edges.get_mut(&key) else {
+            return;
+        };
+        if seg.flags & ACK != 0 {
+            let window = u32::from(seg.window) << entry.shift;
+            entry.edge = Some(seg.ack.wrapping_add(window));
+        }
+        entry.last_seen = now;
+    }
+
+    /// Cut an incoming segment's data that lies beyond the edge the stack last announced
+    /// (dropping its FIN too if any data goes). `packet` shrinks accordingly and stays valid
+    /// (lengths and checksums updated).
+    pub(crate) fn incoming(&mut self, packet: &mut Vec<u8>) {
+        let Some(seg) = parse_tcp(packet) else {
+            return;
+        };
+        let key = (seg.dst, seg.dst_port, seg.src, seg.src_port);
+        if seg.flags & RST != 0 {
+            self.edges.remove(&key);
+            return;
+        }
+        let Some(entry) = self.edges.get_mut(&key) else {
+            return;
+        };
+        if seg.flags & SYN != 0 {
+            // The peer's SYN-ACK to our SYN: without the option, no scaling either way.
+            if window_scale(&packet[seg.tcp + 20..seg.tcp + seg.tcp_len]).is_none() {
+                entry.shift = 0;
+            }
+            return;
+        }
+        let Some(edge) = entry.edge else {
+            return;
+        };
+        let len = seg.payload_len() as u32;
+        let end = seg.seq.wrapping_add(len);
+        if len == 0 || seq_le(end, edge) {
+            return;
+        }
+        let keep = if seq_lt(seg.seq, edge) {
+            edge.wrapping_sub(seg.seq) as usize
+        } else {
+            0
+        };
+        let new_end = seg.tcp + seg.tcp_len + keep;
+        match seg.src {
+            IpAddr::V4(_) => {
+                packet[2..4].copy_from_slice(&(new_end as u16).to_be_bytes());
+                packet[10..12].copy_from_slice(&[0, 0]);
+                let c = checksum_fold(checksum_add(0, &packet[..seg.tcp]));
+                packet[10..12].copy_from_slice(&c.to_be_bytes());
+            }
+            IpAddr::V6(_) => {
+                packet[4..6].copy_from_slice(&((new_end - 40) as u16).to_be_bytes());
+            }
+        }
+        // What follows the cut is not here: no FIN, and nothing to push.
+        packet[seg.tcp + 13] &= !(FIN | PSH);
+        packet.truncate(new_end);
+        let cut = Segment {
+            end: new_end,
+            ..seg
+        };
+        fill_tcp_checksum(packet, &cut);
+        self.trimmed += 1;
     }
 }
 

@@ -6,11 +6,13 @@
 //! their waker, then wake the driver. The ingress queue has its own lock so that the tunnel
 //! side never waits for a poll to finish.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
 use std::io;
 use std::net::IpAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
@@ -22,10 +24,10 @@ use smoltcp::time::Instant as SmolInstant;
 use smoltcp::wire::{
     HardwareAddress, IpAddress, IpCidr, IpProtocol, Ipv4Packet, Ipv6Packet, TcpPacket,
 };
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
-use crate::segments::{split, Segments, Verdict};
+use crate::segments::{split, ReceiveEdges, Segments, Verdict};
 use crate::tunnel::PacketTunnel;
 
 /// First port of the ephemeral range (IANA), used for `connect` and for binding port 0.
@@ -150,6 +152,9 @@ pub struct StackStats {
     pub dupacks_normalized: u64,
     /// Tail loss probes (duplicate ACKs made up so that smoltcp retransmits at once).
     pub tail_loss_probes: u64,
+    /// Incoming TCP segments cut short because their data reached past the window the stack
+    /// had announced (see the guard in `segments`).
+    pub receive_window_trims: u64,
 }
 
 #[derive(Default)]
@@ -165,6 +170,7 @@ struct Counters {
     loss_episodes: AtomicU64,
     normalized: AtomicU64,
     probes: AtomicU64,
+    trims: AtomicU64,
 }
 
 /// Received packets waiting for the driver, and spare buffers to copy the next ones into.
@@ -206,11 +212,15 @@ pub(crate) struct TunnelDevice {
     counters: Arc<Counters>,
     /// SACK state and path MTUs (see [`crate::segments`]).
     pub(crate) segments: Segments,
+    /// The receive window each connection announced, shared by both tokens: outgoing
+    /// segments record it, incoming ones are cut to it just before smoltcp reads them.
+    edges: RefCell<ReceiveEdges>,
 }
 
 pub(crate) struct RxToken<'a> {
     packet: Vec<u8>,
     ingress: &'a IngressQueue,
+    edges: &'a RefCell<ReceiveEdges>,
 }
 
 pub(crate) struct TxToken<'a> {
@@ -219,12 +229,17 @@ pub(crate) struct TxToken<'a> {
     split_buf: &'a mut Vec<u8>,
     counters: &'a Counters,
     segments: &'a mut Segments,
+    edges: &'a RefCell<ReceiveEdges>,
 }
 
 impl smoltcp::phy::RxToken for RxToken<'_> {
     fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
-        let result = f(&self.packet);
-        self.ingress.recycle(self.packet);
+        let mut packet = self.packet;
+        // Here, not when the batch is taken: the segments smoltcp sends while it works
+        // through the batch move the edge.
+        self.edges.borrow_mut().incoming(&mut packet);
+        let result = f(&packet);
+        self.ingress.recycle(packet);
         result
     }
 }
@@ -234,6 +249,8 @@ impl smoltcp::phy::TxToken for TxToken<'_> {
         self.buf.resize(len, 0);
         let result = f(&mut self.buf[..len]);
         let packet = &mut self.buf[..len];
+        // smoltcp has taken this segment's window as announced, whatever happens to it here.
+        self.edges.borrow_mut().outgoing(packet);
         match self.segments.outgoing(packet) {
             Verdict::Send => {
                 self.tunnel.send(packet);
@@ -265,6 +282,7 @@ impl Device for TunnelDevice {
             RxToken {
                 packet,
                 ingress: &self.ingress,
+                edges: &self.edges,
             },
             TxToken {
                 tunnel: &*self.tunnel,
@@ -272,6 +290,7 @@ impl Device for TunnelDevice {
                 split_buf: &mut self.split_buf,
                 counters: &self.counters,
                 segments: &mut self.segments,
+                edges: &self.edges,
             },
         ))
     }
@@ -283,6 +302,7 @@ impl Device for TunnelDevice {
             split_buf: &mut self.split_buf,
             counters: &self.counters,
             segments: &mut self.segments,
+            edges: &self.edges,
         })
     }
 
@@ -522,6 +542,8 @@ pub(crate) struct Shared {
     wake: Arc<Notify>,
     counters: Arc<Counters>,
     pub(crate) config: StackConfig,
+    /// Why the stack stopped (its driver panicked), once it has.
+    failure: watch::Sender<Option<String>>,
 }
 
 impl Shared {
@@ -536,6 +558,16 @@ impl Shared {
             .addresses
             .iter()
             .any(|(own, _)| own.is_ipv4() == ip.is_ipv4())
+    }
+
+    /// An error if the stack has stopped (see [`NetStack::failure`]): nothing moves any more.
+    pub(crate) fn check_running(&self) -> io::Result<()> {
+        match &*self.failure.borrow() {
+            None => Ok(()),
+            Some(why) => Err(io::Error::other(format!(
+                "the network stack stopped: {why}"
+            ))),
+        }
     }
 
     /// Ask the driver to poll soon: something was queued or a buffer changed.
@@ -593,6 +625,8 @@ impl Shared {
             c.loss_episodes.store(r.episodes, Ordering::Relaxed);
             c.normalized.store(r.normalized, Ordering::Relaxed);
             c.probes.store(r.probes, Ordering::Relaxed);
+            let trims = inner.device.edges.get_mut().trimmed;
+            c.trims.store(trims, Ordering::Relaxed);
         }
         let Inner {
             iface,
@@ -690,6 +724,7 @@ impl NetStack {
             split_buf: Vec::with_capacity(config.mtu),
             counters: counters.clone(),
             segments: Segments::default(),
+            edges: RefCell::new(ReceiveEdges::default()),
         };
         let seed = random_seed();
         let mut iface_config = IfaceConfig::new(HardwareAddress::Ip);
@@ -747,6 +782,7 @@ impl NetStack {
             wake: wake.clone(),
             counters,
             config,
+            failure: watch::Sender::new(None),
         });
         let driver = drive(Arc::downgrade(&shared), wake);
         Ok((NetStack { shared }, driver))
@@ -779,6 +815,21 @@ impl NetStack {
         true
     }
 
+    /// Wait until the stack stops for good, and say why. It stops only if its driver panics
+    /// (a bug, in smoltcp or here): the panic is logged, every socket operation from then on
+    /// fails, and operations already waiting may never finish; nothing moves through the
+    /// stack any more. A program should treat this as fatal (`rwg proxy` exits non-zero, for
+    /// its service manager to restart it) rather than go on as a black hole.
+    pub async fn failure(&self) -> String {
+        let mut failure = self.shared.failure.subscribe();
+        let why = match failure.wait_for(Option::is_some).await {
+            Ok(why) => why.clone().unwrap_or_default(),
+            // The sender lives in `Shared`, which `self` holds.
+            Err(_) => return std::future::pending().await,
+        };
+        why
+    }
+
     /// The stack's addresses, as configured.
     pub fn addresses(&self) -> &[(IpAddr, u8)] {
         &self.shared.config.addresses
@@ -804,6 +855,7 @@ impl NetStack {
             loss_episodes: c.loss_episodes.load(Ordering::Relaxed),
             dupacks_normalized: c.normalized.load(Ordering::Relaxed),
             tail_loss_probes: c.probes.load(Ordering::Relaxed),
+            receive_window_trims: c.trims.load(Ordering::Relaxed),
         }
     }
 }
@@ -814,7 +866,21 @@ impl NetStack {
 async fn drive(shared: Weak<Shared>, wake: Arc<Notify>) {
     loop {
         let delay = match shared.upgrade() {
-            Some(shared) => shared.poll(),
+            Some(shared) => match std::panic::catch_unwind(AssertUnwindSafe(|| shared.poll())) {
+                Ok(delay) => delay,
+                Err(panic) => {
+                    // The socket set may be half-updated, and the same state would panic
+                    // again on the next poll: stop, and say so where it cannot be missed.
+                    let why = panic_message(&*panic);
+                    tracing::error!(
+                        "the network stack's driver panicked, the stack is stopped: {why}"
+                    );
+                    shared
+                        .failure
+                        .send_replace(Some(format!("its driver panicked: {why}")));
+                    return;
+                }
+            },
             None => return,
         };
         match delay {
@@ -829,6 +895,17 @@ async fn drive(shared: Weak<Shared>, wake: Arc<Notify>) {
             }
             None => wake.notified().await,
         }
+    }
+}
+
+/// The message of a caught panic.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(no message)".to_owned()
     }
 }
 
@@ -874,5 +951,248 @@ mod tests {
         assert_eq!(syn_destination_port(&p), Some(80));
         p[20 + 13] = 0x12;
         assert_eq!(syn_destination_port(&p), None);
+    }
+}
+
+#[cfg(test)]
+mod failure_tests {
+    use super::*;
+
+    /// A tunnel whose `send` panics, as a bug inside the driver's poll would.
+    struct Broken;
+
+    impl PacketTunnel for Broken {
+        fn send(&self, _packet: &[u8]) {
+            panic!("broken tunnel for the test");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panic_in_the_driver_stops_the_stack_visibly() {
+        let config = StackConfig::new(vec![(IpAddr::from([10, 0, 0, 1]), 24)], 1420);
+        let (stack, driver) = NetStack::new(config, Broken).expect("stack");
+        let driver = tokio::spawn(driver);
+        let to = std::net::SocketAddr::from(([10, 0, 0, 2], 80));
+        // The SYN makes the tunnel panic; this connect is left waiting.
+        let first = tokio::spawn({
+            let stack = stack.clone();
+            async move { crate::TcpStream::connect(&stack, to).await }
+        });
+        let why = tokio::time::timeout(Duration::from_secs(20), stack.failure())
+            .await
+            .expect("the failure is reported");
+        assert!(why.contains("broken tunnel for the test"), "{why}");
+        // The driver task ended normally (the panic did not escape into the runtime).
+        driver.await.expect("driver ended without unwinding");
+        // From now on, operations fail at once instead of hanging.
+        let e = crate::TcpStream::connect(&stack, to)
+            .await
+            .expect_err("connect on a stopped stack");
+        assert!(e.to_string().contains("stopped"), "{e}");
+        assert!(crate::TcpListener::bind(&stack, 80).is_err());
+        assert!(crate::UdpSocket::bind(&stack, 0).is_err());
+        first.abort();
+    }
+}
+
+#[cfg(test)]
+mod window_edge_tests {
+    //! smoltcp 0.12 against a peer that sends up to the largest window edge it was shown,
+    //! through the stack's real device (see the receive-edge guard in `segments`).
+
+    use super::*;
+    use smoltcp::phy::ChecksumCapabilities;
+    use smoltcp::wire::{Ipv4Address, Ipv4Repr, TcpControl, TcpRepr, TcpSeqNumber};
+
+    const OWN: [u8; 4] = [10, 0, 0, 1];
+    const PEER: [u8; 4] = [10, 0, 0, 2];
+    const PORT: u16 = 80;
+    const PEER_PORT: u16 = 40000;
+    /// 2^17 bytes: smoltcp scales its window by 2 bits.
+    const RX: usize = 1 << 17;
+
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<Vec<u8>>>>);
+
+    impl PacketTunnel for Capture {
+        fn send(&self, packet: &[u8]) {
+            self.0.lock().expect("capture").push(packet.to_vec());
+        }
+    }
+
+    fn byte(i: usize) -> u8 {
+        (i % 251) as u8
+    }
+
+    /// A segment from the peer, emitted with smoltcp's own wire code.
+    fn from_peer(repr: &TcpRepr<'_>) -> Vec<u8> {
+        let ip = Ipv4Repr {
+            src_addr: Ipv4Address::from(PEER),
+            dst_addr: Ipv4Address::from(OWN),
+            next_header: IpProtocol::Tcp,
+            payload_len: repr.buffer_len(),
+            hop_limit: 64,
+        };
+        let mut p = vec![0u8; ip.buffer_len() + repr.buffer_len()];
+        let caps = ChecksumCapabilities::default();
+        let mut packet = Ipv4Packet::new_unchecked(&mut p[..]);
+        ip.emit(&mut packet, &caps);
+        let mut tcp = TcpPacket::new_unchecked(packet.payload_mut());
+        repr.emit(
+            &mut tcp,
+            &IpAddress::from(Ipv4Address::from(PEER)),
+            &IpAddress::from(Ipv4Address::from(OWN)),
+            &caps,
+        );
+        p
+    }
+
+    fn segment(seq: u32, ack: u32, payload: &[u8]) -> Vec<u8> {
+        from_peer(&TcpRepr {
+            src_port: PEER_PORT,
+            dst_port: PORT,
+            control: TcpControl::None,
+            seq_number: TcpSeqNumber(seq as i32),
+            ack_number: Some(TcpSeqNumber(ack as i32)),
+            window_len: 4096,
+            window_scale: None,
+            max_seg_size: None,
+            sack_permitted: false,
+            sack_ranges: [None, None, None],
+            timestamp: None,
+            payload,
+        })
+    }
+
+    /// (seq, ack, window field, window scale option) of the segments the stack sent.
+    fn sent(capture: &Capture) -> Vec<(u32, Option<u32>, u16, Option<u8>)> {
+        let packets = std::mem::take(&mut *capture.0.lock().expect("capture"));
+        packets
+            .iter()
+            .map(|p| {
+                let ip = Ipv4Packet::new_checked(&p[..]).expect("ipv4");
+                let tcp = TcpPacket::new_checked(ip.payload()).expect("tcp");
+                let caps = ChecksumCapabilities::default();
+                let src = IpAddress::from(ip.src_addr());
+                let dst = IpAddress::from(ip.dst_addr());
+                let repr = TcpRepr::parse(&tcp, &src, &dst, &caps).expect("repr");
+                (
+                    repr.seq_number.0 as u32,
+                    repr.ack_number.map(|a| a.0 as u32),
+                    repr.window_len,
+                    repr.window_scale,
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn data_past_a_receding_window_edge_does_not_panic_the_stack() {
+        let capture = Capture::default();
+        let mut config = StackConfig::new(vec![(IpAddr::from(OWN), 24)], 1500);
+        config.tcp_rx_buffer_size = RX;
+        let (stack, _driver) = NetStack::new(config, capture.clone()).expect("stack");
+        let _listener = crate::TcpListener::bind(&stack, PORT).expect("listen");
+        let shared = &stack.shared;
+
+        // Handshake: the peer offers window scaling and a 1000-byte MSS.
+        let peer_isn = 1000u32;
+        stack.receive(&from_peer(&TcpRepr {
+            src_port: PEER_PORT,
+            dst_port: PORT,
+            control: TcpControl::Syn,
+            seq_number: TcpSeqNumber(peer_isn as i32),
+            ack_number: None,
+            window_len: 65535,
+            window_scale: Some(7),
+            max_seg_size: Some(1000),
+            sack_permitted: false,
+            sack_ranges: [None, None, None],
+            timestamp: None,
+            payload: &[],
+        }));
+        shared.poll();
+        let (own_isn, _, _, shift) = sent(&capture)
+            .into_iter()
+            .find(|s| s.3.is_some())
+            .expect("a SYN-ACK with a window scale");
+        let shift = shift.unwrap_or(0);
+        assert_eq!(shift, 2, "a 128 KiB buffer is announced in 4-byte units");
+        let ack = own_isn.wrapping_add(1);
+        let start = peer_isn.wrapping_add(1);
+        stack.receive(&segment(start, ack, &[]));
+        shared.poll();
+        sent(&capture);
+
+        // The application reads nothing for now. Pairs of segments (each pair makes the stack
+        // acknowledge at once) fill the buffer; every announced edge is the buffer's end, as
+        // long as the free space is a multiple of the 4-byte unit.
+        let socket = {
+            let mut inner = shared.lock();
+            let Inner {
+                listeners, sockets, ..
+            } = &mut *inner;
+            listeners[&PORT]
+                .backlog
+                .iter()
+                .copied()
+                .find(|h| sockets.get::<tcp::Socket>(*h).state() == tcp::State::Established)
+        }
+        .expect("established");
+        let buffer_end = RX;
+        let mut next = 0usize;
+        // Sends the segments, polls, and returns the edge the stack's last ACK announced.
+        let send = |next: &mut usize, sizes: &[usize]| -> Option<usize> {
+            for size in sizes {
+                let payload: Vec<u8> = (*next..*next + size).map(byte).collect();
+                stack.receive(&segment(start.wrapping_add(*next as u32), ack, &payload));
+                *next += size;
+            }
+            shared.poll();
+            sent(&capture).iter().rev().find_map(|&(_, a, window, _)| {
+                let a = a?.wrapping_sub(start) as usize;
+                Some(a + (usize::from(window) << shift))
+            })
+        };
+        let mut edge = None;
+        while next + 2000 <= buffer_end - 3000 {
+            edge = send(&mut next, &[1000, 1000]);
+        }
+        assert_eq!(edge, Some(buffer_end), "full units: the edge is the end");
+        // Then the free space is 999 bytes: 249 units, the edge moves back 3 bytes.
+        let free = 999;
+        let rest = buffer_end - free - next - 1036;
+        let edge = send(&mut next, &[1036, rest]);
+        assert_eq!(edge, Some(buffer_end - 3));
+        // The peer had been allowed up to the buffer's end and sends that far. smoltcp takes
+        // it all (it fits the buffer) and, without the guard, panics when it next computes its
+        // window.
+        send(&mut next, &[free]);
+        assert_eq!(next, buffer_end);
+        assert_eq!(stack.stats().receive_window_trims, 1);
+
+        // The application reads; the peer resends what was not acknowledged; nothing is lost.
+        let mut received = Vec::new();
+        let read = |received: &mut Vec<u8>| {
+            let mut inner = shared.lock();
+            let s = inner.sockets.get_mut::<tcp::Socket>(socket);
+            let mut buf = vec![0u8; RX];
+            let n = s.recv_slice(&mut buf).expect("recv");
+            received.extend_from_slice(&buf[..n]);
+        };
+        read(&mut received);
+        assert_eq!(
+            received.len(),
+            buffer_end - 3,
+            "data up to the edge is kept"
+        );
+        // The window opened: the stack says so, and the peer resends.
+        let edge = send(&mut next, &[]).expect("a window update");
+        assert!(edge > buffer_end, "{edge}");
+        let mut resend = received.len();
+        send(&mut resend, &[3]);
+        read(&mut received);
+        assert_eq!(received.len(), buffer_end);
+        assert!(received.iter().enumerate().all(|(i, b)| *b == byte(i)));
     }
 }

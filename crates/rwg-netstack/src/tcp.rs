@@ -97,6 +97,7 @@ impl TcpStream {
     /// [`StackConfig::connect_timeout`](crate::StackConfig::connect_timeout).
     pub async fn connect(stack: &NetStack, addr: SocketAddr) -> io::Result<TcpStream> {
         let shared = stack.shared.clone();
+        shared.check_running()?;
         if !shared.can_reach(addr.ip()) {
             return Err(io::Error::new(
                 io::ErrorKind::AddrNotAvailable,
@@ -144,6 +145,9 @@ impl TcpStream {
     }
 
     fn poll_connected(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Err(e) = self.shared.check_running() {
+            return Poll::Ready(Err(e));
+        }
         let mut inner = self.shared.lock();
         let socket = inner.sockets.get_mut::<tcp::Socket>(self.handle);
         match socket.state() {
@@ -194,6 +198,9 @@ impl AsyncRead for TcpStream {
         if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
+        if let Err(e) = self.shared.check_running() {
+            return Poll::Ready(Err(e));
+        }
         let mut inner = self.shared.lock();
         let socket = inner.sockets.get_mut::<tcp::Socket>(self.handle);
         match socket.recv_slice(buf.initialize_unfilled()) {
@@ -225,6 +232,9 @@ impl AsyncWrite for TcpStream {
     ) -> Poll<io::Result<usize>> {
         if data.is_empty() {
             return Poll::Ready(Ok(0));
+        }
+        if let Err(e) = self.shared.check_running() {
+            return Poll::Ready(Err(e));
         }
         let this = &mut *self;
         let mut inner = this.shared.lock();
@@ -328,6 +338,7 @@ impl TcpListener {
     /// port. Fails with `AddrInUse` when the port is taken by a listener or a connection.
     pub fn bind(stack: &NetStack, port: u16) -> io::Result<TcpListener> {
         let shared = stack.shared.clone();
+        shared.check_running()?;
         {
             let mut inner = shared.lock();
             let port = inner.tcp_ports.take(port)?;
@@ -367,6 +378,9 @@ impl TcpListener {
     }
 
     fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(TcpStream, SocketAddr)>> {
+        if let Err(e) = self.shared.check_running() {
+            return Poll::Ready(Err(e));
+        }
         let mut guard = self.shared.lock();
         let inner = &mut *guard;
         let Some(listener) = inner.listeners.get_mut(&self.port) else {

@@ -38,6 +38,7 @@ impl UdpSocket {
     /// Bind `port` (`0` for an ephemeral one). Fails with `AddrInUse` when taken.
     pub fn bind(stack: &NetStack, port: u16) -> io::Result<UdpSocket> {
         let shared = stack.shared.clone();
+        shared.check_running()?;
         let size = shared.config.udp_buffer_size;
         let handle = {
             let mut inner = shared.lock();
@@ -92,6 +93,9 @@ impl UdpSocket {
         data: &[u8],
         target: SocketAddr,
     ) -> Poll<io::Result<usize>> {
+        if let Err(e) = self.shared.check_running() {
+            return Poll::Ready(Err(e));
+        }
         if !self.shared.can_reach(target.ip()) {
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::AddrNotAvailable,
@@ -138,6 +142,9 @@ impl UdpSocket {
         cx: &mut Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<(usize, SocketAddr)>> {
+        if let Err(e) = self.shared.check_running() {
+            return Poll::Ready(Err(e));
+        }
         let mut inner = self.shared.lock();
         let socket = inner.sockets.get_mut::<udp::Socket>(self.handle);
         match socket.recv() {

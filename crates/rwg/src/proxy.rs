@@ -319,12 +319,20 @@ async fn serve(config: rwg_config::Config, args: ProxyArgs) -> Result<(), String
     }
     drop(ended_tx);
     let mut last = String::from("no service");
-    while let Some(why) = ended_rx.recv().await {
-        tracing::error!("{why}");
-        last = why;
-    }
+    let services_ended = async {
+        while let Some(why) = ended_rx.recv().await {
+            tracing::error!("{why}");
+            last = why;
+        }
+    };
+    // A stack that stopped (its driver panicked) serves nothing any more: exit non-zero, so
+    // that a service manager restarts the proxy, rather than stay up as a black hole.
+    let result = tokio::select! {
+        () = services_ended => Err(format!("every service stopped; last: {last}")),
+        why = stack.failure() => Err(format!("the network stack stopped: {why}")),
+    };
     tunnel.stop();
-    Err(format!("every service stopped; last: {last}"))
+    result
 }
 
 /// Stops the metrics server when the proxy stops serving.
