@@ -25,7 +25,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::dns::{connect_host, split_host_port, Resolver};
 use crate::metrics::{ProxyMetrics, Service};
-use crate::relay::{relay, within, ConnectionLimit};
+use crate::relay::{relay, within, ConnectionLimit, IdleWatch};
 use crate::socks5::ACCEPT_ERROR_PAUSE;
 use crate::stack::NetStack;
 use crate::tcp::TcpStream;
@@ -623,9 +623,16 @@ impl HttpProxy {
         if !early.is_empty() {
             upstream.write_all(early).await.map_err(bad_gateway)?;
         }
-        // The request body (if any) goes up while the response head comes down.
+        // The request body (if any) goes up while the response head comes down. The exchange
+        // ends when no byte has moved either way for the idle timeout (not when it has lasted
+        // that long: a big download to a slow client is not idle).
         let (mut client_read, mut client_write) = tokio::io::split(client);
         let (mut up_read, mut up_write) = tokio::io::split(upstream);
+        let watch = IdleWatch::new();
+        let mut client_read = watch.watch(&mut client_read);
+        let mut client_write = watch.watch(&mut client_write);
+        let mut up_read = watch.watch(&mut up_read);
+        let mut up_write = watch.watch(&mut up_write);
         let body_up = async {
             let _ = tokio::io::copy(&mut client_read, &mut up_write).await;
             let _ = up_write.shutdown().await;
@@ -663,27 +670,29 @@ impl HttpProxy {
                 .write_all(&buf[head_len..])
                 .await
                 .map_err(|_| (None, true))?;
-            let _ = tokio::io::copy(&mut up_read, &mut client_write).await;
+            if let Err(e) = tokio::io::copy(&mut up_read, &mut client_write).await {
+                // The response is cut short (the client sees the connection close early).
+                tracing::debug!("HTTP proxy: {host}:{port}: response body: {e}");
+            }
             let _ = client_write.shutdown().await;
             Ok(())
         };
-        let response = async {
-            match self.config.idle_timeout {
-                // A forwarded response is bounded by the idle timeout as a whole here: simple,
-                // and a response that stalls that long is dead anyway.
-                Some(limit) => tokio::time::timeout(limit, response)
-                    .await
-                    .unwrap_or(Err((None, true))),
-                None => response.await,
+        let exchange = async {
+            tokio::pin!(body_up);
+            tokio::pin!(response);
+            // The response decides: when it is done (or failed), the request side is abandoned.
+            tokio::select! {
+                result = &mut response => result,
+                () = &mut body_up => response.await,
             }
         };
-        tokio::pin!(body_up);
-        tokio::pin!(response);
-        // The response decides: when it is done (or failed), the request side is abandoned.
-        tokio::select! {
-            result = &mut response => result,
-            () = &mut body_up => response.await,
-        }
+        watch
+            .run(self.config.idle_timeout, exchange)
+            .await
+            .unwrap_or_else(|e| {
+                tracing::debug!("HTTP proxy: {host}:{port}: {e}");
+                Err((None, true))
+            })
     }
 }
 

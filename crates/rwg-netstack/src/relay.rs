@@ -1,6 +1,6 @@
 //! Bounded resources for the services (SOCKS5, HTTP proxy, forwards, stdio): a cap on
 //! concurrent connections ([`ConnectionLimit`]) and a relay that gives up on a connection
-//! idle in both directions for too long ([`relay`]).
+//! idle in both directions for too long ([`relay`], built on [`IdleWatch`]).
 
 use std::future::Future;
 use std::io;
@@ -61,13 +61,25 @@ impl ConnectionLimit {
     }
 }
 
-/// Time of the last transfer in either direction, in milliseconds since `start`.
-struct Activity {
+/// Watches streams for traffic: [`watch`](Self::watch) wraps a stream (or one half of it) so
+/// that every byte read or written through it counts, and [`run`](Self::run) gives up on a
+/// piece of work once no byte has moved through any of its watched streams for too long.
+/// "Moved" means accepted by the other end: a write that waits for room in a full socket is
+/// not traffic, a slow reader's every read is.
+pub(crate) struct IdleWatch {
     start: Instant,
+    /// Time of the last transfer, in milliseconds since `start`.
     last_ms: AtomicU64,
 }
 
-impl Activity {
+impl IdleWatch {
+    pub(crate) fn new() -> Self {
+        IdleWatch {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
     fn touch(&self) {
         let ms = self.start.elapsed().as_millis() as u64;
         self.last_ms.store(ms, Ordering::Relaxed);
@@ -76,12 +88,44 @@ impl Activity {
     fn last(&self) -> Instant {
         self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
     }
+
+    /// `stream`, with its traffic counted.
+    pub(crate) fn watch<'a, S: ?Sized>(&'a self, stream: &'a mut S) -> Watched<'a, S> {
+        Watched {
+            inner: stream,
+            watch: self,
+        }
+    }
+
+    /// `work` to its end, or `TimedOut` once nothing moved for `idle` (counted from the
+    /// watch's creation or its last traffic); without `idle`, simply `work`.
+    pub(crate) async fn run<T>(
+        &self,
+        idle: Option<Duration>,
+        work: impl Future<Output = T>,
+    ) -> io::Result<T> {
+        let Some(idle) = idle else {
+            return Ok(work.await);
+        };
+        tokio::pin!(work);
+        loop {
+            let deadline = self.last() + idle;
+            tokio::select! {
+                result = &mut work => return Ok(result),
+                () = tokio::time::sleep_until(deadline) => {
+                    if self.last() + idle <= Instant::now() {
+                        return Err(io::Error::new(io::ErrorKind::TimedOut, "connection idle"));
+                    }
+                }
+            }
+        }
+    }
 }
 
-/// A stream that records when data last moved through it.
-struct Watched<'a, S: ?Sized> {
+/// A stream that records when data last moved through it (see [`IdleWatch`]).
+pub(crate) struct Watched<'a, S: ?Sized> {
     inner: &'a mut S,
-    activity: &'a Activity,
+    watch: &'a IdleWatch,
 }
 
 impl<S: AsyncRead + Unpin + ?Sized> AsyncRead for Watched<'_, S> {
@@ -93,7 +137,7 @@ impl<S: AsyncRead + Unpin + ?Sized> AsyncRead for Watched<'_, S> {
         let before = buf.filled().len();
         let result = Pin::new(&mut *self.inner).poll_read(cx, buf);
         if buf.filled().len() != before {
-            self.activity.touch();
+            self.watch.touch();
         }
         result
     }
@@ -107,7 +151,7 @@ impl<S: AsyncWrite + Unpin + ?Sized> AsyncWrite for Watched<'_, S> {
     ) -> Poll<io::Result<usize>> {
         let result = Pin::new(&mut *self.inner).poll_write(cx, data);
         if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
+            self.watch.touch();
         }
         result
     }
@@ -132,31 +176,12 @@ where
     let Some(idle) = idle else {
         return tokio::io::copy_bidirectional(a, b).await;
     };
-    let activity = Activity {
-        start: Instant::now(),
-        last_ms: AtomicU64::new(0),
-    };
-    let mut wa = Watched {
-        inner: a,
-        activity: &activity,
-    };
-    let mut wb = Watched {
-        inner: b,
-        activity: &activity,
-    };
-    let copy = tokio::io::copy_bidirectional(&mut wa, &mut wb);
-    tokio::pin!(copy);
-    loop {
-        let deadline = activity.last() + idle;
-        tokio::select! {
-            result = &mut copy => return result,
-            () = tokio::time::sleep_until(deadline) => {
-                if activity.last() + idle <= Instant::now() {
-                    return Err(io::Error::new(io::ErrorKind::TimedOut, "connection idle"));
-                }
-            }
-        }
-    }
+    let watch = IdleWatch::new();
+    let mut wa = watch.watch(a);
+    let mut wb = watch.watch(b);
+    watch
+        .run(Some(idle), tokio::io::copy_bidirectional(&mut wa, &mut wb))
+        .await?
 }
 
 /// Run `future` unless it takes longer than `limit`; `TimedOut` with `what` otherwise.

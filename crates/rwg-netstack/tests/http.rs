@@ -407,3 +407,80 @@ async fn connections_over_the_cap_get_503() {
     assert_eq!(metrics.http(503), 1);
     assert_eq!(metrics.refused(Service::Http), 1);
 }
+
+/// The idle timeout is about silence, not duration: a plain-HTTP response that takes longer
+/// than the timeout but keeps moving arrives whole; one that goes silent after its head is cut
+/// off after the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_idle_timeout_ends_silent_responses_not_long_ones() {
+    const CHUNKS: usize = 12;
+    const GAP: Duration = Duration::from_millis(150);
+    let (a, b) = pair();
+    // :83 trickles its body, a chunk every GAP (1.8 s in all); :84 sends its head and a first
+    // chunk, then nothing while the connection stays open.
+    let trickle = TcpListener::bind(&b, 83).expect("bind");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = trickle.accept().await {
+            tokio::spawn(async move {
+                let _ = read_request(&mut s).await;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+                    CHUNKS * 100
+                );
+                let _ = s.write_all(head.as_bytes()).await;
+                for i in 0..CHUNKS {
+                    tokio::time::sleep(GAP).await;
+                    let _ = s.write_all(&[b'a' + i as u8; 100]).await;
+                }
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    let silent = TcpListener::bind(&b, 84).expect("bind");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = silent.accept().await {
+            tokio::spawn(async move {
+                let _ = read_request(&mut s).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nfirst")
+                    .await;
+                std::future::pending::<()>().await;
+            });
+        }
+    });
+    let idle = Duration::from_millis(600);
+    let config = HttpProxyConfig {
+        idle_timeout: Some(idle),
+        ..HttpProxyConfig::default()
+    };
+    let (proxy, _) = start_proxy(&a, config, None).await;
+    timeout(LIMIT, async {
+        let started = tokio::time::Instant::now();
+        let (status, head, body) = exchange(
+            proxy,
+            b"GET http://10.0.0.2:83/ HTTP/1.1\r\nHost: x\r\n\r\n",
+        )
+        .await;
+        assert_eq!(status, 200, "{head}");
+        let want: Vec<u8> = (0..CHUNKS).flat_map(|i| [b'a' + i as u8; 100]).collect();
+        assert_eq!(body, want, "the whole trickled body");
+        assert!(
+            started.elapsed() > idle * 2,
+            "it lasted longer than the idle timeout"
+        );
+
+        let started = tokio::time::Instant::now();
+        let (status, _, body) = exchange(
+            proxy,
+            b"GET http://10.0.0.2:84/ HTTP/1.1\r\nHost: x\r\n\r\n",
+        )
+        .await;
+        assert_eq!((status, body.as_slice()), (200, &b"first"[..]));
+        assert!(
+            started.elapsed() >= idle,
+            "closed only after the idle timeout"
+        );
+    })
+    .await
+    .expect("in time");
+}
