@@ -211,10 +211,11 @@ AllowedIPs = 10.77.0.0/24
 EOF
 chmod 600 "$WORK/wg.conf"
 P_HTTP=$(free_port) P_SOCKS=$(free_port) P_METRICS=$(free_port) P_SINK=$(free_port)
-# (The RSS check below is what `rwg proxy`'s fixed glibc mmap threshold is for, set at startup by
-# rwg_device::process::map_large_buffers: without it glibc raises its threshold each time a
-# large block is freed, socket buffers then come from the heap and are never given back, and
-# RSS climbed to 0.47, 0.93 and 1.07 GB over three rounds of 1000 connections.)
+# (The RSS check below is what the rwg binary's allocator, rwg_device::process::MapLarge, is for:
+# it gives each 512 KiB socket buffer a mapping of its own. From glibc's heap they climbed to
+# 0.47, 0.93 and 1.07 GB over three rounds of 1000 connections; with glibc's mmap threshold
+# fixed, still 32.6, 41.6 and 45.6 MiB, as buffers were carved out of the heap space earlier rounds
+# had freed and zeroed whole.)
 # The HTTP proxy's connect timeout is rwg proxy's default (15 s): "nobody there: 504" waits it out.
 (
 	ulimit -n 8192

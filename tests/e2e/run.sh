@@ -6,9 +6,9 @@
 #   IMPL is rwg | wireguard-go | boringtun | gotatun. Without --impl-a/--impl-b/--pairs, the pairings
 #   are $E2E_PAIRS (default below): rwg against every implementation in both roles, plus the
 #   reference pairing wireguard-go <-> boringtun that validates the harness itself.
-#   SCENARIO names (default: all, or $E2E_SCENARIOS): see --list. `proxy` and `proxycli` are rwg
-#   proxy's tests (proxy.sh, proxy_cli.sh), each run once when any pairing includes rwg, reported
-#   SKIP with the reason otherwise.
+#   SCENARIO names (default: all, or $E2E_SCENARIOS): see --list. `proxy`, `proxycli` and
+#   `proxyfeat` are rwg proxy's tests (proxy.sh, proxy_cli.sh, proxy_features.sh), each run once
+#   when any pairing includes rwg, reported SKIP with the reason otherwise.
 # Environment:
 #   RWG              the rwg binary (default: target/release/rwg); rwg pairings are skipped if absent
 #   E2E_TRANSFER_MB  size of the big transfers (default 50)
@@ -52,7 +52,7 @@ source "$HERE/lib.sh"
 source "$HERE/scenarios.sh"
 
 ALL_SCENARIOS=(ping transfer offload psk keepalive roaming show live keychange setconf peerremove mtu
-	keepaliveoff fwmark wgquick uapi hub replay impaired proxy proxycli)
+	keepaliveoff fwmark wgquick uapi hub replay impaired proxy proxycli proxyfeat)
 DEFAULT_PAIRS="rwg:wireguard-go wireguard-go:rwg rwg:boringtun boringtun:rwg rwg:gotatun gotatun:rwg rwg:rwg wireguard-go:boringtun"
 
 usage() { sed -n '2,/^set -uo/{/^#/p}' "$0" | sed 's/^# \{0,1\}//'; }

@@ -903,6 +903,22 @@ sc_proxycli() {
 	log "proxy_cli.sh: $(tail -n 1 "$SCDIR/proxy_cli.log")"
 }
 
+# --- proxyfeat: `rwg proxy`'s features against several wireguard-go peers: the HTTP proxy's bad
+# and abandoned requests, --stdio with ssh, a 1280-byte path behind a peer, two peers routed by
+# AllowedIPs, metrics, endpoint re-resolution, and RSS flat over three rounds of 1000 SOCKS5
+# connections (tests/e2e/proxy_features.sh, about 60 s; one result here).
+SCOPE_proxyfeat=rwg
+sc_proxyfeat() {
+	local pid rc=0
+	RWG=$RWG timeout 200 "$HERE/proxy_features.sh" >"$SCDIR/proxy_features.log" 2>&1 &
+	pid=$!
+	E2E_PIDS+=("$pid")
+	wait "$pid" || rc=$?
+	grep -E '^(PASS|FAIL)|RSS \(KiB\)|scratch directory' "$SCDIR/proxy_features.log" || true
+	((rc == 0)) || fail "tests/e2e/proxy_features.sh exited $rc ($(tail -n 1 "$SCDIR/proxy_features.log")): $(grep '^FAIL' "$SCDIR/proxy_features.log" | head -n 3 | tr '\n' ' ')"
+	log "proxy_features.sh: $(tail -n 1 "$SCDIR/proxy_features.log")"
+}
+
 # --- hub: A is the hub, two spokes (wireguard-go and boringtun) reach each other through it ---
 #
 #                   ┌──────────────── $NS_H ─────────────────┐

@@ -48,20 +48,19 @@ pub fn pipe() -> io::Result<(File, File)> {
     Ok((File::from(r), File::from(w)))
 }
 
-/// Buffers of this size and larger get their own mapping (see [`map_large_buffers`]).
-pub const LARGE_BUFFER: usize = 128 * 1024;
+/// Blocks of this size and larger get a mapping of their own under [`MapLarge`].
+pub const LARGE_BUFFER: usize = sys::malloc::LARGE;
 
-/// Makes the C allocator serve every block of [`LARGE_BUFFER`] bytes or more from its own
-/// mapping, given back to the system when freed, for the life of the process.
+/// A global allocator (`#[global_allocator]`) that gives every block of [`LARGE_BUFFER`] bytes
+/// or more an anonymous mapping of its own, unmapped when the block is freed; smaller blocks
+/// are the system allocator's.
 ///
-/// For processes that hold many large buffers that come and go, like `rwg proxy`'s per-connection
-/// socket buffers: glibc raises its threshold each time a large mapped block is freed, after
-/// which such buffers come from the heap, are touched whole and are rarely returned, so memory
-/// grows to the sum of all buffers ever open. A fixed threshold keeps only the pages in use.
-/// Errors where the C library has no such setting (not glibc).
-pub fn map_large_buffers() -> io::Result<()> {
-    sys::malloc::set_mmap_threshold(LARGE_BUFFER)
-}
+/// For processes that hold many large buffers that come and go, like `rwg proxy`'s
+/// per-connection socket buffers: from the C allocator such a buffer is carved out of free heap
+/// space whenever some is left (by earlier connections' small blocks), written whole with zeros,
+/// and kept by the heap after it is freed, so memory grew with every round of connections. A
+/// mapping of its own costs only the pages written, and gives them all back when freed.
+pub use sys::malloc::MapLarge;
 
 #[cfg(test)]
 mod tests {
@@ -91,20 +90,6 @@ mod tests {
         assert_eq!(s, "x");
         // A closed number.
         assert!(adopt_inherited(100_000).is_err());
-    }
-
-    /// glibc by default raises its threshold to the size of a mapped block when that block is
-    /// freed: after an 8 MiB buffer, a 1 MiB one would come from the heap. Not after
-    /// `map_large_buffers`.
-    #[cfg(target_env = "gnu")]
-    #[test]
-    fn large_buffers_stay_mapped_after_a_larger_one_was_freed() {
-        map_large_buffers().expect("mallopt");
-        drop(std::hint::black_box(vec![0u8; 8 << 20]));
-        let large = std::hint::black_box(vec![1u8; 1 << 20]);
-        assert!(sys::malloc::is_mmapped(large.as_ptr()));
-        let small = std::hint::black_box(vec![1u8; 4096]);
-        assert!(!sys::malloc::is_mmapped(small.as_ptr()));
     }
 
     #[test]

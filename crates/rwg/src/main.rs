@@ -22,6 +22,12 @@ use clap::Parser;
 
 use cli::{Cli, Command};
 
+/// Large blocks (`rwg proxy`'s socket buffers, 512 KiB each) on mappings of their own, so that
+/// the memory of closed connections goes back to the system; see `MapLarge`.
+#[cfg(target_os = "linux")]
+#[global_allocator]
+static ALLOCATOR: rwg_device::process::MapLarge = rwg_device::process::MapLarge;
+
 fn main() -> ExitCode {
     // Exits 0 after --help/--version, 2 with clap's message for a command line it rejects.
     let cli = Cli::parse();

@@ -43,15 +43,12 @@ pub(crate) fn main(args: ProxyArgs) -> ExitCode {
     };
     crate::init_logging(level);
     // Before the key is read: no core dumps, memory locked where the privileges allow (as the
-    // daemon does), and socket buffers mapped on their own so that memory follows the
-    // connections open now, not all that ever were.
+    // daemon does). (Socket buffers get mappings of their own from the binary's allocator, so
+    // that memory follows the connections open now, not all that ever were.)
     #[cfg(target_os = "linux")]
     {
         let protection = rwg_device::secret::protect_process();
         tracing::debug!(?protection, "process protection");
-        if let Err(e) = rwg_device::process::map_large_buffers() {
-            tracing::debug!(error = %e, "large buffers stay with the allocator's defaults");
-        }
     }
     let config = match load(&args.config) {
         Ok(c) => c,
