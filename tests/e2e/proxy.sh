@@ -108,12 +108,12 @@ ip netns exec "$NS" python3 "$HERE/servers/dns1.py" "$PEER_IP" web.test "$PEER_I
 PIDS+=($!)
 ip netns exec "$NS" socat UDP4-RECVFROM:7007,bind="$PEER_IP",fork PIPE >"$WORK/udpecho.log" 2>&1 &
 PIDS+=($!)
-ip netns exec "$NS" python3 "$HERE/tcp_echo.py" "$PEER_IP" 7008 >"$WORK/tcpecho.log" 2>&1 &
+ip netns exec "$NS" python3 "$HERE/servers/tcp_echo.py" "$PEER_IP" 7008 >"$WORK/tcpecho.log" 2>&1 &
 PIDS+=($!)
 
 # A local service for the reverse forward: a TCP echo in the root namespace.
 P_SOCKS=$(free_port) P_FWD=$(free_port) P_UDP=$(free_port) P_LOCAL=$(free_port) P_BAD=$(free_port) P_REFUSED=$(free_port)
-python3 "$HERE/tcp_echo.py" 127.0.0.1 "$P_LOCAL" >"$WORK/localecho.log" 2>&1 &
+python3 "$HERE/servers/tcp_echo.py" 127.0.0.1 "$P_LOCAL" >"$WORK/localecho.log" 2>&1 &
 PIDS+=($!)
 
 # --- rwg proxy ----------------------------------------------------------------------------------

@@ -147,24 +147,9 @@ mkdir -p "$WORK/www"
 echo "page of the peer $ID" >"$WORK/www/index.html"
 head -c 24000000 /dev/urandom >"$WORK/www/big.bin"
 BIG_SUM=$(sha256sum <"$WORK/www/big.bin" | cut -d' ' -f1)
-cat >"$WORK/echo.py" <<'EOF'
-import asyncio, sys
-async def echo(r, w):
-    try:
-        while data := await r.read(65536):
-            w.write(data)
-            await w.drain()
-    except ConnectionError:
-        pass
-    w.close()
-async def main():
-    server = await asyncio.start_server(echo, sys.argv[1], int(sys.argv[2]))
-    await server.serve_forever()
-asyncio.run(main())
-EOF
 ip netns exec "$NS" python3 "$HERE/servers/httpd.py" 10.66.0.1 8000 "$WORK/www" >"$WORK/httpd.log" 2>&1 &
 PIDS+=($!)
-ip netns exec "$NS" python3 "$WORK/echo.py" 10.66.0.1 7008 >"$WORK/echo.log" 2>&1 &
+ip netns exec "$NS" python3 "$HERE/servers/tcp_echo.py" 10.66.0.1 7008 >"$WORK/echo.log" 2>&1 &
 PIDS+=($!)
 sshd_setup "$WORK/ssh" 10.66.0.1:22
 

@@ -143,22 +143,6 @@ echo "page of peer Q $ID" >"$WORK/www-q/index.html"
 echo "page of peer M $ID" >"$WORK/www-m/index.html"
 head -c 20000000 /dev/urandom >"$WORK/www-p/big.bin"
 BIG_SUM=$(sha256sum <"$WORK/www-p/big.bin" | cut -d' ' -f1)
-cat >"$WORK/echo.py" <<'EOF'
-# A TCP echo server for many connections at once (one thread, asyncio).
-import asyncio, sys
-async def echo(r, w):
-    try:
-        while data := await r.read(65536):
-            w.write(data)
-            await w.drain()
-    except ConnectionError:
-        pass
-    w.close()
-async def main():
-    server = await asyncio.start_server(echo, sys.argv[1], int(sys.argv[2]), backlog=2048)
-    await server.serve_forever()
-asyncio.run(main())
-EOF
 cat >"$WORK/sink.py" <<'EOF'
 # Accepts one TCP connection at a time and answers with the SHA-256 of what it received.
 import hashlib, socket, sys
@@ -178,7 +162,7 @@ ip netns exec "$NSP" python3 "$HERE/servers/httpd.py" 10.66.0.1 8000 "$WORK/www-
 PIDS+=($!)
 ip netns exec "$NSP" python3 "$HERE/servers/dns1.py" 10.66.0.1 web.test 10.66.0.1 >"$WORK/dns.log" 2>&1 &
 PIDS+=($!)
-ip netns exec "$NSP" bash -c "ulimit -n 8192; exec python3 '$WORK/echo.py' 10.66.0.1 7008" >"$WORK/echo.log" 2>&1 &
+ip netns exec "$NSP" bash -c "ulimit -n 8192; exec python3 '$HERE/servers/tcp_echo.py' 10.66.0.1 7008" >"$WORK/echo.log" 2>&1 &
 PIDS+=($!)
 ip netns exec "$NSQ" python3 "$HERE/servers/httpd.py" 10.77.0.1 8000 "$WORK/www-q" >"$WORK/http-q.log" 2>&1 &
 PIDS+=($!)

@@ -1,4 +1,4 @@
-# A TCP echo server for the proxy tests: python3 tcp_echo.py ADDRESS PORT
+# A TCP echo server for the proxy tests (many connections at once, one thread): tcp_echo.py ADDRESS PORT
 #
 # Not `socat TCP-LISTEN:...,fork PIPE`: that one echoes through a pipe it both writes and
 # reads, with blocking writes of up to 8 KiB. When its socket's send buffer fills (the client
