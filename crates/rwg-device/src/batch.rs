@@ -296,7 +296,10 @@ mod tests {
                     seen.extend(message.chunks(step).map(<[u8]>::to_vec));
                 }
             }
-            assert_eq!(seen, payloads, "gso {gso} gro {gro}");
+            // (length, first byte) of each datagram: readable when it fails.
+            let shape = |d: &[Vec<u8>]| d.iter().map(|p| (p.len(), p[0])).collect::<Vec<_>>();
+            assert_eq!(shape(&seen), shape(&payloads), "gso {gso} gro {gro}");
+            assert!(seen == payloads, "gso {gso} gro {gro}: contents differ");
             if !got_gro {
                 assert!(!coalesced, "no GRO asked, none given");
             }

@@ -174,7 +174,8 @@ async fn a_turn_sends_its_datagrams_as_one_batch_and_all_arrive() {
     let batched: usize = sends.iter().sum();
     assert!(
         sends.iter().any(|&n| n > 1),
-        "no send carried more than one datagram: {sends:?}"
+        "none of {} sends carried more than one datagram",
+        sends.len()
     );
     // Bulk data went through the batches (the control path sends the few others itself).
     let a = tunnel_a.stats();
