@@ -178,32 +178,30 @@ async fn a_turn_sends_its_datagrams_as_one_batch_and_all_arrive() {
         sends.len()
     );
     // Bulk data went through the batches (the control path sends the few others itself).
-    let a = tunnel_a.stats();
-    assert!(
-        batched > 1000 && batched <= a.tx_datagrams as usize,
-        "{batched} {a:?}"
-    );
-    assert_eq!(a.tx_errors, 0, "{a:?}");
-    // Every datagram A's socket took reaches B (loopback, buffers far larger than a window).
+    assert!(batched > 1000, "{batched}");
+    assert_eq!(tunnel_a.stats().tx_errors, 0, "{:?}", tunnel_a.stats());
+    // Every datagram handed to the socket is counted as sent (the count follows the send
+    // call: wait for it), and every datagram A's socket took reaches B (loopback, buffers far
+    // larger than a window). A's counters are read before B's, so B having at least as many
+    // means all of them arrived.
     let arrived = async {
         loop {
             let (a, b) = (tunnel_a.stats(), tunnel_b.stats());
-            if b.rx_datagrams >= a.tx_datagrams {
-                return (a, b);
+            if a.tx_datagrams as usize >= batched && b.rx_datagrams >= a.tx_datagrams {
+                return b;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     };
-    let (a, b) = tokio::time::timeout(Duration::from_secs(5), arrived)
+    let b = tokio::time::timeout(Duration::from_secs(5), arrived)
         .await
         .unwrap_or_else(|_| {
             panic!(
-                "B received fewer datagrams than A sent: {:?} {:?}",
+                "{batched} batched; A sent, B received: {:?} {:?}",
                 tunnel_a.stats(),
                 tunnel_b.stats()
             )
         });
-    assert_eq!(a.tx_datagrams, b.rx_datagrams, "{a:?} {b:?}");
     assert_eq!(b.datagrams_dropped, 0, "{b:?}");
     tunnel_a.stop();
     tunnel_b.stop();
