@@ -5,6 +5,7 @@
 //! All `unsafe` code is in the private `sys` module (the compiler enforces it:
 //! `#![deny(unsafe_code)]` here, allowed on `sys` only); everything public is safe.
 
+pub mod batch;
 pub mod daemon;
 pub mod driver;
 pub mod lifecycle;

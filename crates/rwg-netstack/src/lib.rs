@@ -21,7 +21,8 @@
 //! # The boundary to the WireGuard side
 //!
 //! - **Out** (stack → tunnel): the stack calls [`PacketTunnel::send`] with each IP packet it
-//!   emits, from its driver task. It must not block; drop (and count) when full.
+//!   emits, from its driver task, and [`PacketTunnel::flush`] at the end of each turn (a tunnel
+//!   may batch until then). It must not block; drop (and count) when full.
 //!   [`ChannelTunnel`] is a ready implementation that copies packets into a bounded tokio
 //!   channel.
 //! - **In** (tunnel → stack): the glue calls [`NetStack::receive`] with each decrypted IP
@@ -128,6 +129,7 @@
 
 #![warn(missing_docs)]
 
+pub mod datagram;
 pub mod dns;
 pub mod forward;
 pub mod http;
@@ -142,6 +144,7 @@ mod tunnel;
 mod udp;
 pub mod wireguard;
 
+pub use datagram::{DatagramIo, Incoming, PlainIo};
 pub use stack::{CongestionControl, NetStack, StackConfig, StackStats};
 pub use tcp::{TcpListener, TcpStream};
 pub use tunnel::{ChannelTunnel, PacketTunnel};

@@ -616,6 +616,8 @@ impl Shared {
                 break;
             }
         }
+        // What this turn sent leaves now, as one batch, before the driver sleeps.
+        device.tunnel.flush();
         inner.reap_orphans();
         self.counters.polls.fetch_add(1, Ordering::Relaxed);
         {

@@ -11,9 +11,17 @@ use tokio::sync::mpsc;
 /// `send` is called from the stack's driver task while it holds the stack's lock, once per
 /// packet. It must not block and must not call back into the stack; when the tunnel is full it
 /// drops the packet (TCP retransmits; UDP is unreliable anyway) and should count the drop.
+///
+/// A tunnel may keep what `send` gives it and pass it on in batches: the driver calls `flush`
+/// once at the end of each turn, after the last `send` of that turn and before it sleeps, so
+/// nothing waits longer than the turn that produced it.
 pub trait PacketTunnel: Send + 'static {
     /// Hand one outgoing IP packet (IPv4 or IPv6, no link header) to the tunnel.
     fn send(&self, packet: &[u8]);
+
+    /// Pass on whatever `send` kept back. The default does nothing (`send` passed each
+    /// packet on at once).
+    fn flush(&self) {}
 }
 
 /// A [`PacketTunnel`] that copies each packet into a bounded channel, for glue code that runs

@@ -3,16 +3,23 @@
 //!
 //! ```text
 //!   NetStack driver --send(ip)--> WireGuardTunnel: data_path().encapsulate (encrypt in place)
-//!                                   --> send_to(UDP socket)
-//!   glue task: readable(UDP) --> data_path().decapsulate (decrypt in place) --> NetStack::receive
+//!                                   into the turn's batch
+//!                   --flush()-->    DatagramIo::send(batch) --> UDP socket
+//!   glue task: readable(UDP) --> DatagramIo::recv(many) --> data_path().decapsulate (decrypt in
+//!              place, each datagram) --> NetStack::receive
 //!              rwg_driver::Driver::turn: queued handshakes, due timers, queued datagrams
 //!              --> UDP socket; sleeps until the deadline it returns or the device's waker
 //! ```
 //!
 //! Outgoing packets are encrypted directly in [`PacketTunnel::send`], on the stack's driver
-//! task, into one reusable buffer, and sent with a non-blocking `send_to`: no channel, no
-//! allocation and no task switch per packet. Incoming datagrams are read by one task into
-//! one reusable buffer and decrypted in place; the stack copies the packet into its queue.
+//! task, each into its slot of one reusable batch buffer: no channel, no allocation and no task
+//! switch per packet. The stack calls [`PacketTunnel::flush`] at the end of every turn of its
+//! driver (before it sleeps), and the batch goes to the socket through the tunnel's
+//! [`DatagramIo`] in one call; a batch that fills up is sent at once. Incoming datagrams are
+//! read by one task, many per call, into one reusable buffer and decrypted in place; the stack
+//! copies each packet into its queue. How many system calls a batch costs is the
+//! [`DatagramIo`]'s business: [`PlainIo`] (the default, every platform) makes one per
+//! datagram; the rwg binary plugs in `sendmmsg`/UDP GSO and `recvmmsg`/UDP GRO on Linux.
 //!
 //! # Example
 //!
@@ -47,17 +54,28 @@ use rwg_driver::{short_key, Clock, Driver, Transmitter};
 use rwg_proto::crypto::PublicKey;
 use rwg_proto::device::{Event, Received, Sent, Transmit, DEFAULT_MTU, HEADROOM, TAILROOM};
 use rwg_proto::Device;
+use tokio::io::Interest;
 use tokio::net::UdpSocket as TokioUdpSocket;
 use tokio::sync::{watch, Notify};
 use tokio::task::AbortHandle;
 
+use crate::datagram::{DatagramIo, Incoming, PlainIo};
 use crate::stack::{CongestionControl, NetStack, StackConfig};
 use crate::tunnel::PacketTunnel;
 
-/// Largest UDP datagram we read: bigger than any transport message of a sane MTU.
-const MAX_DATAGRAM: usize = 65536;
-/// Datagrams read per wake-up before the task checks its other duties.
+/// Bytes per received message: bigger than any transport message of a sane MTU, and than a
+/// GRO run of them (at most 64 KiB).
+const RECV_STRIDE: usize = 65536;
+/// Messages asked for per receive call.
+const RECV_MESSAGES: usize = 8;
+/// Datagrams read per wake-up (at least; a call may bring more) before the task checks its
+/// other duties.
 const RECEIVE_BATCH: usize = 64;
+/// Receive calls per wake-up, at most.
+const RECEIVE_CALLS: usize = 8;
+/// Datagrams an outgoing batch holds; a full batch is sent at once. 64 is also the most
+/// datagrams one UDP GSO send carries.
+const SEND_BATCH: usize = 64;
 /// Kernel socket buffers asked for (the kernel may cap them).
 const SOCKET_BUFFER: usize = 4 << 20;
 
@@ -137,6 +155,9 @@ pub struct TunnelOptions {
     /// When endpoint host names are resolved again; `None`: never (only at the start).
     /// Default: [`Reresolve::default`].
     pub reresolve: Option<Reresolve>,
+    /// How datagrams move through the UDP socket; default: [`PlainIo`] (one system call per
+    /// datagram).
+    pub datagram_io: Arc<dyn DatagramIo>,
 }
 
 impl Default for TunnelOptions {
@@ -148,6 +169,7 @@ impl Default for TunnelOptions {
             congestion_control: None,
             endpoint_resolver: Arc::new(SystemResolver),
             reresolve: Some(Reresolve::default()),
+            datagram_io: Arc::new(PlainIo),
         }
     }
 }
@@ -203,8 +225,11 @@ struct Glue {
     socket: TokioUdpSocket,
     /// The same socket (a duplicated descriptor) for sending: a plain non-blocking
     /// `send_to`, because tokio's `try_send_to` refuses to even try until the reactor has
-    /// seen the socket writable, which loses the first datagrams of a new socket.
+    /// seen the socket writable, which loses the first datagrams of a new socket. Batches go
+    /// through `io` on it too, and so do receives (inside the tokio socket's `try_io`, which
+    /// keeps the reactor's readiness right).
     sender: std::net::UdpSocket,
+    io: Arc<dyn DatagramIo>,
     clock: Clock,
     counters: Counters,
     /// Wakes the glue task when the device has work for it (the device's waker).
@@ -253,12 +278,23 @@ impl Transmitter for GlueOut<'_> {
     }
 }
 
-/// The [`PacketTunnel`] of a WireGuard-backed stack: encrypts each packet in place and sends
-/// it on the UDP socket at once. Created by [`Tunnel::start`]; public so that the stack's type
-/// can be named.
+/// The datagrams sealed since the last flush, each in its slot of one buffer.
+struct OutBatch {
+    /// Slot `i` is `buf[i * stride..][..stride]`; its datagram starts at the slot's start.
+    buf: Vec<u8>,
+    stride: usize,
+    /// Per datagram: its length, destination and peer.
+    datagrams: Vec<(usize, SocketAddr, rwg_proto::device::PeerId)>,
+    /// What the socket took, per datagram (reused between flushes).
+    sent: Vec<bool>,
+}
+
+/// The [`PacketTunnel`] of a WireGuard-backed stack: encrypts each packet in place into the
+/// current batch, which [`flush`](PacketTunnel::flush) sends. Created by [`Tunnel::start`];
+/// public so that the stack's type can be named.
 pub struct WireGuardTunnel {
     glue: Arc<Glue>,
-    buf: Mutex<Vec<u8>>,
+    batch: Mutex<OutBatch>,
 }
 
 impl std::fmt::Debug for WireGuardTunnel {
@@ -267,29 +303,86 @@ impl std::fmt::Debug for WireGuardTunnel {
     }
 }
 
+impl WireGuardTunnel {
+    fn new(glue: Arc<Glue>, mtu: usize) -> WireGuardTunnel {
+        let stride = HEADROOM + mtu + TAILROOM;
+        WireGuardTunnel {
+            glue,
+            batch: Mutex::new(OutBatch {
+                buf: vec![0u8; stride * SEND_BATCH],
+                stride,
+                datagrams: Vec::with_capacity(SEND_BATCH),
+                sent: Vec::with_capacity(SEND_BATCH),
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, OutBatch> {
+        self.batch.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Send what `batch` holds and empty it; count what went and what the socket refused.
+    fn send_batch(&self, batch: &mut OutBatch) {
+        if batch.datagrams.is_empty() {
+            return;
+        }
+        let glue = &self.glue;
+        let OutBatch {
+            buf,
+            stride,
+            datagrams,
+            sent,
+        } = batch;
+        let list: Vec<(&[u8], SocketAddr)> = datagrams
+            .iter()
+            .enumerate()
+            .map(|(i, &(len, to, _))| (&buf[i * *stride..i * *stride + len], to))
+            .collect();
+        sent.clear();
+        sent.resize(list.len(), false);
+        glue.io.send(&glue.sender, &list, sent);
+        let c = &glue.counters;
+        for (&(len, _, peer), &took) in datagrams.iter().zip(sent.iter()) {
+            if took {
+                c.tx_datagrams.fetch_add(1, Ordering::Relaxed);
+                c.tx_bytes.fetch_add(len as u64, Ordering::Relaxed);
+            } else {
+                // A datagram the socket refused is not counted as sent to the peer.
+                c.tx_errors.fetch_add(1, Ordering::Relaxed);
+                glue.device.report_unsent(peer, len as u64);
+            }
+        }
+        datagrams.clear();
+    }
+}
+
 impl PacketTunnel for WireGuardTunnel {
     fn send(&self, packet: &[u8]) {
         let glue = &self.glue;
-        let mut buf = self.buf.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut batch = self.lock();
         let needed = HEADROOM + packet.len() + TAILROOM;
-        if buf.len() < needed {
-            buf.resize(needed, 0);
+        if needed > batch.stride {
+            // Larger than the MTU the slots were made for (not from this stack): bigger slots.
+            self.send_batch(&mut batch);
+            batch.stride = needed;
+            batch.buf.resize(needed * SEND_BATCH, 0);
         }
-        buf[HEADROOM..HEADROOM + packet.len()].copy_from_slice(packet);
-        let capacity = buf.len();
+        if batch.datagrams.len() >= SEND_BATCH {
+            self.send_batch(&mut batch);
+        }
+        let (i, stride) = (batch.datagrams.len(), batch.stride);
+        let slot = &mut batch.buf[i * stride..(i + 1) * stride];
+        slot[HEADROOM..HEADROOM + packet.len()].copy_from_slice(packet);
         let job = glue
             .device
             .data_path()
-            .prepare_send(glue.now(), packet, capacity);
+            .prepare_send(glue.now(), packet, stride);
         match job {
             Ok(job) => {
-                let Ok(len) = job.seal(&mut buf, packet.len()) else {
+                let Ok(len) = job.seal(slot, packet.len()) else {
                     return;
                 };
-                // A datagram the socket refused is not counted as sent to the peer.
-                if !glue.send(&buf[..len], job.destination) {
-                    glue.device.report_unsent(job.peer(), len as u64);
-                }
+                batch.datagrams.push((len, job.destination, job.peer()));
             }
             // The handshake it needs is the control path's: the device wakes the glue task.
             Err(Sent::Staged) => {}
@@ -299,6 +392,11 @@ impl PacketTunnel for WireGuardTunnel {
                     .fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    fn flush(&self) {
+        let mut batch = self.lock();
+        self.send_batch(&mut batch);
     }
 }
 
@@ -588,7 +686,9 @@ impl Tunnel {
             handshake_at: Mutex::new(HashMap::new()),
             hosts,
             resolver: options.endpoint_resolver.clone(),
+            io: options.datagram_io.clone(),
         });
+        glue.io.prepare(&glue.sender);
         configure(&glue.device, &config, now)?;
 
         let addresses = config
@@ -607,10 +707,7 @@ impl Tunnel {
         if let Some(cc) = options.congestion_control {
             stack_config.congestion_control = cc;
         }
-        let tunnel = WireGuardTunnel {
-            glue: glue.clone(),
-            buf: Mutex::new(vec![0u8; HEADROOM + mtu + TAILROOM]),
-        };
+        let tunnel = WireGuardTunnel::new(glue.clone(), mtu);
         let (stack, driver) = NetStack::new(stack_config, tunnel)?;
         tokio::spawn(driver);
         let (handshakes_tx, handshakes) = watch::channel(0u64);
@@ -635,7 +732,8 @@ impl Tunnel {
 /// The glue task: datagrams in, and the control path (rwg-driver's turn) whenever it is due
 /// or the device wakes it.
 async fn run(glue: Arc<Glue>, stack: NetStack, handshakes: watch::Sender<u64>) {
-    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut buf = vec![0u8; RECV_STRIDE * RECV_MESSAGES];
+    let mut messages = [Incoming::default(); RECV_MESSAGES];
     let mut driver = Driver::new(glue.device.clone(), glue.clock);
     let weak = Arc::downgrade(&glue);
     driver.on_event(move |event| {
@@ -671,7 +769,7 @@ async fn run(glue: Arc<Glue>, stack: NetStack, handshakes: watch::Sender<u64>) {
                     glue.device.set_waker(None);
                     return;
                 }
-                receive_batch(&glue, &stack, &mut buf);
+                receive_batch(&glue, &stack, &mut buf, &mut messages);
             }
             () = glue.attention.notified() => {}
             () = sleep => {}
@@ -679,32 +777,53 @@ async fn run(glue: Arc<Glue>, stack: NetStack, handshakes: watch::Sender<u64>) {
     }
 }
 
-fn receive_batch(glue: &Glue, stack: &NetStack, buf: &mut [u8]) {
-    for _ in 0..RECEIVE_BATCH {
-        let (n, source) = match glue.socket.try_recv_from(buf) {
-            Ok(r) => r,
+/// Read what the socket holds, up to about [`RECEIVE_BATCH`] datagrams, and hand the packets
+/// to the stack.
+fn receive_batch(glue: &Glue, stack: &NetStack, buf: &mut [u8], messages: &mut [Incoming]) {
+    let mut datagrams = 0;
+    for _ in 0..RECEIVE_CALLS {
+        if datagrams >= RECEIVE_BATCH {
+            return;
+        }
+        // try_io: a WouldBlock clears the reactor's readiness, so the task sleeps until more.
+        let got = glue.socket.try_io(Interest::READABLE, || {
+            glue.io.recv(&glue.sender, buf, RECV_STRIDE, messages)
+        });
+        let got = match got {
+            Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
             // ICMP errors (port unreachable) surface here on Linux; nothing to do.
             Err(_) => continue,
         };
-        glue.counters.rx_datagrams.fetch_add(1, Ordering::Relaxed);
-        glue.counters
-            .rx_bytes
-            .fetch_add(n as u64, Ordering::Relaxed);
-        let received = glue
-            .device
-            .data_path()
-            .decapsulate(glue.now(), source, &mut buf[..n]);
-        match received {
-            Received::Packet { len, .. } => {
-                stack.receive(&buf[HEADROOM..HEADROOM + len]);
+        for (i, m) in messages[..got].iter().enumerate() {
+            let message = &mut buf[i * RECV_STRIDE..i * RECV_STRIDE + m.len.min(RECV_STRIDE)];
+            for range in m.datagrams() {
+                datagrams += 1;
+                receive_one(glue, stack, m.from, &mut message[range]);
             }
-            Received::Keepalive | Received::Handshake => {}
-            Received::Dropped(_) => {
-                glue.counters
-                    .datagrams_dropped
-                    .fetch_add(1, Ordering::Relaxed);
-            }
+        }
+    }
+}
+
+/// Decrypt one datagram in place and hand its packet to the stack.
+fn receive_one(glue: &Glue, stack: &NetStack, source: SocketAddr, datagram: &mut [u8]) {
+    glue.counters.rx_datagrams.fetch_add(1, Ordering::Relaxed);
+    glue.counters
+        .rx_bytes
+        .fetch_add(datagram.len() as u64, Ordering::Relaxed);
+    let received = glue
+        .device
+        .data_path()
+        .decapsulate(glue.now(), source, datagram);
+    match received {
+        Received::Packet { len, .. } => {
+            stack.receive(&datagram[HEADROOM..HEADROOM + len]);
+        }
+        Received::Keepalive | Received::Handshake => {}
+        Received::Dropped(_) => {
+            glue.counters
+                .datagrams_dropped
+                .fetch_add(1, Ordering::Relaxed);
         }
     }
 }

@@ -40,7 +40,8 @@ pub(crate) const ENVIRONMENT: &[(&str, &str)] = &[
     (
         "RWG_DISABLE=LIST",
         "Switch data-plane offloads off: a comma-separated list of tun-offload (TUN TSO/USO and \
-         coalescing), udp-gso, udp-gro, or all. Default: everything the kernel supports is on.",
+         coalescing), udp-gso, udp-gro, or all. Default: everything the kernel supports is on. \
+         rwg proxy reads it too; there all means one system call per datagram.",
     ),
     (
         "RWG_WORKERS=N",

@@ -144,6 +144,80 @@ impl Resolver for NoDns {
     }
 }
 
+/// How the tunnel's UDP socket moves datagrams. On Linux: many per system call (`sendmmsg`
+/// with UDP GSO, `recvmmsg` with UDP GRO, as the daemon does), each offload switched off by
+/// `RWG_DISABLE=udp-gso` / `udp-gro`, and `RWG_DISABLE=all` the portable path of one system
+/// call per datagram (what other systems use). Elsewhere always the portable path.
+#[cfg(target_os = "linux")]
+fn datagram_io() -> Result<Arc<dyn rwg_netstack::DatagramIo>, String> {
+    let disable = std::env::var(rwg_device::pipeline::DISABLE_ENV).ok();
+    let config = rwg_device::pipeline::DataPlaneConfig::parse(disable.as_deref(), None)?;
+    let all_off = !config.udp_gso && !config.udp_gro && !config.tun_offload;
+    if all_off {
+        tracing::info!("RWG_DISABLE=all: one system call per datagram");
+        return Ok(Arc::new(rwg_netstack::PlainIo));
+    }
+    Ok(Arc::new(LinuxBatches {
+        io: rwg_device::batch::BatchIo::new(config.udp_gso),
+        gro: config.udp_gro,
+    }))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn datagram_io() -> Result<Arc<dyn rwg_netstack::DatagramIo>, String> {
+    Ok(Arc::new(rwg_netstack::PlainIo))
+}
+
+/// rwg-device's batched system calls behind rwg-netstack's interface.
+#[cfg(target_os = "linux")]
+struct LinuxBatches {
+    io: rwg_device::batch::BatchIo,
+    gro: bool,
+}
+
+#[cfg(target_os = "linux")]
+impl rwg_netstack::DatagramIo for LinuxBatches {
+    fn prepare(&self, socket: &std::net::UdpSocket) {
+        if self.gro {
+            rwg_device::batch::BatchIo::enable_gro(socket);
+        }
+    }
+
+    fn send(
+        &self,
+        socket: &std::net::UdpSocket,
+        datagrams: &[(&[u8], SocketAddr)],
+        sent: &mut [bool],
+    ) {
+        self.io.send(socket, datagrams, sent);
+    }
+
+    fn recv(
+        &self,
+        socket: &std::net::UdpSocket,
+        buf: &mut [u8],
+        stride: usize,
+        out: &mut [rwg_netstack::Incoming],
+    ) -> std::io::Result<usize> {
+        const MOST: usize = 16;
+        let mut got = [rwg_device::batch::Received {
+            len: 0,
+            from: SocketAddr::from(([0, 0, 0, 0], 0)),
+            segment: 0,
+        }; MOST];
+        let room = out.len().min(MOST);
+        let n = self.io.recv(socket, buf, stride, &mut got[..room])?;
+        for (o, m) in out.iter_mut().zip(&got[..n]) {
+            *o = rwg_netstack::Incoming {
+                len: m.len,
+                from: m.from,
+                segment: m.segment,
+            };
+        }
+        Ok(n)
+    }
+}
+
 type Task = Pin<Box<dyn Future<Output = String> + Send>>;
 
 async fn serve(config: rwg_config::Config, args: ProxyArgs) -> Result<(), String> {
@@ -158,6 +232,7 @@ async fn serve(config: rwg_config::Config, args: ProxyArgs) -> Result<(), String
     });
     let options = TunnelOptions {
         reresolve,
+        datagram_io: datagram_io()?,
         ..TunnelOptions::default()
     };
     let (stack, tunnel) = Tunnel::start_with(&config, options)

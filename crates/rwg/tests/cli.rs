@@ -567,6 +567,49 @@ fn proxy_check_reports_every_problem_and_starts_nothing() {
     drop(taken);
 }
 
+/// RWG_DISABLE chooses how the proxy's UDP socket moves datagrams (batched, or one system call
+/// each with `all`); a name it does not know stops the proxy before anything starts.
+#[cfg(target_os = "linux")]
+#[test]
+fn proxy_refuses_an_unknown_rwg_disable_name() {
+    let dir = TempDir::new("disable");
+    let private = key(&["genkey"], None);
+    let peer_private = key(&["genkey"], None);
+    let peer = key(&["pubkey"], Some(&format!("{peer_private}\n")));
+    let conf = dir.0.join("wg.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[Interface]\nPrivateKey = {private}\nAddress = 10.9.0.2/32\n\n\
+             [Peer]\nPublicKey = {peer}\nAllowedIPs = 10.9.0.1/32\n"
+        ),
+    )
+    .expect("write");
+    // If the name were accepted the proxy would fail on this taken port instead (and not hang).
+    let taken = TcpListener::bind("127.0.0.1:0").expect("listener");
+    let http = taken.local_addr().expect("addr").to_string();
+    let o = Command::new(RWG)
+        .args([
+            "proxy",
+            "--config",
+            conf.to_str().expect("utf-8"),
+            "--http",
+            &http,
+        ])
+        .env("RWG_DISABLE", "udp-gso,sendmmsg")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run rwg");
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("rwg proxy: RWG_DISABLE: unknown offload \"sendmmsg\"")
+            && err.contains("udp-gso, udp-gro, all"),
+        "{err}"
+    );
+    drop(taken);
+}
+
 // --- rwg proxy --metrics ------------------------------------------------------------------------
 
 fn key(args: &[&str], input: Option<&str>) -> String {

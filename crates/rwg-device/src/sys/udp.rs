@@ -418,6 +418,13 @@ pub(crate) struct Scratch {
     controls: Vec<Control>,
 }
 
+// SAFETY: the raw pointers inside (message headers into iovecs, addresses and controls; iovecs
+// into caller buffers) are only ever written by `send_mmsg`/`recv_mmsg` right before their
+// system call and never read after it, so moving a Scratch to another thread cannot make a
+// dereference of a stale pointer possible. Callers share one behind a Mutex (rwg proxy's
+// sending and receiving tasks).
+unsafe impl Send for Scratch {}
+
 impl std::fmt::Debug for Scratch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Scratch")
