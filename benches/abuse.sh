@@ -28,7 +28,7 @@
 # Needs root (netns), iperf3, wg, python3, socat. Usage:
 #   benches/abuse.sh [--impls rwg,wireguard-go,boringtun,gotatun] [--tests base,flood,junk]
 #                    [--rounds N] [--quick] [--time S] [--flood-rate PPS] [--attack-threads N]
-#                    [--v4-sources N] [--v6-sources N] [--v6-prefixes N]
+#                    [--v4-sources N] [--v6-sources N] [--v6-prefixes N] [--tcp-rate RATE]
 #                    [--out FILE] [--raw FILE] [--keep-logs DIR]
 # RWG=path/to/rwg and ABUSE=path/to/rwg-abuse (default: $CARGO_TARGET_DIR or ./target, release);
 # RWG_REV names rwg's commit in the header (default: this checkout's HEAD); GOTATUN=path.
@@ -46,6 +46,8 @@ TESTS_ARG=$ALL_TESTS
 ROUNDS=3
 TIME=10
 FLOOD_RATE=""
+# --tcp-rate: the legitimate transfer paced (iperf3 -b, e.g. 300M) instead of as fast as it goes.
+TCP_RATE=""
 ATTACK_THREADS=1
 V4_SOURCES=16
 V6_SOURCES=16
@@ -62,6 +64,7 @@ while (($#)); do
 	--quick) TIME=4; shift ;;
 	--time) need_arg "$@"; TIME=$2; shift 2 ;;
 	--flood-rate) need_arg "$@"; FLOOD_RATE=$2; shift 2 ;;
+	--tcp-rate) need_arg "$@"; TCP_RATE=$2; shift 2 ;;
 	--attack-threads) need_arg "$@"; ATTACK_THREADS=$2; shift 2 ;;
 	--v4-sources) need_arg "$@"; V4_SOURCES=$2; shift 2 ;;
 	--v6-sources) need_arg "$@"; V6_SOURCES=$2; shift 2 ;;
@@ -81,6 +84,7 @@ for v in V4_SOURCES V6_SOURCES; do
 done
 ((V4_SOURCES + V6_SOURCES > 0)) || { echo "no attacker address (--v4-sources and --v6-sources are 0)" >&2; exit 2; }
 [[ -z $FLOOD_RATE || $FLOOD_RATE =~ ^[1-9][0-9]*$ ]] || { echo "--flood-rate must be a positive integer" >&2; exit 2; }
+[[ -z $TCP_RATE || $TCP_RATE =~ ^[1-9][0-9]*[KMG]?$ ]] || { echo "--tcp-rate must be a rate like 300M (iperf3 -b)" >&2; exit 2; }
 : "${RWG:=${CARGO_TARGET_DIR:-$REPO/target}/release/rwg}"
 : "${ABUSE:=${CARGO_TARGET_DIR:-$REPO/target}/release/rwg-abuse}"
 : "${GOTATUN:=$(command -v gotatun || echo "${HOME:-/root}/.cargo/bin/gotatun")}"
@@ -288,7 +292,9 @@ run_test() {
 		atk_pid=$!
 		sleep 1
 	fi
-	timeout $((TIME + 20)) ip netns exec "$nsb" iperf3 -c 192.168.241.1 -t "$TIME" -J >"$j" 2>>"$WORK/iperf-client.err" || true
+	local pace=()
+	[[ -z $TCP_RATE ]] || pace=(-b "$TCP_RATE")
+	timeout $((TIME + 20)) ip netns exec "$nsb" iperf3 -c 192.168.241.1 -t "$TIME" "${pace[@]}" -J >"$j" 2>>"$WORK/iperf-client.err" || true
 	if [[ $test == flood ]]; then
 		# A new handshake from the legitimate peer while the flood goes on.
 		local h0 h1
@@ -346,8 +352,8 @@ ver() { "$@" 2>/dev/null | head -1 || true; }
 		esac
 	done
 	printf 'iperf3\t%s\n' "$(iperf3 --version | head -1)"
-	printf 'params\trounds %s, iperf3 TCP -t %s s b->a; attacker: %s IPv4 + %s IPv6 addresses in %s /64s, one socket each, %s thread(s), rate %s\n' \
-		"$ROUNDS" "$TIME" "$V4_SOURCES" "$V6_SOURCES" "$V6_PREFIXES" "$ATTACK_THREADS" "${FLOOD_RATE:-as fast as it sends}"
+	printf 'params\trounds %s, iperf3 TCP -t %s s b->a%s; attacker: %s IPv4 + %s IPv6 addresses in %s /64s, one socket each, %s thread(s), rate %s\n' \
+		"$ROUNDS" "$TIME" "${TCP_RATE:+ paced at $TCP_RATE bit/s}" "$V4_SOURCES" "$V6_SOURCES" "$V6_PREFIXES" "$ATTACK_THREADS" "${FLOOD_RATE:-as fast as it sends}"
 } >"$WORK/env.tsv"
 
 for i in "${!IMPL_LIST[@]}"; do setup "$i" "${IMPL_LIST[$i]}"; done
