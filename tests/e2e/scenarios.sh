@@ -873,51 +873,38 @@ sc_uapi() {
 	must_ping "$NS_B" 192.168.241.1 "after the abuse"
 }
 
+# run_script NAME SECONDS [EXTRA-PATTERN]: a standalone test script of tests/e2e (NAME.sh, which
+# draws its own topology and prints one PASS/FAIL per check) run against $RWG, bounded; its
+# check lines (and lines matching EXTRA-PATTERN) go to the scenario log, one result here.
+run_script() {
+	local name=$1 limit=$2 extra=${3:-} pid rc=0 out="$SCDIR/$1.log"
+	RWG=$RWG timeout "$limit" "$HERE/$name.sh" >"$out" 2>&1 &
+	pid=$!
+	E2E_PIDS+=("$pid")
+	wait "$pid" || rc=$?
+	grep -E "^(PASS|FAIL)|scratch directory${extra:+|$extra}" "$out" || true
+	((rc == 0)) || fail "tests/e2e/$name.sh exited $rc ($(tail -n 1 "$out")): $(grep '^FAIL' "$out" | head -n 3 | tr '\n' ' ')"
+	log "$name.sh: $(tail -n 1 "$out")"
+}
+
 # --- proxy: `rwg proxy` (userspace TCP/IP, no TUN) against a wireguard-go peer ---
 # tests/e2e/proxy.sh, which draws its own topology and reports one PASS/FAIL per check; one
 # result here. Scheduled once (scope rwg) when any pairing includes rwg.
 SCOPE_proxy=rwg
-sc_proxy() {
-	local pid rc=0
-	RWG=$RWG timeout 280 "$HERE/proxy.sh" >"$SCDIR/proxy.log" 2>&1 &
-	pid=$!
-	E2E_PIDS+=("$pid")
-	wait "$pid" || rc=$?
-	grep -E '^(PASS|FAIL)|scratch directory' "$SCDIR/proxy.log" || true
-	((rc == 0)) || fail "tests/e2e/proxy.sh exited $rc ($(tail -n 1 "$SCDIR/proxy.log")): $(grep '^FAIL' "$SCDIR/proxy.log" | head -n 3 | tr '\n' ' ')"
-	log "proxy.sh: $(tail -n 1 "$SCDIR/proxy.log")"
-}
+sc_proxy() { run_script proxy 280; }
 
 # --- proxycli: `rwg proxy`'s HTTP proxy, --stdio with ssh/sshd, --health, connection cap, idle
 # timeout, endpoint re-resolution and --check against a wireguard-go peer
 # (tests/e2e/proxy_cli.sh, about 20 s; one result here).
 SCOPE_proxycli=rwg
-sc_proxycli() {
-	local pid rc=0
-	RWG=$RWG timeout 200 "$HERE/proxy_cli.sh" >"$SCDIR/proxy_cli.log" 2>&1 &
-	pid=$!
-	E2E_PIDS+=("$pid")
-	wait "$pid" || rc=$?
-	grep -E '^(PASS|FAIL)|scratch directory' "$SCDIR/proxy_cli.log" || true
-	((rc == 0)) || fail "tests/e2e/proxy_cli.sh exited $rc ($(tail -n 1 "$SCDIR/proxy_cli.log")): $(grep '^FAIL' "$SCDIR/proxy_cli.log" | head -n 3 | tr '\n' ' ')"
-	log "proxy_cli.sh: $(tail -n 1 "$SCDIR/proxy_cli.log")"
-}
+sc_proxycli() { run_script proxy_cli 200; }
 
 # --- proxyfeat: `rwg proxy`'s features against several wireguard-go peers: the HTTP proxy's bad
 # and abandoned requests, --stdio with ssh, a 1280-byte path behind a peer, two peers routed by
 # AllowedIPs, metrics, endpoint re-resolution, and RSS flat over three rounds of 1000 SOCKS5
 # connections (tests/e2e/proxy_features.sh, about 60 s; one result here).
 SCOPE_proxyfeat=rwg
-sc_proxyfeat() {
-	local pid rc=0
-	RWG=$RWG timeout 200 "$HERE/proxy_features.sh" >"$SCDIR/proxy_features.log" 2>&1 &
-	pid=$!
-	E2E_PIDS+=("$pid")
-	wait "$pid" || rc=$?
-	grep -E '^(PASS|FAIL)|RSS \(KiB\)|scratch directory' "$SCDIR/proxy_features.log" || true
-	((rc == 0)) || fail "tests/e2e/proxy_features.sh exited $rc ($(tail -n 1 "$SCDIR/proxy_features.log")): $(grep '^FAIL' "$SCDIR/proxy_features.log" | head -n 3 | tr '\n' ' ')"
-	log "proxy_features.sh: $(tail -n 1 "$SCDIR/proxy_features.log")"
-}
+sc_proxyfeat() { run_script proxy_features 200 'RSS \(KiB\)'; }
 
 # --- hub: A is the hub, two spokes (wireguard-go and boringtun) reach each other through it ---
 #
