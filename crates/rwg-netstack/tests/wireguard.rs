@@ -8,7 +8,8 @@ use std::time::Duration;
 use rwg_config::key::encode_key;
 use rwg_config::Config;
 use rwg_netstack::{
-    DatagramIo, Incoming, PlainIo, TcpListener, TcpStream, Tunnel, TunnelOptions, UdpSocket,
+    DatagramIo, Incoming, NetStack, PlainIo, TcpListener, TcpStream, Tunnel, TunnelHandle,
+    TunnelOptions, UdpSocket,
 };
 use rwg_proto::crypto::PrivateKey;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -20,30 +21,49 @@ fn loopback() -> TunnelOptions {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_tunnels_talk_tcp_and_udp() {
+/// Two tunnels over loopback: B (10.9.0.2, allowing 10.9.0.1) and A (10.9.0.1, B as its
+/// endpoint for 10.9.0.0/24, started with `options_a`). `b_peer` is added to B's [Peer],
+/// `a_interface` and `a_peer` to A's sections. Returns (A, B).
+async fn tunnel_pair(
+    b_peer: &str,
+    a_interface: &str,
+    a_peer: &str,
+    options_a: TunnelOptions,
+) -> ((NetStack, TunnelHandle), (NetStack, TunnelHandle)) {
     let key_a = PrivateKey::generate(&mut rand_core::OsRng);
     let key_b = PrivateKey::generate(&mut rand_core::OsRng);
-    let psk = encode_key(&[7u8; 32]);
     let conf_b = format!(
-        "[Interface]\nPrivateKey = {}\nAddress = 10.9.0.2/24\n[Peer]\nPublicKey = {}\nPresharedKey = {psk}\nAllowedIPs = 10.9.0.1/32\n",
+        "[Interface]\nPrivateKey = {}\nAddress = 10.9.0.2/24\n[Peer]\nPublicKey = {}\n{b_peer}AllowedIPs = 10.9.0.1/32\n",
         encode_key(key_b.as_bytes()),
         encode_key(key_a.public_key().as_bytes()),
     );
     let conf_b = Config::parse("b.conf", &conf_b).expect("config b");
-    let (stack_b, tunnel_b) = Tunnel::start_with(&conf_b, loopback())
+    let b = Tunnel::start_with(&conf_b, loopback())
         .await
         .expect("start b");
     let conf_a = format!(
-        "[Interface]\nPrivateKey = {}\nAddress = 10.9.0.1/24\nMTU = 1380\n[Peer]\nPublicKey = {}\nPresharedKey = {psk}\nEndpoint = {}\nAllowedIPs = 10.9.0.0/24\nPersistentKeepalive = 25\n",
+        "[Interface]\nPrivateKey = {}\nAddress = 10.9.0.1/24\n{a_interface}[Peer]\nPublicKey = {}\n{a_peer}Endpoint = {}\nAllowedIPs = 10.9.0.0/24\n",
         encode_key(key_a.as_bytes()),
         encode_key(key_b.public_key().as_bytes()),
-        tunnel_b.local_addr(),
+        b.1.local_addr(),
     );
     let conf_a = Config::parse("a.conf", &conf_a).expect("config a");
-    let (stack_a, tunnel_a) = Tunnel::start_with(&conf_a, loopback())
+    let a = Tunnel::start_with(&conf_a, options_a)
         .await
         .expect("start a");
+    (a, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_tunnels_talk_tcp_and_udp() {
+    let psk = encode_key(&[7u8; 32]);
+    let ((stack_a, tunnel_a), (stack_b, tunnel_b)) = tunnel_pair(
+        &format!("PresharedKey = {psk}\n"),
+        "MTU = 1380\n",
+        &format!("PresharedKey = {psk}\nPersistentKeepalive = 25\n"),
+        loopback(),
+    )
+    .await;
     // The persistent keepalive starts the handshake by itself.
     tokio::time::timeout(Duration::from_secs(10), tunnel_a.handshake_completed())
         .await
@@ -127,29 +147,11 @@ impl DatagramIo for Recording {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_turn_sends_its_datagrams_as_one_batch_and_all_arrive() {
     let recording = Arc::new(Recording::default());
-    let key_a = PrivateKey::generate(&mut rand_core::OsRng);
-    let key_b = PrivateKey::generate(&mut rand_core::OsRng);
-    let conf_b = format!(
-        "[Interface]\nPrivateKey = {}\nAddress = 10.9.0.2/24\n[Peer]\nPublicKey = {}\nAllowedIPs = 10.9.0.1/32\n",
-        encode_key(key_b.as_bytes()),
-        encode_key(key_a.public_key().as_bytes()),
-    );
-    let conf_b = Config::parse("b.conf", &conf_b).expect("config b");
-    let (stack_b, tunnel_b) = Tunnel::start_with(&conf_b, loopback())
-        .await
-        .expect("start b");
-    let conf_a = format!(
-        "[Interface]\nPrivateKey = {}\nAddress = 10.9.0.1/24\n[Peer]\nPublicKey = {}\nEndpoint = {}\nAllowedIPs = 10.9.0.0/24\n",
-        encode_key(key_a.as_bytes()),
-        encode_key(key_b.public_key().as_bytes()),
-        tunnel_b.local_addr(),
-    );
-    let conf_a = Config::parse("a.conf", &conf_a).expect("config a");
     let options = TunnelOptions {
         datagram_io: recording.clone(),
         ..loopback()
     };
-    let (stack_a, tunnel_a) = Tunnel::start_with(&conf_a, options).await.expect("start a");
+    let ((stack_a, tunnel_a), (stack_b, tunnel_b)) = tunnel_pair("", "", "", options).await;
 
     let listener = TcpListener::bind(&stack_b, 7001).expect("listen");
     let server = tokio::spawn(async move {
