@@ -16,13 +16,13 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
+use crate::offload::MAX_SEGMENTS;
 use crate::sys;
 use crate::sys::udp::{InMsg, OutMsg, Scratch};
 
-/// Most datagrams in one GSO message (the kernel's UDP_MAX_SEGMENTS on older kernels).
-const MAX_SEGMENTS: usize = 64;
-/// Most UDP payload bytes one GSO message may carry: 65535 − 20 (IPv4) − 8 (UDP).
-const MAX_GSO_BYTES: usize = 65507;
+/// Most UDP payload bytes one GSO message may carry: 65535 − 20 (IPv4) − 8 (UDP). Larger fails
+/// with EMSGSIZE.
+pub(crate) const MAX_GSO_BYTES: usize = 65507;
 /// Messages per system call, at most (a batch with more takes more calls).
 const MAX_MESSAGES: usize = 64;
 
@@ -169,6 +169,19 @@ impl BatchIo {
     }
 }
 
+/// Whether a datagram of `len` bytes to `to` may join the GSO message `m` (whose last datagram
+/// is `last_len` bytes): same destination, every datagram so far of the segment size (only the
+/// last may be shorter), room for one more segment (`MAX_SEGMENTS`, the kernel's limit on
+/// older kernels) and within [`MAX_GSO_BYTES`]. The daemon's send path uses it too.
+pub(crate) fn extends_run(m: &OutMsg, last_len: usize, to: SocketAddr, len: usize) -> bool {
+    let seg = usize::from(m.segment);
+    m.to == to
+        && m.parts.len() < MAX_SEGMENTS
+        && last_len == seg
+        && len <= seg
+        && (m.parts.len() + 1) * seg <= MAX_GSO_BYTES
+}
+
 /// The messages for `datagrams`: runs to one address of equal sizes (the last may be shorter)
 /// become one GSO message when `gso`, everything else a message each. `parts` of each message
 /// index `datagrams`.
@@ -177,13 +190,7 @@ fn group(datagrams: &[(&[u8], SocketAddr)], gso: bool) -> Vec<OutMsg> {
     for (i, (data, to)) in datagrams.iter().enumerate() {
         let joins = gso
             && msgs.last().is_some_and(|m| {
-                let seg = usize::from(m.segment);
-                let last_len = datagrams[m.parts.end - 1].0.len();
-                m.to == *to
-                    && m.parts.len() < MAX_SEGMENTS
-                    && last_len == seg
-                    && data.len() <= seg
-                    && (m.parts.len() + 1) * seg <= MAX_GSO_BYTES
+                extends_run(m, datagrams[m.parts.end - 1].0.len(), *to, data.len())
             });
         match msgs.last_mut() {
             Some(m) if joins => m.parts.end += 1,

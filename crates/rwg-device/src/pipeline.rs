@@ -28,6 +28,7 @@ use std::sync::atomic::Ordering;
 
 use rwg_proto::device::{PeerId, Received, Sent, HEADROOM, TAILROOM};
 
+use crate::batch::extends_run;
 use crate::driver::Driver;
 use crate::lifecycle::{Shutdown, ShutdownHandle};
 use crate::offload::{
@@ -45,9 +46,6 @@ const SEND_SLOTS: usize = 128;
 const RECV_MESSAGES: usize = 16;
 /// Bytes per received message: a GRO run is at most 64 KiB.
 const RECV_STRIDE: usize = 65536;
-/// Most UDP payload bytes one GSO send may carry: 65535 − 20 (IPv4) − 8 (UDP). Larger fails
-/// with EMSGSIZE.
-const MAX_GSO_BYTES: usize = 65507;
 /// A batch's slot buffer stays under this many bytes, however large the MTU.
 const MAX_BATCH_BYTES: usize = 4 << 20;
 
@@ -387,15 +385,9 @@ pub(crate) fn tun_to_udp(d: &Driver, tun: &Tun, shutdown: &ShutdownHandle, crypt
             let gso = udp_gso && sockets.gso_enabled(&to);
             let joins = gso
                 && peers.last() == Some(&job.peer())
-                && msgs.last().is_some_and(|m: &OutMsg| {
-                    let seg = usize::from(m.segment);
-                    let last_len = parts[m.parts.end - 1].len();
-                    m.to == to
-                        && m.parts.len() < MAX_SEGMENTS
-                        && last_len == seg
-                        && data.len() <= seg
-                        && (m.parts.len() + 1) * seg <= MAX_GSO_BYTES
-                });
+                && msgs
+                    .last()
+                    .is_some_and(|m| extends_run(m, parts[m.parts.end - 1].len(), to, data.len()));
             let source = match source_of {
                 Some((p, a, source)) if p == job.peer() && a == to => source,
                 _ => {
