@@ -20,7 +20,7 @@ use rwg_proto::crypto::{PresharedKey, PrivateKey, PublicKey};
 use rwg_proto::device::{Device, Transmit};
 
 use crate::lifecycle::{Shutdown, ShutdownHandle, StartError};
-use crate::pipeline::{canonical, Crypto, DataPlaneConfig};
+use crate::pipeline::{canonical, Crypto, DataPlaneConfig, TunSender};
 use crate::tun::Tun;
 use crate::uapi::{DeviceSnapshot, Errno, PeerSnapshot, UapiDevice};
 use crate::udp::UdpSockets;
@@ -49,6 +49,8 @@ pub struct Driver {
     pub(crate) stopping: AtomicBool,
     config: DataPlaneConfig,
     crypto: Mutex<Option<Arc<Crypto>>>,
+    /// The TUN → UDP half's batch state, shared by the tun-read thread and the UDP readers.
+    tun_sender: Arc<TunSender>,
 }
 
 impl Driver {
@@ -77,6 +79,7 @@ impl Driver {
             stopping: AtomicBool::new(false),
             config,
             crypto: Mutex::new(None),
+            tun_sender: Arc::new(TunSender::new()),
         }))
     }
 
@@ -113,6 +116,15 @@ impl Driver {
     }
 
     pub(crate) fn fail(&self, why: String) {
+        self.end(Shutdown::Failed(why));
+    }
+
+    /// The TUN was deleted under us: every thread stops, and the daemon says why.
+    pub(crate) fn interface_gone(&self) {
+        self.end(Shutdown::InterfaceDeleted);
+    }
+
+    fn end(&self, why: Shutdown) {
         self.stopping.store(true, Ordering::Relaxed);
         if let Some(h) = self
             .shutdown
@@ -120,7 +132,7 @@ impl Driver {
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
         {
-            h.shutdown(Shutdown::Failed(why));
+            h.shutdown(why);
         }
     }
 
@@ -226,7 +238,7 @@ impl Driver {
         let t = Arc::clone(&tun);
         spawn(
             "tun-read",
-            Box::new(move || crate::pipeline::tun_to_udp(&me, &t, &shutdown, &crypto)),
+            Box::new(move || crate::pipeline::tun_to_udp(&me, &t, &me.tun_sender, &crypto)),
         )?;
         let me = Arc::clone(self);
         spawn("control", Box::new(move || me.control_loop()))?;
@@ -341,7 +353,14 @@ impl Driver {
             std::thread::Builder::new()
                 .name(name.into())
                 .spawn(move || {
-                    crate::pipeline::udp_to_tun(&me, &socket, &tun, generation, &crypto)
+                    crate::pipeline::udp_to_tun(
+                        &me,
+                        &socket,
+                        &tun,
+                        generation,
+                        &crypto,
+                        &me.tun_sender,
+                    )
                 })?;
         }
         Ok(())

@@ -7,10 +7,12 @@
 //!            GSO runs per destination ─ one sendmmsg
 //! udp-read:  recvmmsg (each message a GRO run of datagrams) ─ prepare_receive, in order ─
 //!            open on the workers ─ finish_receive, in order ─ coalesce TCP (offload.rs) ─
-//!            TUN writes
+//!            TUN writes ─ with the socket empty, one tun-read batch if nobody is sending
+//!            one (the answers the kernel queued on the TUN during those writes)
 //! ```
 //!
-//! Order: every batch is handled as a whole by the thread that read it — the crypto of a batch
+//! Order: every batch is handled as a whole by the thread that read it (TUN batches under
+//! one lock, whichever thread sends them) — the crypto of a batch
 //! is spread over the workers and joined before anything is sent — so packets leave and arrive
 //! in the order they were read, per peer and overall, without per-peer queues.
 //!
@@ -24,13 +26,12 @@
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::atomic::Ordering;
 
 use rwg_proto::device::{PeerId, Received, Sent, HEADROOM, TAILROOM};
 
 use crate::batch::extends_run;
 use crate::driver::Driver;
-use crate::lifecycle::{Shutdown, ShutdownHandle};
+
 use crate::offload::{
     self, Coalescer, SegmentsOut, VnetHdr, MAX_SEGMENTS, MAX_SUPER_PACKET, VNET_HDR_LEN,
 };
@@ -251,183 +252,290 @@ struct SealTask<'a> {
     sealed: usize,
 }
 
+/// The TUN → UDP half's buffers. Whoever holds the lock sends the next batch: the tun-read
+/// thread, or a UDP reader that has just written to the TUN and found its socket empty
+/// ([`udp_to_tun`]). The second matters for latency, not throughput: a packet written to the
+/// TUN is handled by the kernel inside that `write`, so the answer to it (a ping's reply, a
+/// TCP acknowledgement) is already queued on the TUN when the write returns, and the UDP
+/// reader sends it at once instead of waking the sleeping tun-read thread to do it — a
+/// cross-thread wake-up saved per round trip on an idle tunnel. One lock holder at a time
+/// keeps batches, and so packets, in the order they were read.
+pub(crate) struct TunSender {
+    state: std::sync::Mutex<SendState>,
+}
+
+struct SendState {
+    read_buf: Vec<u8>,
+    slots: Vec<u8>,
+    lens: Vec<usize>,
+    scratch: Scratch,
+    sent: Vec<usize>,
+    /// A packet read but not yet segmented because the batch was full (`read_buf` holds it).
+    held: Option<usize>,
+}
+
+/// How a send batch ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SendBatch {
+    /// The TUN had nothing more.
+    Drained,
+    /// More may be waiting: the batch was full, or a packet is held for the next one.
+    More,
+    /// The interface was deleted.
+    Gone,
+}
+
+impl std::fmt::Debug for TunSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TunSender").finish_non_exhaustive()
+    }
+}
+
+impl TunSender {
+    pub(crate) fn new() -> TunSender {
+        TunSender {
+            state: std::sync::Mutex::new(SendState {
+                read_buf: vec![0u8; VNET_HDR_LEN + MAX_SUPER_PACKET],
+                slots: Vec::new(),
+                lens: vec![0usize; SEND_SLOTS],
+                scratch: Scratch::new(SEND_SLOTS),
+                sent: Vec::with_capacity(SEND_SLOTS),
+                held: None,
+            }),
+        }
+    }
+
+    /// Sends one batch if nobody else is sending, without waiting for the TUN, and without
+    /// leaving a packet held: a batch that fills up stops before reading more, so the TUN
+    /// stays readable for the tun-read thread.
+    fn try_send(&self, d: &Driver, tun: &Tun, crypto: &Crypto) {
+        let Ok(mut st) = self.state.try_lock() else {
+            return;
+        };
+        if send_batch(d, tun, crypto, &mut st, false) == SendBatch::Gone {
+            d.interface_gone();
+        }
+    }
+}
+
 /// The TUN → UDP thread.
-pub(crate) fn tun_to_udp(d: &Driver, tun: &Tun, shutdown: &ShutdownHandle, crypto: &Crypto) {
-    let vnet = tun.offloads().vnet_hdr;
-    let mut read_buf = vec![0u8; VNET_HDR_LEN + MAX_SUPER_PACKET];
-    let mut slots: Vec<u8> = Vec::new();
-    let mut lens = vec![0usize; SEND_SLOTS];
-    let mut scratch = Scratch::new(SEND_SLOTS);
-    let mut sent: Vec<usize> = Vec::with_capacity(SEND_SLOTS);
-    // A packet read but not yet segmented because the batch was full.
-    let mut held: Option<usize> = None;
+pub(crate) fn tun_to_udp(d: &Driver, tun: &Tun, sender: &TunSender, crypto: &Crypto) {
     // Whether the last batch ended because the TUN had nothing more (else more is waiting).
     let mut drained = true;
+    // Whether the last try found a UDP reader sending (see below).
+    let mut contended = false;
+    let readable = crate::sys::poll::Readable::new(tun);
     while !d.stopping() {
-        if held.is_none() && drained {
-            match tun.wait_readable(READER_POLL_MS) {
+        if drained {
+            match readable.wait(READER_POLL_MS) {
                 Ok(true) => {}
                 Ok(false) => continue,
                 Err(e) => return d.fail(format!("waiting for the TUN: {e}")),
             }
         }
-        let mtu = d.core().mtu().clamp(576, MAX_SUPER_PACKET);
-        let stride = (HEADROOM + mtu + TAILROOM).next_multiple_of(64);
-        let capacity = (MAX_BATCH_BYTES / stride).clamp(MAX_SEGMENTS, SEND_SLOTS);
-        if slots.len() != capacity * stride {
-            slots = vec![0u8; capacity * stride];
+        // A UDP reader holding the lock is most likely sending what woke us (the answer to
+        // what it wrote): wait for the TUN again rather than for the lock, which would cost
+        // both threads a futex call and this one a wake-up to find the TUN empty. If the TUN
+        // is still readable after that, wait for the lock.
+        let mut st = match sender.state.try_lock() {
+            Ok(st) => st,
+            Err(std::sync::TryLockError::WouldBlock) if !contended => {
+                contended = true;
+                drained = true;
+                std::thread::yield_now();
+                continue;
+            }
+            Err(std::sync::TryLockError::WouldBlock) => {
+                sender.state.lock().unwrap_or_else(|e| e.into_inner())
+            }
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+        };
+        contended = false;
+        match send_batch(d, tun, crypto, &mut st, true) {
+            SendBatch::Drained => drained = true,
+            SendBatch::More => drained = false,
+            SendBatch::Gone => return d.interface_gone(),
         }
-        // 1. Read and split until the batch is full or the TUN is empty.
-        let mut count = 0;
-        drained = false;
-        loop {
-            let n = match held.take() {
-                Some(n) => n,
-                None => match tun.read(&mut read_buf) {
-                    Ok(n) => n,
-                    Err(TunError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                        drained = true;
-                        break;
-                    }
-                    Err(TunError::Gone) => {
-                        d.stop();
-                        shutdown.shutdown(Shutdown::InterfaceDeleted);
-                        return;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "reading from the TUN");
-                        drained = true;
-                        break;
-                    }
-                },
-            };
-            let (hdr, packet) = if vnet {
-                match VnetHdr::parse(&read_buf[..n]) {
-                    Some(h) => (h, &read_buf[VNET_HDR_LEN..n]),
-                    None => continue,
+    }
+}
+
+/// Reads a batch from the TUN (a TSO super-packet, or packets, until the batch is full or the
+/// TUN is empty), seals it and sends it. With `hold`, a packet that does not fit is kept for
+/// the next batch; without, reading stops while a super-packet could still not fit.
+fn send_batch(d: &Driver, tun: &Tun, crypto: &Crypto, st: &mut SendState, hold: bool) -> SendBatch {
+    let SendState {
+        read_buf,
+        slots,
+        lens,
+        scratch,
+        sent,
+        held,
+    } = st;
+    let vnet = tun.offloads().vnet_hdr;
+    let mtu = d.core().mtu().clamp(576, MAX_SUPER_PACKET);
+    let stride = (HEADROOM + mtu + TAILROOM).next_multiple_of(64);
+    let capacity = (MAX_BATCH_BYTES / stride).clamp(MAX_SEGMENTS, SEND_SLOTS);
+    if slots.len() != capacity * stride {
+        *slots = vec![0u8; capacity * stride];
+    }
+    // 1. Read and split until the batch is full or the TUN is empty.
+    let mut count = 0;
+    let mut ended = SendBatch::More;
+    loop {
+        if held.is_none() && !may_read(hold, count, capacity) {
+            break;
+        }
+        let n = match held.take() {
+            Some(n) => n,
+            None => match tun.read(read_buf) {
+                Ok(n) => n,
+                Err(TunError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                    ended = SendBatch::Drained;
+                    break;
                 }
-            } else {
-                (VnetHdr::default(), &read_buf[..n])
-            };
-            let needed = needed_slots(&hdr, packet.len());
-            if count + needed > capacity && count > 0 {
-                held = Some(n); // next batch
-                break;
-            }
-            let mut out = SegmentsOut {
-                buf: &mut slots[count * stride..],
-                stride,
-                headroom: HEADROOM,
-                lens: &mut lens[count..capacity],
-            };
-            match offload::segment(&hdr, packet, &mut out) {
-                Ok(k) => count += k,
-                Err(e) => tracing::debug!(?e, len = packet.len(), "TUN packet not split; dropped"),
-            }
-            if count >= capacity {
-                break;
-            }
-        }
-        if count == 0 {
-            continue;
-        }
-        // 2. Route and reserve counters, in order.
-        let mut tasks: Vec<SealTask<'_>> = slots
-            .chunks_mut(stride)
-            .zip(&lens[..count])
-            .map(|(slot, &packet_len)| SealTask {
-                slot,
-                packet_len,
-                job: None,
-                sealed: 0,
-            })
-            .collect();
-        {
-            let data_path = d.core().data_path();
-            let now = d.clock().now();
-            for t in &mut tasks {
-                let packet = &t.slot[HEADROOM..HEADROOM + t.packet_len];
-                match data_path.prepare_send(now, packet, stride) {
-                    Ok(job) => t.job = Some(job),
-                    Err(Sent::Dropped(reason)) => {
-                        tracing::trace!(%reason, "outgoing packet dropped")
-                    }
-                    Err(_) => {}
-                }
-            }
-        }
-        // 3. Seal, shared with the workers if the batch is big enough.
-        crypto.each(
-            &mut tasks,
-            |t| t.packet_len,
-            |t| {
-                if let Some(job) = &t.job {
-                    t.sealed = job.seal(t.slot, t.packet_len).unwrap_or(0);
+                Err(TunError::Gone) => return SendBatch::Gone,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading from the TUN");
+                    ended = SendBatch::Drained;
+                    break;
                 }
             },
-        );
-        // 4. Send, in order, equal-sized messages to one destination as one GSO run.
-        let sockets = d.sockets();
-        let mut parts: Vec<&[u8]> = Vec::with_capacity(count);
-        let mut msgs: Vec<OutMsg> = Vec::new();
-        // The peer of each message: a GSO run holds one peer's datagrams only, so that what
-        // the socket refuses can be taken off the right peer's tx_bytes.
-        let mut peers: Vec<PeerId> = Vec::new();
-        let udp_gso = d.config().udp_gso;
-        // The sticky source of the last destination looked up (one lookup per peer and run).
-        let mut source_of: Option<(PeerId, SocketAddr, Option<LocalAddr>)> = None;
-        for t in &tasks {
-            let (Some(job), true) = (&t.job, t.sealed > 0) else {
-                continue;
-            };
-            let to = job.destination;
-            let data = &t.slot[..t.sealed];
-            let gso = udp_gso && sockets.gso_enabled(&to);
-            let joins = gso
-                && peers.last() == Some(&job.peer())
-                && msgs
-                    .last()
-                    .is_some_and(|m| extends_run(m, parts[m.parts.end - 1].len(), to, data.len()));
-            let source = match source_of {
-                Some((p, a, source)) if p == job.peer() && a == to => source,
-                _ => {
-                    let source = sockets.source_for(Some(job.peer()), to);
-                    source_of = Some((job.peer(), to, source));
-                    source
-                }
-            };
-            parts.push(data);
-            if joins {
-                if let Some(m) = msgs.last_mut() {
-                    m.parts.end += 1;
-                }
-            } else {
-                let at = parts.len() - 1;
-                msgs.push(OutMsg {
-                    to,
-                    parts: at..at + 1,
-                    segment: if gso { data.len() as u16 } else { 0 },
-                    source,
-                });
-                peers.push(job.peer());
+        };
+        let (hdr, packet) = if vnet {
+            match VnetHdr::parse(&read_buf[..n]) {
+                Some(h) => (h, &read_buf[VNET_HDR_LEN..n]),
+                None => continue,
             }
+        } else {
+            (VnetHdr::default(), &read_buf[..n])
+        };
+        let needed = needed_slots(&hdr, packet.len());
+        if count + needed > capacity && count > 0 {
+            *held = Some(n); // next batch
+            break;
         }
-        // A run of one needs no GSO header.
-        for m in &mut msgs {
-            if m.parts.len() == 1 {
-                m.segment = 0;
-            }
+        let mut out = SegmentsOut {
+            buf: &mut slots[count * stride..],
+            stride,
+            headroom: HEADROOM,
+            lens: &mut lens[count..capacity],
+        };
+        match offload::segment(&hdr, packet, &mut out) {
+            Ok(k) => count += k,
+            Err(e) => tracing::debug!(?e, len = packet.len(), "TUN packet not split; dropped"),
         }
-        sent.clear();
-        sent.resize(msgs.len(), 0);
-        sockets.send_msgs(&msgs, &parts, &mut scratch, &mut sent);
-        for ((m, peer), &took) in msgs.iter().zip(&peers).zip(&sent) {
-            let wanted: usize = parts[m.parts.clone()].iter().map(|p| p.len()).sum();
-            if took < wanted {
-                d.core().report_unsent(*peer, (wanted - took) as u64);
+        if count >= capacity {
+            break;
+        }
+    }
+    if count == 0 {
+        return ended;
+    }
+    // 2. Route and reserve counters, in order.
+    let mut tasks: Vec<SealTask<'_>> = slots
+        .chunks_mut(stride)
+        .zip(&lens[..count])
+        .map(|(slot, &packet_len)| SealTask {
+            slot,
+            packet_len,
+            job: None,
+            sealed: 0,
+        })
+        .collect();
+    {
+        let data_path = d.core().data_path();
+        let now = d.clock().now();
+        for t in &mut tasks {
+            let packet = &t.slot[HEADROOM..HEADROOM + t.packet_len];
+            match data_path.prepare_send(now, packet, stride) {
+                Ok(job) => t.job = Some(job),
+                Err(Sent::Dropped(reason)) => {
+                    tracing::trace!(%reason, "outgoing packet dropped")
+                }
+                Err(_) => {}
             }
         }
     }
+    // 3. Seal, shared with the workers if the batch is big enough.
+    crypto.each(
+        &mut tasks,
+        |t| t.packet_len,
+        |t| {
+            if let Some(job) = &t.job {
+                t.sealed = job.seal(t.slot, t.packet_len).unwrap_or(0);
+            }
+        },
+    );
+    // 4. Send, in order, equal-sized messages to one destination as one GSO run.
+    let sockets = d.sockets();
+    let mut parts: Vec<&[u8]> = Vec::with_capacity(count);
+    let mut msgs: Vec<OutMsg> = Vec::new();
+    // The peer of each message: a GSO run holds one peer's datagrams only, so that what
+    // the socket refuses can be taken off the right peer's tx_bytes.
+    let mut peers: Vec<PeerId> = Vec::new();
+    let udp_gso = d.config().udp_gso;
+    // The sticky source of the last destination looked up (one lookup per peer and run).
+    let mut source_of: Option<(PeerId, SocketAddr, Option<LocalAddr>)> = None;
+    for t in &tasks {
+        let (Some(job), true) = (&t.job, t.sealed > 0) else {
+            continue;
+        };
+        let to = job.destination;
+        let data = &t.slot[..t.sealed];
+        let gso = udp_gso && sockets.gso_enabled(&to);
+        let joins = gso
+            && peers.last() == Some(&job.peer())
+            && msgs
+                .last()
+                .is_some_and(|m| extends_run(m, parts[m.parts.end - 1].len(), to, data.len()));
+        let source = match source_of {
+            Some((p, a, source)) if p == job.peer() && a == to => source,
+            _ => {
+                let source = sockets.source_for(Some(job.peer()), to);
+                source_of = Some((job.peer(), to, source));
+                source
+            }
+        };
+        parts.push(data);
+        if joins {
+            if let Some(m) = msgs.last_mut() {
+                m.parts.end += 1;
+            }
+        } else {
+            let at = parts.len() - 1;
+            msgs.push(OutMsg {
+                to,
+                parts: at..at + 1,
+                segment: if gso { data.len() as u16 } else { 0 },
+                source,
+            });
+            peers.push(job.peer());
+        }
+    }
+    // A run of one needs no GSO header.
+    for m in &mut msgs {
+        if m.parts.len() == 1 {
+            m.segment = 0;
+        }
+    }
+    sent.clear();
+    sent.resize(msgs.len(), 0);
+    sockets.send_msgs(&msgs, &parts, scratch, sent);
+    for ((m, peer), &took) in msgs.iter().zip(&peers).zip(sent.iter()) {
+        let wanted: usize = parts[m.parts.clone()].iter().map(|p| p.len()).sum();
+        if took < wanted {
+            d.core().report_unsent(*peer, (wanted - took) as u64);
+        }
+    }
+    ended
+}
+
+/// Whether a batch holding `count` of `capacity` slots may read another packet from the TUN.
+/// With `hold` it always may (a packet that does not fit waits for the next batch); without,
+/// only while even a super-packet of [`MAX_SEGMENTS`] segments would fit, so that a batch
+/// sent by a UDP reader never leaves a packet behind that nobody is awake to send.
+fn may_read(hold: bool, count: usize, capacity: usize) -> bool {
+    hold || count + MAX_SEGMENTS <= capacity
 }
 
 /// Slots a packet read from the TUN will need once split.
@@ -456,6 +564,7 @@ pub(crate) fn udp_to_tun(
     tun: &Tun,
     generation: u64,
     crypto: &Crypto,
+    sender: &TunSender,
 ) {
     let offloads = tun.offloads();
     let vnet = offloads.vnet_hdr;
@@ -480,9 +589,10 @@ pub(crate) fn udp_to_tun(
     // Whether the last receive left the socket's queue empty: only then is it worth waiting
     // (under load the next recvmmsg has messages at once, and a poll first is a wasted call).
     let mut drained = true;
+    let readable = crate::sys::poll::Readable::new(socket);
     while !d.stopping() && d.generation() == generation {
         if drained {
-            match udp::wait_readable(socket, READER_POLL_MS) {
+            match readable.wait(READER_POLL_MS) {
                 Ok(true) => {}
                 Ok(false) => continue,
                 Err(e) => return d.fail(format!("waiting for UDP: {e}")),
@@ -504,6 +614,7 @@ pub(crate) fn udp_to_tun(
                 continue;
             }
         };
+        let mut wrote = false;
         // Split GRO runs into their datagrams.
         let mut tasks: Vec<OpenTask<'_>> = Vec::new();
         for (msg, region) in metas[..n].iter().zip(buf.chunks_mut(RECV_STRIDE)) {
@@ -582,6 +693,7 @@ pub(crate) fn udp_to_tun(
                     continue;
                 };
                 let packet = &t.datagram[HEADROOM..HEADROOM + len];
+                wrote = true;
                 if join {
                     coalescer.push(packet);
                 } else if vnet {
@@ -597,7 +709,12 @@ pub(crate) fn udp_to_tun(
         if join {
             for packet in coalescer.packets() {
                 write_tun(tun, packet, &mut plain);
+                wrote = true;
             }
+        }
+        // What answers the packets just written (a ping's reply) is on the TUN by now.
+        if wrote && drained {
+            sender.try_send(d, tun, crypto);
         }
     }
 }
@@ -648,12 +765,6 @@ pub(crate) fn canonical(addr: SocketAddr) -> SocketAddr {
             None => addr,
         },
         v4 => v4,
-    }
-}
-
-impl Driver {
-    fn stop(&self) {
-        self.stopping.store(true, Ordering::Relaxed);
     }
 }
 
@@ -789,6 +900,26 @@ mod tests {
             7
         );
         assert_eq!(Crypto::new(1).shares(SEND_SLOTS, u64::MAX), 1);
+    }
+
+    #[test]
+    fn a_batch_that_may_not_hold_stops_while_any_packet_still_fits() {
+        // Every batch can take a whole super-packet first.
+        let smallest = MAX_SEGMENTS;
+        assert!(may_read(false, 0, smallest));
+        assert!(!may_read(false, 1, smallest));
+        for capacity in [MAX_SEGMENTS, SEND_SLOTS] {
+            for count in 0..=capacity {
+                // Without holding, whatever is read next fits: the worst case is a
+                // super-packet of MAX_SEGMENTS segments.
+                if may_read(false, count, capacity) {
+                    assert!(count + MAX_SEGMENTS <= capacity, "{count}/{capacity}");
+                }
+                assert!(may_read(true, count, capacity));
+            }
+            // ... and it still fills up: it stops only with fewer than MAX_SEGMENTS free.
+            assert!(may_read(false, capacity - MAX_SEGMENTS, capacity));
+        }
     }
 
     #[test]

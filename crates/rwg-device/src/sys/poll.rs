@@ -51,3 +51,60 @@ fn wait_for(fd: &impl AsRawFd, events: libc::c_short, timeout_ms: i32) -> io::Re
         }
     }
 }
+
+/// Waits for one descriptor to become readable, like [`wait_readable`], with the interest
+/// registered once (an epoll instance) instead of on every call: `poll` adds itself to the
+/// descriptor's wait queue and takes itself off again each time, which on the readers' path
+/// (one wait per batch, so one per packet on an idle tunnel) is measurable. Without epoll it
+/// falls back to `poll`.
+#[derive(Debug)]
+pub(crate) struct Readable {
+    fd: std::os::fd::RawFd,
+    epoll: Option<std::os::fd::OwnedFd>,
+}
+
+impl Readable {
+    /// Watches `fd`, which must stay open as long as this is used.
+    pub(crate) fn new(fd: &impl AsRawFd) -> Readable {
+        let fd = fd.as_raw_fd();
+        Readable {
+            fd,
+            epoll: epoll_for(fd).ok(),
+        }
+    }
+
+    /// Waits until the descriptor is readable or `timeout_ms` passes (-1 = forever).
+    pub(crate) fn wait(&self, timeout_ms: i32) -> io::Result<bool> {
+        let Some(epoll) = &self.epoll else {
+            return wait_for(&self.fd, libc::POLLIN, timeout_ms);
+        };
+        let mut event = libc::epoll_event { events: 0, u64: 0 };
+        loop {
+            // SAFETY: `event` is one writable epoll_event on our stack, and we pass a count
+            // of exactly one; the epoll descriptor is ours and open.
+            let n = unsafe { libc::epoll_wait(epoll.as_raw_fd(), &mut event, 1, timeout_ms) };
+            if n >= 0 {
+                return Ok(n > 0);
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+}
+
+fn epoll_for(fd: std::os::fd::RawFd) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: no pointers; a new descriptor or -1.
+    let raw = cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
+    // SAFETY: `raw` was just returned by epoll_create1 and nothing else owns it.
+    let epoll = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+    let mut event = libc::epoll_event {
+        events: libc::EPOLLIN as u32,
+        u64: 0,
+    };
+    // SAFETY: both descriptors are open; `event` is a valid epoll_event the kernel copies.
+    cvt(unsafe { libc::epoll_ctl(raw, libc::EPOLL_CTL_ADD, fd, &mut event) })?;
+    Ok(epoll)
+}
