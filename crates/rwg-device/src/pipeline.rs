@@ -7,8 +7,8 @@
 //!            GSO runs per destination ─ one sendmmsg
 //! udp-read:  recvmmsg (each message a GRO run of datagrams) ─ prepare_receive, in order ─
 //!            open on the workers ─ finish_receive, in order ─ coalesce TCP (offload.rs) ─
-//!            TUN writes ─ with the socket empty, one tun-read batch if nobody is sending
-//!            one (the answers the kernel queued on the TUN during those writes)
+//!            TUN writes ─ after a small round that emptied the socket, one tun-read batch
+//!            if nobody is sending one (what the kernel queued on the TUN in answer)
 //! ```
 //!
 //! Order: every batch is handled as a whole by the thread that read it (TUN batches under
@@ -47,6 +47,9 @@ const SEND_SLOTS: usize = 128;
 const RECV_MESSAGES: usize = 16;
 /// Bytes per received message: a GRO run is at most 64 KiB.
 const RECV_STRIDE: usize = 65536;
+/// A UDP reader sends what its TUN writes were answered with only after rounds of at most
+/// this many datagrams (see [`udp_to_tun`]).
+const QUIET_ROUND: usize = 8;
 /// A batch's slot buffer stays under this many bytes, however large the MTU.
 const MAX_BATCH_BYTES: usize = 4 << 20;
 
@@ -635,6 +638,7 @@ pub(crate) fn udp_to_tun(
                 });
             }
         }
+        let datagrams = tasks.len();
         // Find the keypairs, in order; handshake messages are queued by the core.
         {
             let data_path = d.core().data_path();
@@ -712,8 +716,11 @@ pub(crate) fn udp_to_tun(
                 wrote = true;
             }
         }
-        // What answers the packets just written (a ping's reply) is on the TUN by now.
-        if wrote && drained {
+        // What answers the packets just written (a ping's reply) is on the TUN by now. Only
+        // after a small round: that is a quiet tunnel, where the wake-up saved is most of the
+        // latency; under load the read it costs (often for nothing, on a one-way flow) is
+        // not worth it, and the answers go out with tun-read's next batch.
+        if wrote && drained && datagrams <= QUIET_ROUND {
             sender.try_send(d, tun, crypto);
         }
     }
