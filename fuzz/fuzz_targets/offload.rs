@@ -386,13 +386,28 @@ fn canonical(p: &[u8]) -> Vec<u8> {
     c
 }
 
-/// A packet's canonical form and its flow (see `canonical`, `flow_of`).
-type Canonical = (Vec<u8>, Option<Vec<u8>>);
+/// An input packet not yet matched to an output: its canonical form, its flow and its
+/// addresses (see `canonical`, `flow_of`, `addresses_of`).
+struct Pending {
+    canonical: Vec<u8>,
+    flow: Option<Vec<u8>>,
+    addresses: Option<Vec<u8>>,
+}
 
-/// Protocol, addresses and ports: segments of one flow must stay in order. Not checked for
-/// IPv4 fragments and packets with IPv4 options: the coalescer passes them through without
-/// ending the run of their flow, so later segments can overtake them (see README.md,
-/// "Findings").
+/// Source and destination, read as the coalescer reads them for a packet that cannot join:
+/// whatever else the packet holds.
+fn addresses_of(p: &[u8]) -> Option<Vec<u8>> {
+    match p.first()? >> 4 {
+        4 => p.get(12..20).map(<[u8]>::to_vec),
+        6 => p.get(8..40).map(<[u8]>::to_vec),
+        _ => None,
+    }
+}
+
+/// Protocol, addresses and ports: segments of one flow must stay in order. A packet without
+/// one (an IPv4 fragment or a packet with IPv4 options, an IPv6 extension header, another
+/// protocol, bytes that do not parse) may belong to any flow between its two addresses: it
+/// must stay in order with every packet between them (see README.md, "Findings").
 fn flow_of(p: &[u8]) -> Option<Vec<u8>> {
     let ip = parse_ip(p)?;
     if !matches!(ip.proto, 6 | 17) || ip.l4 + 4 > ip.total {
@@ -484,29 +499,38 @@ fn check_batch(coalescer: &mut Coalescer, batch: &[Vec<u8>], buf: &mut Vec<u8>) 
     assert_eq!(seen, written, "len() disagrees with packets()");
     assert_eq!(outputs.len(), batch.len(), "packets were lost or made up");
     // Inputs not matched yet: canonical form and flow.
-    let mut pending: Vec<Option<Canonical>> = batch
+    let mut pending: Vec<Option<Pending>> = batch
         .iter()
-        .map(|p| Some((canonical(p), flow_of(p))))
+        .map(|p| {
+            Some(Pending {
+                canonical: canonical(p),
+                flow: flow_of(p),
+                addresses: addresses_of(p),
+            })
+        })
         .collect();
     for o in &outputs {
         let c = canonical(o);
         let at = pending
             .iter()
-            .position(|p| p.as_ref().is_some_and(|(pc, _)| *pc == c))
+            .position(|p| p.as_ref().is_some_and(|p| p.canonical == c))
             .unwrap_or_else(|| {
                 dump(batch, &outputs);
                 panic!("an output packet is not one of the inputs: {}", summary(o))
             });
-        let flow = pending[at].as_ref().and_then(|(_, f)| f.clone());
-        if flow.is_some()
-            && !pending[..at]
-                .iter()
-                .all(|p| p.as_ref().is_none_or(|(_, f)| *f != flow))
-        {
-            dump(batch, &outputs);
-            panic!("packets of one flow were reordered: {}", summary(o));
+        let Some(this) = pending[at].take() else {
+            unreachable!("position() found a pending packet")
+        };
+        // Everything still pending before it came first in the batch.
+        for earlier in pending[..at].iter().flatten() {
+            let same_flow = this.flow.is_some() && earlier.flow == this.flow;
+            let portless = this.flow.is_none() || earlier.flow.is_none();
+            let same_addresses = this.addresses.is_some() && earlier.addresses == this.addresses;
+            if same_flow || (portless && same_addresses) {
+                dump(batch, &outputs);
+                panic!("packets of one flow were reordered: {}", summary(o));
+            }
         }
-        pending[at] = None;
     }
 }
 
