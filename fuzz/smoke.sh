@@ -19,7 +19,7 @@ fuzz_dir=$(cd "$(dirname "$0")" && pwd)
 cd "$fuzz_dir/.."
 
 seconds=${FUZZ_SECONDS:-20}
-targets=${FUZZ_TARGETS:-"messages cookie responder initiator transport peer replay allowed_ips offload uapi wg_quick_config socks5"}
+targets=${FUZZ_TARGETS:-"messages cookie responder initiator transport peer replay allowed_ips offload uapi wg_quick_config socks5 socks5_request http_head"}
 export PATH="$HOME/.cargo/bin:$PATH"
 
 if ! cargo fuzz --version >/dev/null 2>&1; then

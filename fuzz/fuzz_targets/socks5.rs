@@ -8,9 +8,8 @@
 //!   address, which `write_addr` writes as IPv4 on purpose, is compared as such);
 //! - `write_addr` of any address parses back to the same address.
 //!
-//! The TCP side (method selection, authentication, the request) is read from a
-//! `tokio::net::TcpStream` inside `Socks5Server` and has no entry point that takes bytes; it
-//! is not fuzzed here.
+//! The TCP side (method selection, authentication, the request) is the target
+//! `socks5_request`.
 #![no_main]
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};

@@ -731,6 +731,55 @@ fn rewrite_response_head(head: &[u8]) -> Option<String> {
     Some(out)
 }
 
+/// The parsers the proxy runs on what a client or a server sends it, for the fuzz targets.
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing {
+    /// A request head as [`parse_request`](super::parse_request) reads it.
+    #[derive(Debug, PartialEq, Eq)]
+    pub struct Request {
+        /// The method, as written.
+        pub method: String,
+        /// The request target, as written.
+        pub target: String,
+        /// `HTTP/1.0` or `HTTP/1.1`.
+        pub version: String,
+        /// Names and values (trimmed), in order.
+        pub headers: Vec<(String, String)>,
+    }
+
+    /// Where the head ends in `buf` (after its blank line), if it does.
+    pub fn head_end(buf: &[u8]) -> Option<usize> {
+        super::head_end(buf)
+    }
+
+    /// A request head parsed, or the status the proxy answers it with.
+    pub fn parse_request(head: &[u8]) -> Result<Request, u16> {
+        super::parse_request(head)
+            .map(|r| Request {
+                method: r.method,
+                target: r.target,
+                version: r.version,
+                headers: r.headers,
+            })
+            .map_err(|f| f.status)
+    }
+
+    /// An absolute `http://` target split into authority and path, or the status.
+    pub fn split_absolute(target: &str) -> Result<(&str, &str), u16> {
+        super::split_absolute(target).map_err(|f| f.status)
+    }
+
+    /// Basic credentials decoded.
+    pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
+        super::base64_decode(s)
+    }
+
+    /// A server's response head as the proxy forwards it.
+    pub fn rewrite_response_head(head: &[u8]) -> Option<String> {
+        super::rewrite_response_head(head)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

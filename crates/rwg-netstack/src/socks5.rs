@@ -206,6 +206,60 @@ async fn read_target<R: AsyncRead + Unpin>(r: &mut R, atyp: u8) -> Result<Target
     }
 }
 
+/// The server's side of a SOCKS5 handshake (RFC 1928 §3–§5, RFC 1929 for username and
+/// password) on any stream: method selection, authentication when `credentials` are set, and
+/// the request. Returns the request's command and target; on a refusal the client has been
+/// answered (an unacceptable method, bad credentials), except for a request the caller must
+/// answer with the [`Reply`] in [`ClientError::Refused`]. Reads exactly the bytes of the
+/// handshake, nothing after it.
+pub async fn negotiate<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut S,
+    credentials: Option<&(String, String)>,
+) -> Result<(u8, TargetAddr), ClientError> {
+    if read_byte(client).await? != VERSION {
+        return Err(ClientError::Protocol("not SOCKS version 5"));
+    }
+    let count = read_byte(client).await?;
+    let mut methods = vec![0u8; usize::from(count)];
+    client.read_exact(&mut methods).await?;
+    let wanted = if credentials.is_some() {
+        AUTH_PASSWORD
+    } else {
+        AUTH_NONE
+    };
+    if !methods.contains(&wanted) {
+        client.write_all(&[VERSION, AUTH_UNACCEPTABLE]).await?;
+        return Err(ClientError::Protocol("no acceptable authentication method"));
+    }
+    client.write_all(&[VERSION, wanted]).await?;
+    if let Some((user, password)) = credentials {
+        if read_byte(client).await? != PASSWORD_VERSION {
+            return Err(ClientError::Protocol("bad username/password version"));
+        }
+        let len = read_byte(client).await?;
+        let mut given_user = vec![0u8; usize::from(len)];
+        client.read_exact(&mut given_user).await?;
+        let len = read_byte(client).await?;
+        let mut given_password = vec![0u8; usize::from(len)];
+        client.read_exact(&mut given_password).await?;
+        let user_ok = same_secret(&given_user, user.as_bytes());
+        let password_ok = same_secret(&given_password, password.as_bytes());
+        if !(user_ok & password_ok) {
+            client.write_all(&[PASSWORD_VERSION, 1]).await?;
+            return Err(ClientError::AuthFailed);
+        }
+        client.write_all(&[PASSWORD_VERSION, 0]).await?;
+    }
+    let mut head = [0u8; 4];
+    client.read_exact(&mut head).await?;
+    let [version, command, _reserved, atyp] = head;
+    if version != VERSION {
+        return Err(ClientError::Protocol("request is not SOCKS version 5"));
+    }
+    let target = read_target(client, atyp).await?;
+    Ok((command, target))
+}
+
 /// Parse the header of a UDP ASSOCIATE datagram: `RSV(2) FRAG ATYP ADDR PORT DATA`.
 /// Returns the target and the offset of the data; `None` for malformed or fragmented ones.
 pub fn parse_udp_header(datagram: &[u8]) -> Option<(TargetAddr, usize)> {
@@ -424,48 +478,7 @@ impl Socks5Server {
         &self,
         client: &mut tokio::net::TcpStream,
     ) -> Result<(u8, TargetAddr), ClientError> {
-        if read_byte(client).await? != VERSION {
-            return Err(ClientError::Protocol("not SOCKS version 5"));
-        }
-        let count = read_byte(client).await?;
-        let mut methods = vec![0u8; usize::from(count)];
-        client.read_exact(&mut methods).await?;
-        let wanted = if self.config.credentials.is_some() {
-            AUTH_PASSWORD
-        } else {
-            AUTH_NONE
-        };
-        if !methods.contains(&wanted) {
-            client.write_all(&[VERSION, AUTH_UNACCEPTABLE]).await?;
-            return Err(ClientError::Protocol("no acceptable authentication method"));
-        }
-        client.write_all(&[VERSION, wanted]).await?;
-        if let Some((user, password)) = &self.config.credentials {
-            if read_byte(client).await? != PASSWORD_VERSION {
-                return Err(ClientError::Protocol("bad username/password version"));
-            }
-            let len = read_byte(client).await?;
-            let mut given_user = vec![0u8; usize::from(len)];
-            client.read_exact(&mut given_user).await?;
-            let len = read_byte(client).await?;
-            let mut given_password = vec![0u8; usize::from(len)];
-            client.read_exact(&mut given_password).await?;
-            let user_ok = same_secret(&given_user, user.as_bytes());
-            let password_ok = same_secret(&given_password, password.as_bytes());
-            if !(user_ok & password_ok) {
-                client.write_all(&[PASSWORD_VERSION, 1]).await?;
-                return Err(ClientError::AuthFailed);
-            }
-            client.write_all(&[PASSWORD_VERSION, 0]).await?;
-        }
-        let mut head = [0u8; 4];
-        client.read_exact(&mut head).await?;
-        let [version, command, _reserved, atyp] = head;
-        if version != VERSION {
-            return Err(ClientError::Protocol("request is not SOCKS version 5"));
-        }
-        let target = read_target(client, atyp).await?;
-        Ok((command, target))
+        negotiate(client, self.config.credentials.as_ref()).await
     }
 
     async fn connect(
