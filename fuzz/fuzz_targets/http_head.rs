@@ -9,13 +9,15 @@
 //!   request;
 //! - what `split_absolute` takes from the target is really in it: the authority right
 //!   after `scheme://` with none of `/?#`, then the path up to a fragment (or `/` if none);
-//! - `base64_decode` inverts an encoder written here, for any bytes;
+//! - `base64_decode` (the proxy's, for `Proxy-Authorization`) inverts rwg-driver's encoder
+//!   (the one that prints keys as `wg` does), for any bytes;
 //! - `rewrite_response_head` keeps the status line, drops every hop-by-hop header but
 //!   `Upgrade`, ends with `Connection: close` and a blank line, and rewriting its own output
 //!   changes nothing.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use rwg_driver::metrics::base64;
 use rwg_netstack::http::fuzzing::{
     base64_decode, head_end, parse_request, rewrite_response_head, split_absolute,
 };
@@ -35,27 +37,6 @@ fn is_token(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-}
-
-fn base64_encode(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 const HOP_BY_HOP: [&str; 7] = [
@@ -166,7 +147,7 @@ fuzz_target!(|data: &[u8]| {
     let head = &data[..end.unwrap_or(data.len())];
     check_request(head);
     check_response(head);
-    let decoded = base64_decode(&base64_encode(data));
+    let decoded = base64_decode(&base64(data));
     assert_eq!(decoded.as_deref(), Some(data), "base64 round trip");
     if let Ok(text) = std::str::from_utf8(data) {
         // Any text: no panic, and what decodes is at most 3/4 of the length.
